@@ -1,0 +1,5 @@
+import sys
+
+from sdfn.cli import main
+
+sys.exit(main())

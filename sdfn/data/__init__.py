@@ -1,0 +1,1 @@
+"""Data: the synthetic catalog generator and readers for FashionIQ, Shoes and Fashion200k."""
