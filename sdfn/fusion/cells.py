@@ -1,0 +1,87 @@
+"""Operation modules (cells) of the dynamic fusion network, after DIME (Qu et al., SIGIR 2021).
+
+Every cell maps the routed image stream X [B, N, d] to X' [B, N, d], reading the text where it needs to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextContext:
+    words: torch.Tensor      # [B, L, d] word tokens in fusion width
+    mask: torch.Tensor       # [B, L] bool, True for real tokens
+    sentence: torch.Tensor   # [B, d] sentence vector in fusion width
+
+
+class RectifiedIdentityCell(nn.Module):
+    """Passes the stream on, rectified: the cheap path a query takes when it needs little change."""
+
+    description = "passes the image features on almost unchanged (ReLU): the 'keep it' path"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        return torch.relu(x)
+
+
+class IntraModalReasoningCell(nn.Module):
+    """Self-attention over the image tokens: relates garment parts to each other."""
+
+    description = "self-attention among image regions: relates garment parts to each other"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(d, heads, int(d * mlp_ratio), dropout, activation="gelu",
+                                                batch_first=True, norm_first=True)
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        return self.block(x)
+
+
+class GlobalLocalGuidanceCell(nn.Module):
+    """Each image token is re-weighted by its agreement with the sentence: X' = (1 + tanh(LN(FC(X) * t))) * X."""
+
+    description = "the whole sentence re-weights every image region (global text guides local image)"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.fc = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        gate = self.norm(self.fc(x) * text.sentence[:, None, :])
+        return (1 + torch.tanh(gate)) * x
+
+
+class CrossModalRefinementCell(nn.Module):
+    """Image tokens attend to the words, then a FiLM update: X' = X * (1 + gamma(A)) + beta(A)."""
+
+    description = "image regions look up the words that concern them and are edited accordingly"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.film = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.film.weight)   # starts as the identity: the update is learned, not imposed
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        attended, _ = self.attn(self.norm(x), text.words, text.words, key_padding_mask=~text.mask,
+                                need_weights=False)
+        gamma, beta = self.film(attended).chunk(2, dim=-1)
+        return x * (1 + gamma) + beta
+
+
+CELLS: dict[str, type[nn.Module]] = {
+    "rectified_identity": RectifiedIdentityCell,
+    "intra_modal_reasoning": IntraModalReasoningCell,
+    "global_local_guidance": GlobalLocalGuidanceCell,
+    "cross_modal_refinement": CrossModalRefinementCell,
+}

@@ -1,0 +1,137 @@
+"""The Dynamic Fusion Network with Modality Specific Routers: SDFN's composition module.
+
+R layers of K cells. Layer 1's cells all read the image stream X0 = [v; V] (global + patch tokens).
+After each layer every cell's router emits path weights to the K cells of the next layer (the last
+layer's to the single output); cell j of the next layer receives the weighted mix of the outputs
+routed to it. Routers look at the cell's output (image router) and at the sentence (text router),
+so the path through the cells is chosen per query.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdfn.backbone import ImageFeatures, TextFeatures
+from sdfn.errors import ConfigError
+from sdfn.fusion.base import Composition, FusionConfig, FusionModule, RouterTrace, register_fusion
+from sdfn.fusion.cells import CELLS, TextContext
+
+ROUTER_MODES = ("msr", "shared", "fixed")
+# With all incoming weight ~0 a cell receives the uniform mix instead of nothing; small enough to be
+# invisible once any path is open.
+FALLBACK_EPS = 1e-3
+
+
+class PathRouter(nn.Module):
+    """MLP -> ReLU(tanh(.)): non-negative path weights in [0, 1) (DIME); the last bias starts open."""
+
+    def __init__(self, d_in: int, hidden: int, k_out: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, k_out))
+        nn.init.constant_(self.mlp[-1].bias, 1.0)   # tanh(1) = 0.76: every path open at the start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.tanh(self.mlp(x)))
+
+
+class ModalitySpecificRouter(nn.Module):
+    """An image router on the routed stream and a text router on the sentence; their mean is the weight."""
+
+    def __init__(self, d: int, hidden: int, k_out: int):
+        super().__init__()
+        self.image = PathRouter(d, hidden, k_out)
+        self.text = PathRouter(d, hidden, k_out)
+
+    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
+        image_part, text_part = self.image(stream) / 2, self.text(sentence) / 2
+        return image_part + text_part, image_part, text_part
+
+
+class SharedRouter(nn.Module):
+    """Ablation: one router reads image stream and sentence together; no modality-specific parts."""
+
+    def __init__(self, d: int, hidden: int, k_out: int):
+        super().__init__()
+        self.router = PathRouter(2 * d, hidden, k_out)
+
+    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
+        return self.router(torch.cat([stream, sentence], dim=-1)), None, None
+
+
+class FixedRouter(nn.Module):
+    """Ablation: every path has weight 1, so every cell receives the uniform mix of the previous layer."""
+
+    def __init__(self, d: int, hidden: int, k_out: int):
+        super().__init__()
+        self.k_out = k_out
+
+    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
+        return stream.new_ones(stream.shape[0], self.k_out), None, None
+
+
+ROUTERS = {"msr": ModalitySpecificRouter, "shared": SharedRouter, "fixed": FixedRouter}
+
+
+def mix_incoming(weights: torch.Tensor) -> torch.Tensor:
+    """[B, K_in, K_out] path weights -> incoming distributions (each column sums to 1)."""
+    k_in = weights.shape[1]
+    return (weights + FALLBACK_EPS / k_in) / (weights.sum(dim=1, keepdim=True) + FALLBACK_EPS)
+
+
+@register_fusion("sdfn")
+class DynamicFusionNetwork(FusionModule):
+    has_routes = True
+
+    def __init__(self, cfg: FusionConfig, embed_dim: int, image_token_dim: int, text_token_dim: int):
+        super().__init__(cfg, embed_dim, image_token_dim, text_token_dim)
+        if cfg.router not in ROUTERS:
+            raise ConfigError(f"unknown router mode '{cfg.router}'. Choose one of: {', '.join(ROUTER_MODES)}.")
+        unknown = [c for c in cfg.cells if c not in CELLS]
+        if unknown:
+            raise ConfigError(f"unknown cell(s) {unknown}. Choose from: {', '.join(CELLS)}.")
+        if cfg.layers < 1 or not cfg.cells:
+            raise ConfigError("the fusion network needs at least one layer and one cell.")
+        d, k = cfg.width, len(cfg.cells)
+        self.image_in = nn.Linear(image_token_dim, d)
+        self.global_in = nn.Linear(embed_dim, d)
+        self.word_in = nn.Linear(text_token_dim, d)
+        self.sentence_in = nn.Linear(embed_dim, d)
+        self.layers = nn.ModuleList(
+            nn.ModuleList(CELLS[name](d, cfg.heads, cfg.mlp_ratio, cfg.dropout) for name in cfg.cells)
+            for _ in range(cfg.layers))
+        router = ROUTERS[cfg.router]
+        self.routers = nn.ModuleList(
+            nn.ModuleList(router(d, cfg.router_hidden, k if r < cfg.layers - 1 else 1) for _ in range(k))
+            for r in range(cfg.layers))
+        self.out_norm = nn.LayerNorm(d)
+        self.out_proj = nn.Linear(2 * d, embed_dim)
+        self.gate = nn.Sequential(nn.Linear(2 * embed_dim, cfg.router_hidden), nn.ReLU(),
+                                  nn.Linear(cfg.router_hidden, 1)) if cfg.global_residual else None
+
+    def forward(self, image: ImageFeatures, text: TextFeatures) -> Composition:
+        v, t = F.normalize(image.pooled, dim=-1), F.normalize(text.pooled, dim=-1)
+        context = TextContext(words=self.word_in(text.tokens), mask=text.mask, sentence=self.sentence_in(t))
+        x0 = torch.cat([self.global_in(v)[:, None], self.image_in(image.tokens)], dim=1)   # [B, 1 + N, d]
+        inputs = [x0] * len(self.cfg.cells)
+        weights, incoming, image_parts, text_parts = [], [], [], []
+        for cells, routers in zip(self.layers, self.routers, strict=True):
+            outputs = [cell(x, context) for cell, x in zip(cells, inputs, strict=True)]
+            routed = [router(out.mean(dim=1), context.sentence) for router, out in zip(routers, outputs, strict=True)]
+            w = torch.stack([r[0] for r in routed], dim=1)                         # [B, K_in, K_out]
+            p = mix_incoming(w)
+            inputs = torch.einsum("bij,bind->bjnd", p, torch.stack(outputs, dim=1)).unbind(dim=1)
+            weights.append(w)
+            incoming.append(p)
+            if routed[0][1] is not None:
+                image_parts.append(torch.stack([r[1] for r in routed], dim=1))
+                text_parts.append(torch.stack([r[2] for r in routed], dim=1))
+        final = self.out_norm(inputs[0])
+        query = self.out_proj(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+        if self.gate is not None:
+            lam = torch.sigmoid(self.gate(torch.cat([v, t], dim=-1)))
+            query = query + lam * t + (1 - lam) * v
+        trace = RouterTrace(self.cfg.router, self.cfg.cells, weights, incoming,
+                            image_parts or None, text_parts or None)
+        return Composition(F.normalize(query, dim=-1), trace)

@@ -1,0 +1,125 @@
+"""The fusion network and its routers: shapes, the documented weight semantics, gradients, every registered fusion."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sdfn.backbone import ImageFeatures, TextFeatures
+from sdfn.errors import ConfigError
+from sdfn.fusion import FusionConfig, create_fusion, list_fusions
+from sdfn.losses import BatchClassificationLoss, SelfPathDistillation, route_kl, spd_ramp
+
+E, DV, DT, N, L, B = 32, 24, 20, 9, 7, 6
+
+
+def features(seed: int = 0) -> tuple[ImageFeatures, TextFeatures]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[:, 4:] = False   # padded words
+    return (ImageFeatures(torch.randn(B, N, DV, generator=g), torch.randn(B, E, generator=g)),
+            TextFeatures(torch.randn(B, L, DT, generator=g), mask, torch.randn(B, E, generator=g)))
+
+
+def sdfn(**kw):
+    cfg = FusionConfig(name="sdfn", width=16, layers=3, heads=2, router_hidden=8, dropout=0.0, **kw)
+    return create_fusion(cfg, E, DV, DT)
+
+
+def test_registry_has_sdfn_and_every_baseline():
+    assert set(list_fusions()) >= {"sdfn", "image_only", "text_only", "sum", "concat_mlp", "tirg", "combiner"}
+    with pytest.raises(ConfigError, match="unknown fusion 'nope'.*combiner"):
+        create_fusion(FusionConfig(name="nope"), E, DV, DT)
+
+
+@pytest.mark.parametrize("name", ["sdfn", "image_only", "text_only", "sum", "concat_mlp", "tirg", "combiner"])
+def test_every_fusion_gives_unit_queries_and_targets(name):
+    fusion = create_fusion(FusionConfig(name=name, width=16, heads=2, router_hidden=8), E, DV, DT).eval()
+    image, text = features()
+    out = fusion(image, text)
+    assert out.query.shape == (B, E)
+    torch.testing.assert_close(out.query.norm(dim=-1), torch.ones(B))
+    torch.testing.assert_close(fusion.embed_target(image.pooled).norm(dim=-1), torch.ones(B))
+    assert (out.trace is not None) == (name == "sdfn")
+
+
+def test_router_trace_shapes_and_documented_normalisation():
+    fusion = sdfn().eval()
+    trace = fusion(*features()).trace
+    k = 4
+    assert [tuple(w.shape) for w in trace.weights] == [(B, k, k), (B, k, k), (B, k, 1)]
+    for w, p, img, txt in zip(trace.weights, trace.incoming, trace.image, trace.text, strict=True):
+        assert (w >= 0).all() and (w < 1).all()
+        assert (img >= 0).all() and (txt >= 0).all()
+        torch.testing.assert_close(img + txt, w)                        # msr: the two parts make the weight
+        torch.testing.assert_close(p.sum(dim=1), torch.ones(B, p.shape[2]))   # what each cell receives sums to 1
+    assert trace.flat_route().shape == (B, k * k * 2 + k)
+
+
+def test_routes_differ_between_queries_and_captions():
+    fusion = sdfn().eval()
+    image, text = features()
+    a = fusion(image, text).trace.flat_route()
+    b = fusion(image, features(seed=1)[1]).trace.flat_route()
+    assert not torch.allclose(a[0], a[1])      # per-query routes, not one static path
+    assert not torch.allclose(a, b)            # the text router changes the route
+
+
+def test_shared_and_fixed_router_ablations():
+    shared = sdfn(router="shared").eval()(*features()).trace
+    assert shared.image is None and shared.text is None
+    fixed = sdfn(router="fixed").eval()(*features()).trace
+    for p in fixed.incoming:
+        torch.testing.assert_close(p, torch.full_like(p, 1 / p.shape[1]))   # uniform static paths
+    with pytest.raises(ConfigError, match="router mode 'weird'"):
+        sdfn(router="weird")
+
+
+def test_zero_incoming_weight_falls_back_to_the_uniform_mix():
+    from sdfn.fusion.dfn import mix_incoming
+
+    w = torch.zeros(1, 4, 2)
+    w[0, 1, 1] = 0.5
+    p = mix_incoming(w)
+    torch.testing.assert_close(p[0, :, 0], torch.full((4,), 0.25))
+    assert p[0, 1, 1] > 0.99
+
+
+def test_gradients_reach_every_router_and_cell():
+    fusion = sdfn()
+    image, text = features()
+    out = fusion(image, text)
+    loss = BatchClassificationLoss()(out.query, fusion.embed_target(image.pooled))
+    loss.backward()
+    for r, (cells, routers) in enumerate(zip(fusion.layers, fusion.routers, strict=True)):
+        for i, (cell, router) in enumerate(zip(cells, routers, strict=True)):
+            params = list(cell.parameters())
+            if params:
+                assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in params), f"cell {r}.{i}"
+            for part in (router.image, router.text):
+                assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), \
+                    f"router {r}.{i}"
+
+
+def test_batch_loss_ignores_duplicate_targets_as_negatives():
+    loss = BatchClassificationLoss(init_temperature=0.1)
+    q = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    t = q.clone()
+    t[1] = t[0]          # queries 0 and 1 want the same image
+    keys = torch.tensor([7, 7, 8, 9])
+    with_keys, without = loss(q, t, keys), loss(q, t)
+    assert with_keys < without
+
+
+def test_self_path_distillation_memory():
+    fusion = sdfn().eval()
+    trace = fusion(*features()).trace
+    spd = SelfPathDistillation(num_samples=10, route_size=trace.flat_route().shape[1])
+    ids = torch.arange(B)
+    assert spd(trace, ids).item() == 0.0                     # nothing remembered yet (first epoch)
+    spd.update(trace.flat_route().detach(), ids)
+    assert spd(trace, ids).item() == pytest.approx(0.0, abs=1e-6)   # same route: no distance
+    changed = fusion(*features(seed=3)).trace
+    assert spd(changed, ids).item() > 0                       # the route moved: pulled back
+    assert route_kl(trace.flat_route(), changed.incoming).shape == (B,)
+    assert spd_ramp(0, 10, 0.8) == 0.0 and spd_ramp(5, 10, 0.8) == pytest.approx(0.4)
