@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from sdfn.errors import SdfnError
+from sdfn.errors import ConfigError, SdfnError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
@@ -30,10 +31,114 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_synth)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from sdfn.config import load_config
+    from sdfn.train import config_from_run, run_training
+
+    if args.config is None and args.resume is None:
+        raise ConfigError("give --config PRESET_OR_FILE (presets: see `sdfn train --list-presets`) or --resume DIR")
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+    else:
+        cfg = config_from_run(_last_folder(Path(args.resume)))
+        if args.overrides:
+            from dataclasses import asdict
+
+            from sdfn.config import TrainConfig, apply_override, from_dict
+
+            data = asdict(cfg)
+            for item in args.overrides:
+                apply_override(data, item)
+            cfg = from_dict(TrainConfig, data)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    result = run_training(cfg, out, resume=Path(args.resume) if args.resume else None,
+                          stop_after=args.stop_after, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = result.get("best")
+        print(f"sdfn train: done, {result['epoch']} epochs in {result['out']}"
+              + (f"; best {best['metric']} = {best['score']:.2f} at epoch {best['epoch']} ({result['out']}/best)"
+                 if best else ""))
+
+
+def _last_folder(path: Path) -> Path:
+    return path / "last" if (path / "last").is_dir() else path
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from sdfn.config import list_presets
+
+    p = sub.add_parser("train", help="train SDFN or a baseline",
+                       description="Train a composed-retrieval model. Multi-GPU: torchrun --nproc-per-node N "
+                                   "-m sdfn train ...",
+                       epilog="overrides: dotted keys of the config, e.g. optim.epochs=5 fusion.name=combiner "
+                              "model.fusion.router=shared spd.enabled=false data.root=/data/fashioniq")
+    p.add_argument("--config", help=f"preset ({', '.join(list_presets())}) or a JSON config file")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", help="continue the run in this folder (or its last/ checkpoint)")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="stop after this many epochs in this invocation (resume later with --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    import torch
+
+    from sdfn.data.base import open_dataset
+    from sdfn.encode import ModelQueryEncoder
+    from sdfn.evaluate import EvalProtocol, evaluate
+    from sdfn.model import ComposedRetrievalModel
+
+    kwargs = {"categories": args.categories.split(",")} if args.categories else {}
+    dataset = open_dataset(args.dataset, Path(args.data), **kwargs)
+    base = EvalProtocol.default_for(args.dataset)
+    protocol = EvalProtocol(gallery=args.gallery or base.gallery, captions=args.captions or base.captions,
+                            exclude_reference=base.exclude_reference if args.exclude_reference is None
+                            else args.exclude_reference,
+                            ks=tuple(int(k) for k in args.ks.split(",")) if args.ks else base.ks)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ComposedRetrievalModel.load(Path(args.checkpoint) if args.checkpoint else None, device=device)
+    encoder = ModelQueryEncoder(model, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet)
+    report = evaluate(dataset, args.split, encoder, protocol)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_table())
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint: Recall@K under an explicit protocol",
+                       description="Evaluate a checkpoint on FashionIQ, Shoes or Fashion200k (or a synthetic "
+                                   "catalog, which is FashionIQ-format).")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--dataset", required=True, choices=["fashioniq", "shoes", "fashion200k"])
+    p.add_argument("--data", required=True, help="data set root folder")
+    p.add_argument("--split", default="val")
+    p.add_argument("--categories", help="comma-separated categories (default: all found)")
+    p.add_argument("--gallery", choices=["split", "val-subset"],
+                   help="whole category split (default) or only the split's candidates and targets (VAL protocol)")
+    p.add_argument("--captions", choices=["joined", "both-orders", "single"],
+                   help='"c1 and c2" (default), both orders averaged, or each caption alone')
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--exclude-reference", dest="exclude_reference", action="store_true", default=None,
+                     help="mask the reference image out of its own ranking")
+    ref.add_argument("--keep-reference", dest="exclude_reference", action="store_false",
+                     help="leave the reference in the ranking (CLIP4Cir's FashionIQ protocol)")
+    p.add_argument("--ks", help="comma-separated K values (default 1,5,10,50)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdfn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
+    _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

@@ -1,0 +1,73 @@
+"""Shared by the benchmark scripts: record a result section in a committed markdown file.
+
+Each benchmark owns one section of `benchmarks/RESULTS.md`, delimited by HTML comments, and replaces
+only that section, so the file always holds every benchmark's latest run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nLatest run of each script in `benchmarks/`; each script rewrites its own section.\n"
+
+
+def machine() -> str:
+    """A one-line description of the machine the numbers come from."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        text += f", torch {torch.__version__}, {torch.get_num_threads()} threads"
+        if torch.cuda.is_available():
+            text += f", GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def command() -> str:
+    return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if sys.argv else ""
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def markdown_table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the section `name` of the results file with `body`, stamped with date/machine/command."""
+    stamp = (f"_{_dt.date.today().isoformat()} · {machine()} · commit {git_commit()}_  \n"
+             f"Command: `{command()}`\n")
+    block = f"<!-- {name}:start -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- {name}:end -->\n"
+    text = path.read_text() if path.is_file() else HEADER
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
+        text = before + block + ("\n" + after if after else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)

@@ -1,0 +1,236 @@
+"""Stage 1 on a synthetic catalog: teach the backbone garments, before it learns to compose.
+
+Image-text contrastive training (CLIP's loss) of the backbone on the catalog's *train* images paired
+with generated absolute descriptions ("a navy striped long-sleeve shirt with a v-neck", phrased anew
+every time), plus one auxiliary classifier per attribute on each embedding. The labels come free with
+the generator, and they stop the contrastive loss from settling on colour alone: without them shape
+attributes (category, neckline, sleeve) stay near chance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from sdfn.backbone import Backbone
+from sdfn.config import TrainConfig
+from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, NOT_APPLICABLE, describe_item
+from sdfn.data.images import load_image
+from sdfn.errors import DataError
+from sdfn.model import open_clip_config, replace_folder
+
+LABELS = {"category": CATEGORIES, **ATTRIBUTES}
+
+
+def read_catalog(root: Path, split: str) -> pd.DataFrame:
+    path = root / "catalog.csv"
+    if not path.is_file():
+        raise DataError(f"stage-1 pre-training needs a synthetic catalog with attributes, but {path} is missing. "
+                        "Generate one with `sdfn synth --out DIR` or set pretrain.epochs=0.")
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in ("id", "image", "category", "split", *ATTRIBUTES) if c not in table.columns]
+    if missing:
+        raise DataError(f"{path} lacks the column(s) {missing} that stage-1 pre-training reads.")
+    rows = table[table["split"] == split].reset_index(drop=True)
+    if rows.empty:
+        raise DataError(f"{path} has no items in split {split!r}.")
+    return rows
+
+
+def label_matrix(rows: pd.DataFrame) -> torch.Tensor:
+    """[N, A] class index per label (category + attributes); -100 where an attribute does not apply."""
+    out = torch.full((len(rows), len(LABELS)), -100, dtype=torch.long)
+    for j, (name, values) in enumerate(LABELS.items()):
+        col = rows[name].tolist()
+        out[:, j] = torch.tensor([values.index(v) if v != NOT_APPLICABLE else -100 for v in col])
+    return out
+
+
+class _Decode(Dataset):
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = load_image(self.paths[i]).resize((self.size, self.size), resample=3)   # bicubic
+        return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def decode_all(paths: list[Path], size: int, workers: int, progress: bool) -> torch.Tensor:
+    """All training images as one uint8 tensor [N, 3, size, size]: decoded once, augmented on the fly."""
+    loader = DataLoader(_Decode(paths, size), batch_size=64, num_workers=workers)
+    return torch.cat(list(tqdm(loader, desc="decoding images", unit="batch", disable=not progress, leave=False)))
+
+
+class AttributeHeads(nn.Module):
+    """One linear classifier per label, on an embedding."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Linear(dim, len(values)) for values in LABELS.values())
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy over the applicable labels, and [A] accuracies."""
+        losses, accs = [], []
+        for j, head in enumerate(self.heads):
+            logits, y = head(x), labels[:, j]
+            valid = y >= 0
+            if valid.any():
+                losses.append(F.cross_entropy(logits[valid], y[valid]))
+                accs.append((logits[valid].argmax(-1) == y[valid]).float().mean())
+            else:
+                accs.append(torch.tensor(float("nan")))
+        return torch.stack(losses).mean(), torch.stack(accs)
+
+
+class Augment:
+    """Random crop (position and a little scale) + horizontal flip; colour is an attribute, so never jittered."""
+
+    def __init__(self, size: int, mean, std):
+        self.size = size
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor, g: torch.Generator, train: bool) -> torch.Tensor:
+        n, _, s, _ = images.shape
+        x = images.float() / 255
+        if train:
+            crops = []
+            for i in range(n):
+                side = int(torch.randint(self.size, s + 1, (1,), generator=g))
+                top, left = (int(v) for v in torch.randint(0, s - side + 1, (2,), generator=g))
+                crop = x[i:i + 1, :, top:top + side, left:left + side]
+                if torch.rand((), generator=g) < 0.5:
+                    crop = crop.flip(-1)
+                crops.append(F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+                                           align_corners=False))
+            x = torch.cat(crops)
+        else:
+            off = (s - self.size) // 2
+            x = x[:, :, off:off + self.size, off:off + self.size]
+        return (x - self.mean) / self.std
+
+
+def descriptions(rows: pd.DataFrame, index: list[int], rng: random.Random) -> list[str]:
+    texts = []
+    for i in index:
+        row = rows.iloc[i]
+        attrs = {a: row[a] for a in APPLIES[row["category"]]}
+        texts.append(describe_item(attrs, row["category"], rng))
+    return texts
+
+
+def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = True) -> dict:
+    """Train the backbone named in cfg.model.backbone; write it to `out` as an open_clip local-dir folder."""
+    if not dist_info.main:
+        return {}
+    p = cfg.pretrain
+    root = Path(cfg.data.root)
+    device = dist_info.device
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    backbone = Backbone(cfg.model.backbone).to(device)
+    clip = backbone.clip
+    clip.train()
+    size = backbone.image_size[0]
+    cache = p.image_cache_size or size + size // 8
+    train_rows, val_rows = read_catalog(root, cfg.data.train_split), read_catalog(root, cfg.data.val_split)
+    workers = cfg.optim.num_workers
+    train_images = decode_all([root / f for f in train_rows["image"]], cache, workers, progress)
+    val_images = decode_all([root / f for f in val_rows["image"]], cache, workers, progress)
+    train_labels, val_labels = label_matrix(train_rows), label_matrix(val_rows)
+    augment = Augment(size, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
+    image_heads = AttributeHeads(backbone.embed_dim).to(device)
+    text_heads = AttributeHeads(backbone.embed_dim).to(device)
+    params = [*clip.parameters(), *image_heads.parameters(), *text_heads.parameters()]
+    decay = [q for q in params if q.ndim >= 2]
+    no_decay = [q for q in params if q.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=p.lr)
+    steps_per_epoch = max(1, len(train_rows) // p.batch_size)
+    total, warmup = steps_per_epoch * p.epochs, max(1, int(p.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else
+        0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
+    g = torch.Generator().manual_seed(cfg.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log = []
+    start = time.time()
+    for epoch in range(p.epochs):
+        order = torch.randperm(len(train_rows), generator=g)
+        bar = tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{p.epochs}", unit="step",
+                   disable=not progress, leave=False)
+        for step in bar:
+            index = order[step * p.batch_size:(step + 1) * p.batch_size]
+            images = augment(train_images[index], g, train=True).to(device)
+            tokens = backbone.tokenize(descriptions(train_rows, index.tolist(), rng)).to(device)
+            labels = train_labels[index].to(device)
+            img, txt = clip.encode_image(images), clip.encode_text(tokens)
+            logits = clip.logit_scale.exp().clamp(max=100) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
+            target = torch.arange(len(index), device=device)
+            contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            loss = contrastive
+            if p.attribute_heads:
+                img_attr, _ = image_heads(img, labels)
+                txt_attr, _ = text_heads(txt, labels)
+                loss = loss + p.attribute_weight * (img_attr + txt_attr) / 2
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        record = {"epoch": epoch + 1, "loss": loss.item(), "contrastive": contrastive.item(),
+                  "seconds": time.time() - start}
+        log.append(record)
+    metrics = probe_attributes(clip, image_heads, augment, val_images, val_labels, device)
+    summary = {"stage": 1, "epochs": p.epochs, "train_images": len(train_rows), "seconds": time.time() - start,
+               "images_per_s": p.epochs * steps_per_epoch * p.batch_size / (time.time() - start),
+               "val_attribute_accuracy": metrics, "log": log}
+    save_backbone(backbone, out, summary)
+    return summary
+
+
+@torch.no_grad()
+def probe_attributes(clip, heads: AttributeHeads, augment: Augment, images: torch.Tensor, labels: torch.Tensor,
+                     device) -> dict[str, float]:
+    """Val-split accuracy of the image attribute heads: what the image embedding knows."""
+    clip.eval()
+    correct = torch.zeros(len(LABELS))
+    count = torch.zeros(len(LABELS))
+    for start in range(0, len(images), 256):
+        x = augment(images[start:start + 256], None, train=False).to(device)
+        emb = clip.encode_image(x)
+        y = labels[start:start + 256].to(device)
+        for j, head in enumerate(heads.heads):
+            valid = y[:, j] >= 0
+            correct[j] += (head(emb[valid]).argmax(-1) == y[valid, j]).sum().item()
+            count[j] += valid.sum().item()
+    clip.train()
+    return {name: round(100 * c / max(1, n), 2) for name, c, n in zip(LABELS, correct.tolist(), count.tolist(),
+                                                                     strict=True)}
+
+
+def save_backbone(backbone: Backbone, out: Path, summary: dict) -> None:
+    from safetensors.torch import save_file
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "open_clip_config.json").write_text(json.dumps(open_clip_config(backbone), indent=2))
+    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.clip.state_dict().items()},
+              str(tmp / "open_clip_model.safetensors"))
+    (tmp / "stage1.json").write_text(json.dumps(summary, indent=2))
+    replace_folder(tmp, out)
