@@ -1,0 +1,178 @@
+"""Catalogs: validated on open with messages that name the rows, and made from any folder of images."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdfn.catalog import build_catalog, open_catalog
+from sdfn.cli import main
+from sdfn.errors import ConfigError, DataError
+
+
+def write_csv(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def save(path: Path, color=(200, 30, 30), size=(48, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+    return path
+
+
+@pytest.fixture()
+def photos(tmp_path) -> Path:
+    """A user's folder: two category sub-folders, a loose image, a corrupt jpg, a text file, a truncated png."""
+    root = tmp_path / "photos"
+    save(root / "dresses" / "red.jpg")
+    save(root / "dresses" / "blue.png", (20, 40, 200))
+    save(root / "shirts" / "white.webp", (240, 240, 240))
+    save(root / "loose.jpeg", (10, 200, 10))
+    (root / "shirts" / "broken.jpg").write_bytes(b"not a jpeg at all" * 20)
+    good = save(root / "shirts" / "cut.png", (1, 2, 3), size=(300, 300)).read_bytes()
+    (root / "shirts" / "cut.png").write_bytes(good[: len(good) // 2])
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_synthetic_catalog_opens_with_metadata(small_catalog):
+    catalog = open_catalog(small_catalog)
+    assert len(catalog) == 200
+    assert catalog.category_counts() == {c: 40 for c in ("dress", "shirt", "skirt", "toptee", "trousers")}
+    row = catalog.find(catalog.ids[0])
+    assert catalog.image_path(row).is_file()
+    assert {"category", "title", "color", "split"} <= set(catalog.metadata(row))
+    assert "id" not in catalog.metadata(row) and "image" not in catalog.metadata(row)
+
+
+def _table_copy(small_catalog: Path, tmp_path: Path, edit) -> Path:
+    """A catalog whose table is edited and whose images are the small catalog's (by absolute path)."""
+    rows = read_csv(small_catalog / "catalog.csv")[:6]
+    for row in rows:
+        row["image"] = str(small_catalog / row["image"])
+    rows = edit(rows)
+    root = tmp_path / "edited"
+    root.mkdir()
+    write_csv(root / "catalog.csv", rows)
+    return root
+
+
+def test_missing_catalog_says_how_to_make_one(tmp_path):
+    with pytest.raises(DataError, match=r"does not exist.*sdfn catalog build --images DIR"):
+        open_catalog(tmp_path / "nowhere")
+
+
+def test_missing_column_is_named(small_catalog, tmp_path):
+    root = _table_copy(small_catalog, tmp_path, lambda rows: [{k: v for k, v in r.items() if k != "category"}
+                                                              for r in rows])
+    with pytest.raises(DataError, match=r"lacks the column\(s\) category"):
+        open_catalog(root)
+
+
+def test_duplicate_ids_name_the_id_and_lines(small_catalog, tmp_path):
+    def duplicate(rows):
+        rows[4]["id"] = rows[1]["id"]
+        return rows
+
+    root = _table_copy(small_catalog, tmp_path, duplicate)
+    with pytest.raises(DataError, match=r"duplicate ids: 'dress-000001' on lines 3, 6"):
+        open_catalog(root)
+
+
+def test_missing_image_files_name_the_rows(small_catalog, tmp_path):
+    def break_paths(rows):
+        rows[2]["image"] = "images/gone.png"
+        return rows
+
+    root = _table_copy(small_catalog, tmp_path, break_paths)
+    with pytest.raises(DataError, match=r"1 image file\(s\) not found: line 4 \('dress-000002'\): images/gone\.png"):
+        open_catalog(root)
+
+
+def test_unknown_id_names_it_and_suggests_close_ids(small_catalog):
+    catalog = open_catalog(small_catalog)
+    with pytest.raises(DataError, match=r"unknown item id 'dres-000003'.*Close matches: dress-000003.*`id` column"):
+        catalog.find("dres-000003")
+
+
+def test_empty_category_lists_categories_with_counts(small_catalog):
+    with pytest.raises(DataError, match=r"category 'hats' has no items.*dress \(40\), shirt \(40\)"):
+        open_catalog(small_catalog).rows_in_category("hats")
+
+
+def test_fingerprint_follows_table_and_image_stats(small_catalog, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(small_catalog, root)
+    before = open_catalog(root).fingerprint()
+    assert open_catalog(root).fingerprint() == before
+    image = root / "images" / "dress-000000.png"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))
+    assert open_catalog(root).fingerprint() != before
+
+
+def test_build_from_folder_reports_unreadable_files_by_name(photos, tmp_path):
+    messages = []
+    report = build_catalog(photos, tmp_path / "cat", progress=False, report=messages.append)
+    assert report.items == 4
+    assert sorted(p.name for p, _ in report.unreadable) == ["broken.jpg", "cut.png"]
+    assert any("broken.jpg: not an image" in m for m in messages)
+    assert any("cut.png" in m for m in messages)
+    listed = (tmp_path / "cat" / "unreadable.txt").read_text()
+    assert "broken.jpg" in listed and "cut.png" in listed
+    catalog = open_catalog(tmp_path / "cat")
+    assert catalog.ids == ["dresses/blue.png", "dresses/red.jpg", "loose.jpeg", "shirts/white.webp"]
+    assert [r["category"] for r in catalog.rows] == ["dresses", "dresses", "unknown", "shirts"]
+    assert all(catalog.image_path(i).is_file() for i in range(len(catalog)))
+
+
+def test_build_joins_metadata_on_file_name(photos, tmp_path):
+    write_csv(tmp_path / "meta.csv", [{"file": "red.jpg", "category": "evening", "title": "red gown"},
+                                      {"file": "dresses/blue.png", "category": "", "title": "blue dress"},
+                                      {"file": "missing.jpg", "category": "x", "title": "y"}])
+    report = build_catalog(photos, tmp_path / "cat", metadata=tmp_path / "meta.csv", progress=False,
+                           report=lambda _: None)
+    assert report.unmatched_metadata == ["missing.jpg"]
+    rows = {r["id"]: r for r in read_csv(tmp_path / "cat" / "catalog.csv")}
+    assert rows["dresses/red.jpg"]["category"] == "evening" and rows["dresses/red.jpg"]["title"] == "red gown"
+    assert rows["dresses/blue.png"]["category"] == "dresses" and rows["dresses/blue.png"]["title"] == "blue dress"
+    assert rows["loose.jpeg"]["title"] == ""
+
+
+def test_build_keeps_images_inside_the_catalog_relative(tmp_path):
+    save(tmp_path / "cat" / "images" / "a.png")
+    build_catalog(tmp_path / "cat" / "images", tmp_path / "cat", progress=False)
+    assert read_csv(tmp_path / "cat" / "catalog.csv")[0]["image"] == "images/a.png"
+
+
+def test_build_refuses_to_overwrite_a_catalog_without_replace(photos, tmp_path):
+    build_catalog(photos, tmp_path / "cat", progress=False, report=lambda _: None)
+    with pytest.raises(ConfigError, match=r"already exists.*--replace"):
+        build_catalog(photos, tmp_path / "cat", progress=False)
+    save(photos / "dresses" / "green.png", (0, 255, 0))
+    assert build_catalog(photos, tmp_path / "cat", replace=True, progress=False, report=lambda _: None).items == 5
+
+
+def test_build_from_an_empty_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no images"):
+        build_catalog(tmp_path / "empty", tmp_path / "cat", progress=False)
+
+
+def test_cli_catalog_build_prints_unreadable_files(photos, tmp_path, capsys):
+    assert main(["catalog", "build", "--images", str(photos), "--out", str(tmp_path / "cat"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "broken.jpg" in out and "cut.png" in out
+    assert "4 items" in out and "2 unreadable image(s) left out" in out
