@@ -1,0 +1,249 @@
+"""The catalog index: reused when fresh, never used when stale, updated incrementally, exact within a category."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sdfn.index as sdfn_index
+from sdfn.catalog import open_catalog
+from sdfn.cli import main
+from sdfn.errors import ConfigError
+from sdfn.fusion import FusionConfig
+from sdfn.index import choose_index_type, make_index, open_index, search_index
+from sdfn.model import ComposedRetrievalModel, ModelConfig
+
+SMALL_FUSION = FusionConfig(width=32, heads=2, router_hidden=16)
+
+
+def make_checkpoint(folder: Path, seed: int, fusion: FusionConfig = SMALL_FUSION) -> Path:
+    torch.manual_seed(seed)
+    ComposedRetrievalModel(ModelConfig(fusion=fusion)).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "a", seed=0)
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint) -> ComposedRetrievalModel:
+    return ComposedRetrievalModel.load(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def indexed(small_catalog, tmp_path_factory, model) -> Path:
+    """A copy of the small catalog with an index built by `model`; copy it again before changing it."""
+    root = tmp_path_factory.mktemp("indexed") / "catalog"
+    shutil.copytree(small_catalog, root)
+    open_index(open_catalog(root), model, progress=False)
+    return root
+
+
+@pytest.fixture()
+def catalog_copy(indexed, tmp_path) -> Path:
+    root = tmp_path / "catalog"
+    shutil.copytree(indexed, root)
+    return root
+
+
+@pytest.fixture()
+def count_encodings(monkeypatch) -> list[int]:
+    """Number of images sent to the backbone by each call of extract_image_features."""
+    calls: list[int] = []
+    real = sdfn_index.extract_image_features
+
+    def counting(model, paths, *args, **kwargs):
+        calls.append(len(paths))
+        return real(model, paths, *args, **kwargs)
+
+    monkeypatch.setattr(sdfn_index, "extract_image_features", counting)
+    return calls
+
+
+def add_items(root: Path, count: int) -> list[str]:
+    """Draw `count` new images and append them to catalog.csv."""
+    with (root / "catalog.csv").open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns, rows = reader.fieldnames, list(reader)
+    new = []
+    for i in range(count):
+        item_id = f"extra-{i:03d}"
+        Image.new("RGB", (64, 64), (40 * i, 255 - 40 * i, 90)).save(root / "images" / f"{item_id}.png")
+        new.append({**rows[0], "id": item_id, "image": f"images/{item_id}.png", "category": "extra"})
+    with (root / "catalog.csv").open("a", encoding="utf-8", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=columns, lineterminator="\n").writerows(new)
+    return [r["id"] for r in new]
+
+
+def manifest(root: Path) -> dict:
+    return json.loads((root / "index" / "manifest.json").read_text())
+
+
+# ---- index types ---------------------------------------------------------------------------------
+
+def test_auto_choice_follows_the_thresholds():
+    assert choose_index_type(10_000) == "flat"
+    assert choose_index_type(sdfn_index.FLAT_MAX_ITEMS) == "hnsw"
+    assert choose_index_type(sdfn_index.HNSW_MAX_ITEMS) == "ivfpq"
+    assert choose_index_type(10, "hnsw") == "hnsw"
+    with pytest.raises(ConfigError, match=r"unknown index type 'annoy'"):
+        choose_index_type(10, "annoy")
+
+
+def unit_vectors(n: int, d: int = 64, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("index_type,fp16", [("flat", False), ("flat", True), ("hnsw", False), ("hnsw", True)])
+def test_indexes_find_the_exact_neighbours_on_small_data(index_type, fp16):
+    data, queries = unit_vectors(2000), unit_vectors(20, seed=1)
+    _, truth = search_index(make_index(data, "flat"), queries, 10)
+    _, found = search_index(make_index(data, index_type, fp16=fp16), queries, 10)
+    overlap = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert overlap >= (1.0 if index_type == "flat" and not fp16 else 0.95)
+
+
+def test_ivfpq_needs_enough_items_and_takes_no_fp16():
+    with pytest.raises(ConfigError, match=r"ivfpq needs at least 10,000 items"):
+        make_index(unit_vectors(500), "ivfpq")
+    with pytest.raises(ConfigError, match=r"--fp16 does not apply to ivfpq"):
+        make_index(unit_vectors(500), "ivfpq", fp16=True)
+
+
+def test_ivfpq_builds_and_searches(monkeypatch):
+    monkeypatch.setattr(sdfn_index, "IVFPQ_MIN_ITEMS", 2000)  # small codebooks train fast enough for a test
+    data = unit_vectors(3000, d=32)
+    _, rows = search_index(make_index(data, "ivfpq"), data[:5], 5)
+    assert (rows[:, 0] == np.arange(5)).mean() >= 0.8
+
+
+# ---- building, reusing, updating -----------------------------------------------------------------
+
+def test_index_folder_layout_and_manifest(indexed, model):
+    folder = indexed / "index"
+    m = manifest(indexed)
+    assert (folder / "vectors.faiss").is_file()
+    assert [s["file"] for s in m["features"]["shards"]] == ["features-00000.safetensors"]
+    assert m["model"]["fingerprint"] == model.fingerprint()
+    assert m["catalog"]["fingerprint"] == open_catalog(indexed).fingerprint()
+    assert m["index"] | {"params": {}} == {"file": "vectors.faiss", "type": "flat", "requested": "auto",
+                                           "storage": "float32", "count": 200, "dim": 256, "params": {}}
+    assert len(m["items"]) == 200 and m["unreadable"] == []
+    assert {"created", "updated", "sdfn_version"} <= set(m)
+
+
+def test_fresh_index_is_reused_without_encoding(indexed, model, count_encodings):
+    index, status = open_index(open_catalog(indexed), model, progress=False)
+    assert status.action == "reused" and status.encoded == 0 and count_encodings == []
+    assert "up to date" in status.message
+    assert len(index) == 200
+
+
+def test_cached_features_match_encoding_the_image(indexed, model):
+    index, _ = open_index(open_catalog(indexed), model, progress=False)
+    row = 7
+    from sdfn.encode import extract_image_features
+
+    fresh = extract_image_features(model, [index.catalog.image_path(index.catalog.row_of[index.ids[row]])])
+    cached = index.cache.features([row])
+    assert torch.allclose(cached.pooled, fresh.features.pooled, atol=2e-2, rtol=1e-2)
+    assert cached.tokens.shape == fresh.features.tokens.shape
+
+
+def test_added_items_only_are_encoded_and_appended(catalog_copy, model, count_encodings):
+    new = add_items(catalog_copy, 3)
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "appended" and status.encoded == 3 and count_encodings == [3]
+    assert "gained 3 item(s)" in status.message
+    assert len(index) == 203 and index.ids[-3:] == new
+    assert len(manifest(catalog_copy)["features"]["shards"]) == 2
+    _, rows = index.search(_vector(index, "extra-001"), 1)
+    assert index.ids[rows[0, 0]] == "extra-001"
+    again, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused" and len(again) == 203
+
+
+def _vector(index, item_id: str) -> np.ndarray:
+    from sdfn.index import embed_items
+
+    return embed_items(index.model, index.cache.pooled([index.row_of[item_id]]))
+
+
+def test_index_of_another_model_is_rebuilt_not_used(catalog_copy, tmp_path, count_encodings):
+    other = ComposedRetrievalModel.load(make_checkpoint(tmp_path / "b", seed=1)).eval()
+    index, status = open_index(open_catalog(catalog_copy), other, progress=False)
+    assert status.action == "rebuilt" and status.encoded == 200
+    assert "built by another model" in status.message
+    assert manifest(catalog_copy)["model"]["fingerprint"] == other.fingerprint()
+
+
+def test_new_fusion_head_on_the_same_backbone_reuses_cached_features(catalog_copy, model, count_encodings):
+    other = ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(name="combiner", width=32))).eval()
+    other.backbone.load_state_dict(model.backbone.state_dict())
+    index, status = open_index(open_catalog(catalog_copy), other, progress=False)
+    assert status.action == "rebuilt" and status.encoded == 0 and count_encodings == []
+    assert "cached features are reused" in status.message
+    _, rows = index.search(_vector(index, "shirt-000003"), 1)
+    assert index.ids[rows[0, 0]] == "shirt-000003"
+
+
+def test_removed_and_changed_items_rebuild_from_the_cache(catalog_copy, model, count_encodings):
+    table = catalog_copy / "catalog.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    table.write_text("".join(lines[:3] + lines[4:]))            # dress-000002 removed
+    Image.new("RGB", (64, 64), (0, 0, 0)).save(catalog_copy / "images" / "dress-000005.png")  # changed
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "rebuilt" and status.encoded == 1 and count_encodings == [1]
+    assert "1 images changed, 1 items removed" in status.message
+    assert len(index) == 199 and "dress-000002" not in index.row_of
+
+
+def test_changing_the_index_type_rebuilds_without_encoding(catalog_copy, model, count_encodings):
+    index, status = open_index(open_catalog(catalog_copy), model, index_type="hnsw", fp16=True, progress=False)
+    assert status.action == "rebuilt" and status.encoded == 0
+    assert "from flat (float32) to hnsw (float16)" in status.message
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)  # None: keep what was built
+    assert status.action == "reused"
+
+
+def test_unreadable_catalog_image_is_reported_and_left_out(catalog_copy, model):
+    (catalog_copy / "images" / "skirt-000004.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert "1 image(s) could not be read" in status.message
+    assert "skirt-000004" not in index.row_of and "skirt-000004" in index.unreadable
+    assert "skirt-000004" in (catalog_copy / "index" / "unreadable.txt").read_text()
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused" and "1 image(s) could not be read" not in status.message
+
+
+def test_damaged_index_folder_is_rebuilt(catalog_copy, model):
+    (catalog_copy / "index" / "vectors.faiss").unlink()
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "built" and "index files missing" in status.message
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw"])
+def test_category_search_is_exact_and_complete(catalog_copy, model, index_type):
+    index, _ = open_index(open_catalog(catalog_copy), model, index_type=index_type, progress=False)
+    query = _vector(index, "toptee-000010")
+    scores, rows = index.search(query, 40, category="toptee")
+    assert (rows >= 0).all() and len(set(rows[0])) == 40
+    assert {index.catalog.rows[index.catalog.row_of[index.ids[r]]]["category"] for r in rows[0]} == {"toptee"}
+    toptee = [index.row_of[i] for i in index.ids if i.startswith("toptee")]
+    exact = (np.stack([_vector(index, index.ids[r])[0] for r in toptee]) @ query[0])
+    np.testing.assert_allclose(np.sort(scores[0])[::-1], np.sort(exact)[::-1], atol=1e-5)
+
+
+def test_cli_index_prints_what_happened(indexed, checkpoint, capsys):
+    assert main(["index", "--catalog", str(indexed), "--checkpoint", str(checkpoint), "--quiet"]) == 0
+    assert "sdfn index: index is up to date (200 items, flat, float32); no images encoded" in capsys.readouterr().out
