@@ -133,12 +133,111 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _cmd_catalog_build(args: argparse.Namespace) -> None:
+    from sdfn.catalog import build_catalog
+
+    report = build_catalog(Path(args.images), Path(args.out), metadata=Path(args.metadata) if args.metadata else None,
+                           replace=args.replace, progress=not args.quiet)
+    print(f"sdfn catalog build: {report.items} items in {report.catalog / 'catalog.csv'}"
+          + (f"; {len(report.unreadable)} unreadable image(s) left out, listed in {report.catalog / 'unreadable.txt'}"
+             if report.unreadable else ""))
+    if report.unmatched_metadata:
+        shown = ", ".join(report.unmatched_metadata[:5])
+        print(f"sdfn catalog build: {len(report.unmatched_metadata)} metadata row(s) match no image: {shown}"
+              + (", ..." if len(report.unmatched_metadata) > 5 else ""))
+
+
+def _add_catalog(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("catalog", help="make a catalog from a folder of images",
+                       description="Catalogs: a folder with catalog.csv (id, image, category, metadata columns).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = actions.add_parser("build", help="make a catalog from any folder of jpg/jpeg/png/webp images",
+                           description="Every image under --images (recursive) becomes an item: id = its path "
+                                       "relative to --images; category from --metadata, else its first sub-folder, "
+                                       "else 'unknown'. Unreadable images are reported by name and left out.")
+    b.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    b.add_argument("--out", required=True, help="catalog folder to write catalog.csv into")
+    b.add_argument("--metadata", help="CSV with an id/file/filename/image column (joined on id or file name), "
+                                      "optionally category and any other columns")
+    b.add_argument("--replace", action="store_true", help="rewrite an existing catalog.csv (the index is kept)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=_cmd_catalog_build)
+
+
+def _cmd_index(args: argparse.Namespace) -> None:
+    from sdfn.catalog import open_catalog
+    from sdfn.index import open_index
+    from sdfn.model import ComposedRetrievalModel
+
+    model = ComposedRetrievalModel.load(Path(args.checkpoint) if args.checkpoint else None, device=args.device).eval()
+    _, status = open_index(open_catalog(Path(args.catalog)), model, args.index_type, args.fp16,
+                           batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+    print(f"sdfn index: {status.message}")
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    from sdfn.index import FLAT_MAX_ITEMS, HNSW_MAX_ITEMS, INDEX_TYPES
+
+    p = sub.add_parser("index", help="embed a catalog and build (or update) its FAISS index",
+                       description="Embed every catalog item and write CATALOG/index/. A fresh index is reused; "
+                                   "a stale one (catalog or model changed) is rebuilt, incrementally when items "
+                                   "were only added.")
+    p.add_argument("--catalog", required=True, help="catalog folder (with catalog.csv)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--index-type", choices=INDEX_TYPES,
+                   help=f"auto: flat below {FLAT_MAX_ITEMS:,} items, hnsw below {HNSW_MAX_ITEMS:,}, ivfpq above "
+                        "(default: what the index was built with, else auto)")
+    p.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                   help="store vectors as float16 (flat, hnsw; default: as built before, else float32)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=0, help="image decoding processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_index)
+
+
+def _cmd_search(args: argparse.Namespace) -> None:
+    import json
+
+    from sdfn.retrieval import Retriever
+
+    retriever = Retriever(args.checkpoint, args.catalog, device=args.device, progress=not args.quiet)
+    if args.ref is not None:
+        retriever.catalog.find(args.ref)  # --ref is always an id: never read it as a file name
+    reference = args.ref if args.ref is not None else Path(args.ref_image)
+    result = retriever.search(reference, args.text, k=args.k, category=args.category,
+                              exclude_reference=not args.keep_reference)
+    print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.to_table())
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search a catalog: reference garment + modification text",
+                       description="Rank catalog items for a reference (catalog item or image file) changed by a "
+                                   "text. The index is built or updated first when needed.")
+    p.add_argument("--catalog", required=True, help="catalog folder")
+    ref = p.add_mutually_exclusive_group(required=True)
+    ref.add_argument("--ref", metavar="ID", help="reference: a catalog item id (the id column of catalog.csv)")
+    ref.add_argument("--ref-image", metavar="PATH", help="reference: an image file")
+    p.add_argument("--text", required=True, help='modification text; "" searches with the reference alone')
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--category", help="only items of this category")
+    p.add_argument("--keep-reference", action="store_true", help="let the reference item appear in the results")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--json", action="store_true", help='print {"query", "results", "routing"} as JSON')
+    p.add_argument("--quiet", action="store_true", help="no progress bars or index messages")
+    p.set_defaults(func=_cmd_search)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdfn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_synth(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_catalog(sub)
+    _add_index(sub)
+    _add_search(sub)
     return parser
 
 

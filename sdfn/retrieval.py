@@ -1,0 +1,420 @@
+"""The retrieval engine: a reference garment (catalog item or image) + a modification text -> ranked catalog items.
+
+    from sdfn import Retriever
+
+    retriever = Retriever()                  # shipped sdfn-tiny + catalogs/synthetic (generated if missing)
+    result = retriever.search("dress_00012", "is red and has long sleeves", k=10, category="dress")
+    for item in result.items:
+        print(item.rank, item.id, item.score, item.metadata["title"])
+    result.to_json()                         # {"query": ..., "results": [...], "routing": ...}
+
+The path through it is the one training and evaluation take: reference features (from the index's
+feature cache for a catalog item, else decoded and encoded) and text features -> fusion network
+(router trace) -> query vector -> FAISS -> catalog rows. One `Retriever` may serve many threads: it
+loads lazily under a lock, runs the model in eval mode under `torch.inference_mode`, and searches with
+per-call FAISS parameters, so concurrent searches answer exactly as sequential ones.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+
+from sdfn.backbone import ImageFeatures
+from sdfn.catalog import IMAGE_EXTENSIONS, Catalog, open_catalog
+from sdfn.data.images import load_image
+from sdfn.errors import ConfigError, DataError
+from sdfn.fusion import RouterTrace
+from sdfn.index import CatalogIndex, IndexStatus, open_index
+from sdfn.model import ComposedRetrievalModel
+
+DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalogs" / "synthetic"
+UPLOADED = "uploaded image"
+STAGES = ("preprocess", "encode_image", "encode_text", "fuse", "search")
+Reference = str | Path | Image.Image | bytes
+
+
+# ---- results -------------------------------------------------------------------------------------
+
+@dataclass
+class ResultItem:
+    rank: int
+    id: str
+    score: float
+    image: Path
+    metadata: dict[str, str]   # every catalog column but id and image (category, title, attributes, ...)
+
+    def to_json(self) -> dict[str, Any]:
+        fixed = {"rank": self.rank, "id": self.id, "score": round(self.score, 6), "image": str(self.image)}
+        return {**fixed, **{k: v for k, v in self.metadata.items() if k not in fixed}}
+
+
+@dataclass
+class QueryInfo:
+    """What was asked and what was actually searched, with notes wherever the two differ."""
+
+    reference: str                 # the catalog item id, or "uploaded image"
+    reference_image: str | None    # the reference's image file (None for an in-memory image)
+    text: str                      # as given
+    text_used: str                 # what the model read: stripped, truncated to its context; '' for image-only
+    mode: str                      # "composed" or "image-only"
+    k: int                         # as asked; `results` may be fewer (see notes)
+    category: str | None
+    exclude_reference: bool
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    query: QueryInfo
+    items: list[ResultItem]
+    trace: RouterTrace | None             # this query's router trace, tensors [1, K_in, K_out]; None if static
+    timings_ms: dict[str, float] = field(default_factory=dict)  # per stage; for search_batch, the whole batch's
+
+    def routing(self) -> dict | None:
+        return trace_to_json(self.trace)
+
+    def to_json(self) -> dict[str, Any]:
+        """{"query": {...}, "results": [{"rank", "id", "score", "image", <catalog columns>}], "routing": ...}
+        (routing: see `trace_to_json`)."""
+        return {"query": vars(self.query).copy(), "results": [item.to_json() for item in self.items],
+                "routing": self.routing()}
+
+    def to_table(self) -> str:
+        q = self.query
+        head = f"query: reference {q.reference}" + (f' + text "{q.text_used}"' if q.text_used else " (image only)")
+        head += f"; k={q.k}" + (f", category {q.category}" if q.category else "")
+        lines = [head] + [f"note: {n}" for n in q.notes]
+        routing = self.routing()
+        if routing is not None:
+            lines.append("routing (strongest path): " + " -> ".join(routing["strongest_path"]))
+        columns = ["rank", "score", "id", "category"] + (["title"] if any("title" in i.metadata for i in self.items)
+                                                         else ["image"])
+        rows = [[str(i.rank), f"{i.score:.4f}", i.id, i.metadata.get("category", ""),
+                 i.metadata.get("title", "") if columns[-1] == "title" else str(i.image)] for i in self.items]
+        widths = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(columns)]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+        lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        return "\n".join(lines)
+
+
+def trace_to_json(trace: RouterTrace | None) -> dict | None:
+    """A one-query router trace as JSON (None stays None: static fusions and image-only searches route nothing).
+
+    {"mode": "msr" | "shared" | "fixed",
+     "cells": [cell names, the K of every layer],
+     "layers": [{"layer": r (1-based), "from": [K cell names], "to": [K cell names] or ["output"] for the last,
+                 "weights":  K_in x K_out path weights in [0, 1) (msr: image part + text part),
+                 "incoming": K_in x K_out, each column the mix cell j receives (sums to 1),
+                 "image": K_in x K_out image-router part or null, "text": the text-router part or null}],
+     "strongest_path": one cell per layer, following the largest incoming share back from the output}
+    Numbers are rounded to 4 decimals.
+    """
+    if trace is None:
+        return None
+
+    def matrix(xs: list[torch.Tensor] | None, r: int) -> list | None:
+        return None if xs is None else np.round(xs[r][0].double().cpu().numpy(), 4).tolist()
+
+    cells = list(trace.cells)
+    layers = [{"layer": r + 1, "from": cells, "to": cells if r < len(trace.weights) - 1 else ["output"],
+               "weights": matrix(trace.weights, r), "incoming": matrix(trace.incoming, r),
+               "image": matrix(trace.image, r), "text": matrix(trace.text, r)} for r in range(len(trace.weights))]
+    return {"mode": trace.mode, "cells": cells, "layers": layers, "strongest_path": strongest_path(trace)}
+
+
+def strongest_path(trace: RouterTrace) -> list[str]:
+    """From the output back to layer 1, the cell that contributes most to the one chosen after it."""
+    path, column = [], 0
+    for incoming in reversed(trace.incoming):
+        column = int(incoming[0, :, column].argmax())
+        path.append(trace.cells[column])
+    return path[::-1]
+
+
+# ---- the engine ------------------------------------------------------------------------------------
+
+@dataclass
+class _Query:
+    """One validated query, its reference resolved: a catalog item (row in the index) or preprocessed pixels."""
+
+    info: QueryInfo
+    index_row: int | None = None        # catalog reference: its row in the index / feature cache
+    pixels: torch.Tensor | None = None  # uploaded reference: [3, H, W] preprocessed
+    k: int = 0                          # after clamping
+
+
+class Retriever:
+    """Composed retrieval over a catalog. Loads the checkpoint, the catalog and its index on first use.
+
+    checkpoint: a checkpoint folder (default: the shipped assets/sdfn-tiny);
+    catalog: a catalog folder (default: catalogs/synthetic, generated with seed 0 when missing);
+    index_type: auto | flat | hnsw | ivfpq (sdfn.index); fp16: float16 vector storage; both left as None keep
+    what the catalog's index was built with (a new index: auto, float32);
+    threads: torch threads (default: torch's, capped at the cores this process may use). FAISS is set to one
+    OpenMP thread: a query is one vector, and fork/join across threads costs more than it saves.
+    """
+
+    def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
+                 device: str = "cpu", index_type: str | None = None, progress: bool = True, fp16: bool | None = None,
+                 threads: int | None = None):
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.catalog_path = Path(catalog).resolve() if catalog is not None else DEFAULT_CATALOG
+        self.device, self.index_type, self.fp16 = device, index_type, fp16
+        self.progress, self.threads = progress, threads
+        self.index_status: IndexStatus | None = None
+        self._lock = threading.Lock()
+        self._model: ComposedRetrievalModel | None = None
+        self._index: CatalogIndex | None = None
+
+    # lazy loading -----------------------------------------------------------------------------------
+
+    def load(self) -> Retriever:
+        """Load model, catalog and index now (the first search does it otherwise); safe from many threads."""
+        with self._lock:
+            if self._index is None:
+                _set_threads(self.threads)
+                model = ComposedRetrievalModel.load(self.checkpoint, device=self.device).eval()
+                catalog = _open_or_generate(self.catalog_path, self.progress)
+                index, self.index_status = open_index(catalog, model, self.index_type, self.fp16,
+                                                      progress=self.progress)
+                if self.progress:
+                    print(f"sdfn: {self.index_status.message}", file=sys.stderr)
+                faiss.omp_set_num_threads(1)
+                self._model, self._index = model, index
+        return self
+
+    @property
+    def model(self) -> ComposedRetrievalModel:
+        return self.load()._model
+
+    @property
+    def index(self) -> CatalogIndex:
+        return self.load()._index
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.index.catalog
+
+    # searching -------------------------------------------------------------------------------------
+
+    def search(self, reference: Reference, text: str = "", k: int = 10, category: str | None = None,
+               exclude_reference: bool = True) -> SearchResult:
+        """Rank catalog items for `reference` (item id, image path, PIL image or image bytes) changed by `text`.
+
+        Empty or whitespace text searches with the reference alone ("more like this"). k larger than the
+        catalog (or category) returns all of it; the result's notes say so, and when text was truncated.
+        """
+        return self.search_batch([{"reference": reference, "text": text, "k": k, "category": category,
+                                   "exclude_reference": exclude_reference}])[0]
+
+    def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[SearchResult]:
+        """Many searches at once (keys as `search`'s arguments); images and texts are encoded in batches."""
+        self.load()
+        if not queries:
+            return []
+        timings = dict.fromkeys(STAGES, 0.0)
+        clock = time.perf_counter()
+        prepared = [self._prepare(i, q) for i, q in enumerate(queries)]
+        timings["preprocess"] = _ms_since(clock)
+        with torch.inference_mode():
+            clock = time.perf_counter()
+            references = self._reference_features(prepared)
+            timings["encode_image"] = _ms_since(clock)
+            vectors, traces = self._query_vectors(prepared, references, timings)
+            clock = time.perf_counter()
+            results = [self._rank(q, vectors[i:i + 1], traces[i]) for i, q in enumerate(prepared)]
+            timings["search"] = _ms_since(clock)
+        timings["total"] = sum(timings[s] for s in STAGES)
+        for result in results:
+            result.timings_ms = dict(timings)
+        return results
+
+    def _prepare(self, position: int, query: dict[str, Any]) -> _Query:
+        unknown = set(query) - {"reference", "text", "k", "category", "exclude_reference"}
+        if unknown or "reference" not in query:
+            raise ConfigError(f"query {position}: give 'reference' and optionally text, k, category, "
+                              f"exclude_reference (unknown keys: {', '.join(sorted(unknown)) or 'none'})")
+        text, k = query.get("text", "") or "", query.get("k", 10)
+        category, exclude = query.get("category"), bool(query.get("exclude_reference", True))
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a string, got {type(text).__name__}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ConfigError(f"k must be a whole number of at least 1, got {k!r}")
+        q = self._resolve_reference(query["reference"])
+        q.info.text, q.info.k, q.info.category, q.info.exclude_reference = text, int(k), category, exclude
+        self._prepare_text(q)
+        q.k = self._clamp_k(q)
+        return q
+
+    def _resolve_reference(self, reference: Reference) -> _Query:
+        index = self.index
+        size = self.model.backbone.image_size
+        max_side = max(256, 4 * max(size))  # as sdfn.encode decodes catalog images
+        if isinstance(reference, Image.Image):
+            return _Query(_info(UPLOADED, None), pixels=self._pixels(_bounded_rgb(reference, max_side)))
+        if isinstance(reference, bytes | bytearray):
+            return _Query(_info(UPLOADED, None), pixels=self._pixels(load_image(bytes(reference), max_side=max_side)))
+        if isinstance(reference, str) and reference in index.catalog.row_of:
+            if reference in index.unreadable:
+                raise DataError(f"catalog item '{reference}' is not searchable: {index.unreadable[reference]}. "
+                                f"Fix the file, then run `sdfn index --catalog {index.catalog.root}`.")
+            image = str(index.catalog.image_path(index.catalog.row_of[reference]))
+            return _Query(_info(reference, image), index_row=index.row_of[reference])
+        if isinstance(reference, Path) or (isinstance(reference, str) and _looks_like_path(reference)):
+            image = load_image(reference, max_side=max_side)
+            return _Query(_info(UPLOADED, str(reference)), pixels=self._pixels(image))
+        if isinstance(reference, str):
+            index.catalog.find(reference)  # raises: unknown id, with close matches and where ids come from
+        raise ConfigError(f"reference must be a catalog item id, an image path, a PIL image or image bytes; "
+                          f"got {type(reference).__name__}")
+
+    def _pixels(self, image: Image.Image) -> torch.Tensor:
+        return self.model.backbone.preprocess(image)
+
+    def _prepare_text(self, q: _Query) -> None:
+        info = q.info
+        stripped = " ".join(info.text.split())
+        if not stripped:
+            info.mode, info.text_used = "image-only", ""
+            info.notes.append('empty text: image-only search (items most like the reference, "more like this")')
+            return
+        info.mode, info.text_used = "composed", stripped
+        backbone = self.model.backbone
+        encode = getattr(backbone.tokenizer, "encode", None)
+        if encode is None:  # a Hugging Face tokenizer: no word-piece view, so no truncation report
+            return
+        pieces = encode(stripped)
+        room = backbone.context_length - 2  # start and end tokens take two places
+        if len(pieces) > room:
+            info.text_used = backbone.tokenizer.decode(pieces[:room]).strip()
+            info.notes.append(f"text truncated to {room} tokens (the model reads {backbone.context_length} "
+                              f"including start and end; the text had {len(pieces)})")
+
+    def _clamp_k(self, q: _Query) -> int:
+        info, index = q.info, self.index
+        excluded = info.exclude_reference and q.index_row is not None
+        if info.category is None:
+            available, where = len(index), "the catalog"
+        else:
+            available, where = index.category_count(info.category), f"category '{info.category}'"
+            if excluded:
+                excluded = index.catalog.rows[index.catalog.row_of[info.reference]]["category"] == info.category
+            if available == 0:
+                raise DataError(f"category '{info.category}' has no searchable items (its images could not be read; "
+                                f"see {index.folder / 'unreadable.txt'}).")
+        available -= int(excluded)
+        if available < 1:
+            raise DataError(f"nothing to return: {where} holds only the reference itself; search with "
+                            "exclude_reference=False or another category.")
+        if info.k > available:
+            info.notes.append(f"k larger than {where}: returning all {available} items")
+            return available
+        return info.k
+
+    def _reference_features(self, prepared: list[_Query]) -> ImageFeatures:
+        """Features of every query's reference, in query order: cache rows for catalog items, encoded uploads."""
+        index, model = self.index, self.model
+        cached = [i for i, q in enumerate(prepared) if q.index_row is not None]
+        uploaded = [i for i, q in enumerate(prepared) if q.pixels is not None]
+        parts, order = [], []
+        if cached:
+            parts.append(index.cache.features([prepared[i].index_row for i in cached]))
+            order += cached
+        if uploaded:
+            pixels = torch.stack([prepared[i].pixels for i in uploaded]).to(model.device)
+            parts.append(model.encode_images(pixels).to("cpu", dtype=torch.float32))
+            order += uploaded
+        return ImageFeatures.cat(parts)[torch.tensor(np.argsort(order, kind="stable"))]
+
+    def _query_vectors(self, prepared: list[_Query], references: ImageFeatures,
+                       timings: dict[str, float]) -> tuple[np.ndarray, list[RouterTrace | None]]:
+        """[Q, E] query vectors: composed for queries with text, the reference's target embedding otherwise."""
+        model = self.model
+        vectors = torch.zeros(len(prepared), model.backbone.embed_dim)
+        traces: list[RouterTrace | None] = [None] * len(prepared)
+        composed = [i for i, q in enumerate(prepared) if q.info.mode == "composed"]
+        alone = [i for i, q in enumerate(prepared) if q.info.mode == "image-only"]
+        if composed:
+            clock = time.perf_counter()
+            text = model.encode_texts([prepared[i].info.text_used for i in composed])
+            timings["encode_text"] = _ms_since(clock)
+            clock = time.perf_counter()
+            out = model.compose(references[torch.tensor(composed)].to(model.device), text)
+            vectors[composed] = out.query.float().cpu()
+            if out.trace is not None:
+                for j, i in enumerate(composed):
+                    traces[i] = out.trace[j:j + 1]
+            timings["fuse"] = _ms_since(clock)
+        if alone:
+            clock = time.perf_counter()
+            vectors[alone] = model.embed_target(references.pooled[torch.tensor(alone)].to(model.device)).float().cpu()
+            timings["fuse"] += _ms_since(clock)
+        return vectors.numpy(), traces
+
+    def _rank(self, q: _Query, vector: np.ndarray, trace: RouterTrace | None) -> SearchResult:
+        index, catalog = self.index, self.index.catalog
+        drop = q.index_row if q.info.exclude_reference else None
+        scores, rows = index.search(vector, q.k + (drop is not None), category=q.info.category)
+        items = []
+        for score, row in zip(scores[0], rows[0], strict=True):
+            if row < 0 or row == drop or len(items) == q.k:
+                continue
+            catalog_row = catalog.row_of[index.ids[row]]
+            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), catalog.image_path(catalog_row),
+                                    catalog.metadata(catalog_row)))
+        return SearchResult(q.info, items, trace)
+
+
+def _info(reference: str, image: str | None) -> QueryInfo:
+    return QueryInfo(reference=reference, reference_image=image, text="", text_used="", mode="composed", k=0,
+                     category=None, exclude_reference=True)
+
+
+def _looks_like_path(reference: str) -> bool:
+    return os.sep in reference or "/" in reference or Path(reference).suffix.lower() in IMAGE_EXTENSIONS \
+        or Path(reference).exists()
+
+
+def _bounded_rgb(image: Image.Image, max_side: int) -> Image.Image:
+    """An in-memory upload as RGB with its long side at most `max_side` (what load_image gives for files)."""
+    image = image.convert("RGB")
+    if max(image.size) > max_side:
+        image = image.copy()
+        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    return image
+
+
+def _ms_since(start: float) -> float:
+    return 1000 * (time.perf_counter() - start)
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() > cores:  # containers often report the host's cores to torch
+        torch.set_num_threads(cores)
+
+
+def _open_or_generate(path: Path, progress: bool) -> Catalog:
+    """Open a catalog; the default synthetic one is generated first when it is missing."""
+    if path == DEFAULT_CATALOG and not (path / "catalog.csv").is_file():
+        from sdfn.data.synth import generate_catalog
+
+        if progress:
+            print(f"sdfn: generating the synthetic catalog in {path} (once)", file=sys.stderr)
+        generate_catalog(path, seed=0, progress=progress)
+    return open_catalog(path)
