@@ -97,27 +97,30 @@ class AttributeHeads(nn.Module):
 
 
 class Augment:
-    """Random crop (position and a little scale) + horizontal flip; colour is an attribute, so never jittered."""
+    """Random crop (position and a little scale) + horizontal flip, as one batched affine resampling.
+
+    Colour is an attribute, so it is never jittered.
+    """
 
     def __init__(self, size: int, mean, std):
         self.size = size
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
 
-    def __call__(self, images: torch.Tensor, g: torch.Generator, train: bool) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, g: torch.Generator | None, train: bool) -> torch.Tensor:
         n, _, s, _ = images.shape
         x = images.float() / 255
         if train:
-            crops = []
-            for i in range(n):
-                side = int(torch.randint(self.size, s + 1, (1,), generator=g))
-                top, left = (int(v) for v in torch.randint(0, s - side + 1, (2,), generator=g))
-                crop = x[i:i + 1, :, top:top + side, left:left + side]
-                if torch.rand((), generator=g) < 0.5:
-                    crop = crop.flip(-1)
-                crops.append(F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
-                                           align_corners=False))
-            x = torch.cat(crops)
+            # A crop of side c (size <= c <= s) at a random offset, resampled to `size`: in the
+            # normalised coordinates of affine_grid that is a scale c/s and a shift within 1 - c/s.
+            crop = (self.size + torch.rand(n, generator=g) * (s - self.size)) / s
+            shift = (torch.rand(n, 2, generator=g) * 2 - 1) * (1 - crop)[:, None]
+            flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0], theta[:, 1, 1] = crop * flip, crop
+            theta[:, :, 2] = shift
+            grid = F.affine_grid(theta, [n, 3, self.size, self.size], align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
         else:
             off = (s - self.size) // 2
             x = x[:, :, off:off + self.size, off:off + self.size]
@@ -143,6 +146,7 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     backbone = Backbone(cfg.model.backbone).to(device)
+    backbone.set_frozen(image=False, text=False)     # stage 1 trains both towers, whatever stage 2 freezes
     clip = backbone.clip
     clip.train()
     size = backbone.image_size[0]

@@ -114,6 +114,11 @@ def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_p
     run_training(cfg, tmp_path, progress=False)
     stage1 = json.loads((tmp_path / "stage1" / "stage1.json").read_text())
     assert set(stage1["val_attribute_accuracy"]) >= {"category", "color", "sleeve", "neckline"}
+    torch.manual_seed(cfg.seed)                     # stage 1 starts from exactly this initialisation
+    random_init = Backbone(BackboneConfig())
+    trained = Backbone(BackboneConfig(model=f"local-dir:{tmp_path / 'stage1'}"))
+    changed = [k for k, v in trained.clip.state_dict().items() if not torch.equal(v, random_init.clip.state_dict()[k])]
+    assert any(k.startswith("visual.") for k in changed) and any(k.startswith("transformer.") for k in changed)
     saved = json.loads((tmp_path / "last" / "train_config.json").read_text())
     assert saved["model"]["backbone"]["model"].startswith("local-dir:")   # stage 2 started from stage 1
 
