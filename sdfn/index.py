@@ -490,7 +490,7 @@ def _append_features(tmp: Path, folder: Path, old: dict, plan: _Plan, catalog: C
     for shard in old["features"]["shards"]:
         _link_or_copy(folder / shard["file"], tmp / shard["file"])
         shards.append(shard)
-    items, unreadable = list(old["items"]), [u for u in old["unreadable"] if u[0] in plan.known_unreadable]
+    items, unreadable = list(old["items"]), list(old["unreadable"])  # appending means both are unchanged
     encoded = 0
     for start in range(0, len(plan.encode), SHARD_ROWS):
         rows = plan.encode[start:start + SHARD_ROWS]
