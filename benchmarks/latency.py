@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import random
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -76,8 +79,15 @@ def model_catalog(images: Path, name: str) -> Path:
 
 
 def checkpoint_for(name: str, cfg: ModelConfig, bench_dir: Path, backbone_of: Path | None = None) -> Path:
-    """A random-init checkpoint (seed 0), saved once; `backbone_of` copies another checkpoint's backbone."""
-    folder = bench_dir / "models" / name
+    """A random-init checkpoint (seed 0), saved once; `backbone_of` copies another checkpoint's backbone.
+
+    The folder name carries a hash of the config, the architecture file and the source weights, so a
+    changed sdfn-tiny.json or a retrained checkpoint gives a new model instead of a stale cached one.
+    """
+    source = json.loads((backbone_of / "sdfn_config.json").read_text())["fingerprint"] if backbone_of else None
+    arch = open_clip.get_model_config(cfg.backbone.model)
+    key = hashlib.sha256(json.dumps([asdict(cfg), arch, source], sort_keys=True, default=str).encode()).hexdigest()
+    folder = bench_dir / "models" / f"{name}-{key[:8]}"
     if not (folder / "sdfn_config.json").is_file():
         torch.manual_seed(0)
         model = ComposedRetrievalModel(cfg)
@@ -93,7 +103,7 @@ def combiner_twin(checkpoint: Path, bench_dir: Path) -> Path:
     cfg = ModelConfig.from_dict(meta["model"])
     cfg.fusion = FusionConfig(name="combiner", width=cfg.fusion.width)
     cfg.backbone.pretrained = None  # the weights come from `checkpoint`, never from a download
-    return checkpoint_for(f"{checkpoint.name}-combiner", cfg, bench_dir, backbone_of=checkpoint)
+    return checkpoint_for(f"{cfg.backbone.model}-combiner", cfg, bench_dir, backbone_of=checkpoint)
 
 
 def caption_queries(catalog: Path, count: int, seed: int) -> list[tuple[str, str]]:

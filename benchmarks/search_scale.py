@@ -53,8 +53,8 @@ def make_data(n: int, queries: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def time_queries(index: faiss.Index, queries: np.ndarray, params) -> tuple[np.ndarray, float, float]:
-    """Rows found per query and p50/p95 milliseconds, one query per call on one OpenMP thread, as
-    sdfn.Retriever searches (fork/join over threads costs more than it saves for one vector)."""
+    """Rows found per query and p50/p95 milliseconds, one query per call on one OpenMP thread: the cost of the
+    search itself, without fork/join over threads (which for one vector mostly adds noise)."""
     found, times = np.empty((len(queries), K), dtype=np.int64), []
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)

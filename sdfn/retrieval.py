@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from PIL import Image
@@ -162,8 +161,9 @@ class Retriever:
     catalog: a catalog folder (default: catalogs/synthetic, generated with seed 0 when missing);
     index_type: auto | flat | hnsw | ivfpq (sdfn.index); fp16: float16 vector storage; both left as None keep
     what the catalog's index was built with (a new index: auto, float32);
-    threads: torch threads (default: torch's, capped at the cores this process may use). FAISS is set to one
-    OpenMP thread: a query is one vector, and fork/join across threads costs more than it saves.
+    threads: torch threads (default: torch's, capped at the cores this process may use). torch and FAISS share
+    one OpenMP runtime, so this also sets FAISS's threads. On a busy machine, 1 thread gives steadier
+    latency for small models (see benchmarks/latency.py --threads).
     """
 
     def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
@@ -191,7 +191,6 @@ class Retriever:
                                                       progress=self.progress)
                 if self.progress:
                     print(f"sdfn: {self.index_status.message}", file=sys.stderr)
-                faiss.omp_set_num_threads(1)
                 self._model, self._index = model, index
         return self
 
