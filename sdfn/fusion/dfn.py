@@ -24,54 +24,69 @@ ROUTER_MODES = ("msr", "shared", "fixed")
 FALLBACK_EPS = 1e-3
 
 
-class PathRouter(nn.Module):
-    """MLP -> ReLU(tanh(.)): non-negative path weights in [0, 1) (DIME); the last bias starts open."""
+class PathRouterBank(nn.Module):
+    """The K path routers of one layer, one per cell, evaluated together as a batched MLP.
 
-    def __init__(self, d_in: int, hidden: int, k_out: int):
+    Router k maps its input x_k to ReLU(tanh(MLP_k(x_k))): non-negative path weights in [0, 1) to the
+    next layer's cells (DIME). Stacking the K small MLPs into one einsum keeps a single query's
+    routing to a handful of operations instead of K times as many.
+    """
+
+    def __init__(self, k: int, d_in: int, hidden: int, k_out: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, k_out))
-        nn.init.constant_(self.mlp[-1].bias, 1.0)   # tanh(1) = 0.76: every path open at the start
+        self.norm_weight = nn.Parameter(torch.ones(k, d_in))
+        self.norm_bias = nn.Parameter(torch.zeros(k, d_in))
+        self.w1 = nn.Parameter(torch.randn(k, d_in, hidden) / d_in ** 0.5)
+        self.b1 = nn.Parameter(torch.zeros(k, hidden))
+        self.w2 = nn.Parameter(torch.randn(k, hidden, k_out) / hidden ** 0.5)
+        self.b2 = nn.Parameter(torch.ones(k, k_out))   # tanh(1) = 0.76: every path open at the start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(torch.tanh(self.mlp(x)))
+        """x: [B, K, d_in] (router k reads x[:, k]) -> [B, K, k_out] path weights."""
+        x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight + self.norm_bias
+        h = F.gelu(torch.einsum("bki,kih->bkh", x, self.w1) + self.b1)
+        return torch.relu(torch.tanh(torch.einsum("bkh,kho->bko", h, self.w2) + self.b2))
 
 
-class ModalitySpecificRouter(nn.Module):
-    """An image router on the routed stream and a text router on the sentence; their mean is the weight."""
+class ModalitySpecificRouters(nn.Module):
+    """Per cell an image router on the cell's output stream and a text router on the sentence; the
+    path weight is their mean, so the two parts add up to it."""
 
-    def __init__(self, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int):
         super().__init__()
-        self.image = PathRouter(d, hidden, k_out)
-        self.text = PathRouter(d, hidden, k_out)
+        self.image = PathRouterBank(k, d, hidden, k_out)
+        self.text = PathRouterBank(k, d, hidden, k_out)
 
-    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
-        image_part, text_part = self.image(stream) / 2, self.text(sentence) / 2
+    def forward(self, streams: torch.Tensor, sentence: torch.Tensor):
+        image_part = self.image(streams) / 2
+        text_part = self.text(sentence[:, None].expand(-1, streams.shape[1], -1)) / 2
         return image_part + text_part, image_part, text_part
 
 
-class SharedRouter(nn.Module):
-    """Ablation: one router reads image stream and sentence together; no modality-specific parts."""
+class SharedRouters(nn.Module):
+    """Ablation: one router per cell reads image stream and sentence together; no modality-specific parts."""
 
-    def __init__(self, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int):
         super().__init__()
-        self.router = PathRouter(2 * d, hidden, k_out)
+        self.router = PathRouterBank(k, 2 * d, hidden, k_out)
 
-    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
-        return self.router(torch.cat([stream, sentence], dim=-1)), None, None
+    def forward(self, streams: torch.Tensor, sentence: torch.Tensor):
+        joint = torch.cat([streams, sentence[:, None].expand(-1, streams.shape[1], -1)], dim=-1)
+        return self.router(joint), None, None
 
 
-class FixedRouter(nn.Module):
+class FixedRouters(nn.Module):
     """Ablation: every path has weight 1, so every cell receives the uniform mix of the previous layer."""
 
-    def __init__(self, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int):
         super().__init__()
         self.k_out = k_out
 
-    def forward(self, stream: torch.Tensor, sentence: torch.Tensor):
-        return stream.new_ones(stream.shape[0], self.k_out), None, None
+    def forward(self, streams: torch.Tensor, sentence: torch.Tensor):
+        return streams.new_ones(streams.shape[0], streams.shape[1], self.k_out), None, None
 
 
-ROUTERS = {"msr": ModalitySpecificRouter, "shared": SharedRouter, "fixed": FixedRouter}
+ROUTERS = {"msr": ModalitySpecificRouters, "shared": SharedRouters, "fixed": FixedRouters}
 
 
 def mix_incoming(weights: torch.Tensor) -> torch.Tensor:
@@ -102,9 +117,8 @@ class DynamicFusionNetwork(FusionModule):
             nn.ModuleList(CELLS[name](d, cfg.heads, cfg.mlp_ratio, cfg.dropout) for name in cfg.cells)
             for _ in range(cfg.layers))
         router = ROUTERS[cfg.router]
-        self.routers = nn.ModuleList(
-            nn.ModuleList(router(d, cfg.router_hidden, k if r < cfg.layers - 1 else 1) for _ in range(k))
-            for r in range(cfg.layers))
+        self.routers = nn.ModuleList(router(k, d, cfg.router_hidden, k if r < cfg.layers - 1 else 1)
+                                     for r in range(cfg.layers))
         self.out_norm = nn.LayerNorm(d)
         self.out_proj = nn.Linear(2 * d, embed_dim)
         self.gate = nn.Sequential(nn.Linear(2 * embed_dim, cfg.router_hidden), nn.ReLU(),
@@ -117,16 +131,15 @@ class DynamicFusionNetwork(FusionModule):
         inputs = [x0] * len(self.cfg.cells)
         weights, incoming, image_parts, text_parts = [], [], [], []
         for cells, routers in zip(self.layers, self.routers, strict=True):
-            outputs = [cell(x, context) for cell, x in zip(cells, inputs, strict=True)]
-            routed = [router(out.mean(dim=1), context.sentence) for router, out in zip(routers, outputs, strict=True)]
-            w = torch.stack([r[0] for r in routed], dim=1)                         # [B, K_in, K_out]
+            outputs = torch.stack([cell(x, context) for cell, x in zip(cells, inputs, strict=True)], dim=1)
+            w, image_part, text_part = routers(outputs.mean(dim=2), context.sentence)   # [B, K_in, K_out]
             p = mix_incoming(w)
-            inputs = torch.einsum("bij,bind->bjnd", p, torch.stack(outputs, dim=1)).unbind(dim=1)
+            inputs = torch.einsum("bij,bind->bjnd", p, outputs).unbind(dim=1)
             weights.append(w)
             incoming.append(p)
-            if routed[0][1] is not None:
-                image_parts.append(torch.stack([r[1] for r in routed], dim=1))
-                text_parts.append(torch.stack([r[2] for r in routed], dim=1))
+            if image_part is not None:
+                image_parts.append(image_part)
+                text_parts.append(text_part)
         final = self.out_norm(inputs[0])
         query = self.out_proj(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
         if self.gate is not None:
