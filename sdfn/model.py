@@ -72,9 +72,9 @@ class ComposedRetrievalModel(nn.Module):
     def embed_target(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fusion.embed_target(pooled)
 
-    def forward(self, reference: torch.Tensor | ImageFeatures, texts: list[str],
+    def forward(self, reference: torch.Tensor | ImageFeatures, texts: list[str] | TextFeatures,
                 target: torch.Tensor | ImageFeatures) -> tuple[Composition, torch.Tensor, torch.Tensor]:
-        """One training forward: images (or cached features) and texts -> query, target embedding, logit scale.
+        """One training forward: images and texts (or their cached features) -> query, target embedding, scale.
 
         The loss's temperature is returned from here so that DistributedDataParallel sees it used.
         """
@@ -84,8 +84,11 @@ class ComposedRetrievalModel(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.cfg.freeze_image):
                 both = self.encode_images(torch.cat([reference, target]))
             ref, target_pooled = both[:len(reference)], both.pooled[len(reference):]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.cfg.freeze_text):
-            text = self.encode_texts(texts)
+        if isinstance(texts, TextFeatures):
+            text = texts
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.cfg.freeze_text):
+                text = self.encode_texts(texts)
         return self.compose(ref, text), self.embed_target(target_pooled), self.criterion.scale()
 
     # ---- checkpoints -------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from sdfn.backbone import BackboneConfig
+from sdfn.backbone import BackboneConfig, ImageFeatures, TextFeatures
 from sdfn.config import TrainConfig, from_dict
 from sdfn.data.base import RetrievalDataset, Triplet, open_dataset
 from sdfn.data.images import load_image
@@ -69,7 +69,8 @@ def setup_distributed() -> Dist:
 # ---- data ----------------------------------------------------------------------------------------------
 
 
-def open_training_data(cfg: TrainConfig, progress: bool) -> RetrievalDataset:
+def ensure_synthetic_catalog(cfg: TrainConfig, progress: bool) -> None:
+    """With data.synthesize, generate the synthetic catalog at data.root unless it is there already."""
     root = Path(cfg.data.root)
     if cfg.data.synthesize and not (root / "catalog.csv").is_file():
         from sdfn.data.synth import DEFAULT_ITEMS_PER_CATEGORY, generate_catalog
@@ -77,8 +78,11 @@ def open_training_data(cfg: TrainConfig, progress: bool) -> RetrievalDataset:
         generate_catalog(root, seed=cfg.data.synth_seed,
                          items_per_category=cfg.data.synth_items_per_category or DEFAULT_ITEMS_PER_CATEGORY,
                          workers=None, progress=progress)
+
+
+def open_training_data(cfg: TrainConfig) -> RetrievalDataset:
     kwargs = {"categories": cfg.data.categories} if cfg.data.categories else {}
-    return open_dataset(cfg.data.dataset, root, **kwargs)
+    return open_dataset(cfg.data.dataset, Path(cfg.data.root), **kwargs)
 
 
 def training_triplets(dataset: RetrievalDataset, cfg: TrainConfig, out: Path | None) -> list[Triplet]:
@@ -132,6 +136,23 @@ class TripletImages(Dataset):
             raise DataError(f"training triplet {t.source} entry {t.index}: {err}") from err
 
 
+@dataclass
+class TextFeatureTable:
+    rows_of: dict[str, int]
+    features: TextFeatures
+
+    def rows(self, texts: list[str]) -> TextFeatures:
+        return self.features[torch.tensor([self.rows_of[t] for t in texts])]
+
+
+@dataclass
+class TrainBatch:
+    references: torch.Tensor | ImageFeatures   # images [B, 3, H, W] or cached backbone features
+    texts: list[str] | TextFeatures
+    targets: torch.Tensor | ImageFeatures
+    target_keys: torch.Tensor                   # [B] equal for queries that share a target image
+
+
 # ---- schedule ------------------------------------------------------------------------------------------
 
 
@@ -175,20 +196,27 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, out: Path, dist_info: Dist | None = None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, out: Path, dist_info: Dist | None = None, progress: bool = True,
+                 caches: tuple[ImageFeatureTable, TextFeatureTable | None] | None = None):
+        """`caches`: feature tables of an earlier Trainer with the same frozen backbone and data, so that a
+        sweep over fusions encodes the catalog once (benchmarks/quality.py)."""
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.dist = dist_info or setup_distributed()
         self.device = self.dist.device
         seed_everything(cfg.seed)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.dataset = open_training_data(cfg, progress and self.dist.main)
+        self.dataset = open_training_data(cfg)
         self.triplets = training_triplets(self.dataset, cfg, self.out if self.dist.main else None)
         self.model = ComposedRetrievalModel(cfg.model).to(self.device)
         self.model.train()
         backbone = self.model.backbone
         self.cached = cfg.cache_features and backbone.cfg.freeze_image
-        self.table = self._cache_image_features() if self.cached else None
+        if caches is not None and self.cached:
+            self.table, self.texts = caches
+        else:
+            self.table = self._cache_image_features() if self.cached else None
+            self.texts = self._cache_text_features() if self.cached and backbone.cfg.freeze_text else None
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.dist.world > 1 else None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.lr, cfg.optim.lr_backbone,
@@ -224,40 +252,57 @@ class Trainer:
                             "Replace or remove them (or their triplets) and train again.")
         return table
 
+    @torch.no_grad()
+    def _cache_text_features(self) -> TextFeatureTable:
+        """Frozen text tower too: every training text (both caption orders) is encoded once."""
+        texts = sorted({join_captions(order) for t in self.triplets
+                        for order in (list(t.captions), list(reversed(t.captions)))})
+        self.model.eval()
+        parts = [self.model.encode_texts(texts[i:i + 512]).to(device="cpu", dtype=torch.float16)
+                 for i in tqdm(range(0, len(texts), 512), desc="caching text features", unit="batch",
+                               disable=not (self.progress and self.dist.main), leave=False)]
+        self.model.train()
+        features = TextFeatures.cat(parts)
+        used = int(features.mask.any(dim=0).nonzero().max()) + 1      # drop the columns no text reaches
+        trimmed = TextFeatures(features.tokens[:, :used], features.mask[:, :used], features.pooled)
+        return TextFeatureTable({text: i for i, text in enumerate(texts)}, trimmed)
+
     def _make_spd(self) -> SelfPathDistillation | None:
         if not (self.cfg.spd.enabled and self.model.fusion.has_routes):
             return None
         with torch.no_grad():
-            probe = self._forward(list(range(min(2, len(self.triplets)))), random.Random(0))[2]
-        return SelfPathDistillation(len(self.triplets), probe.flat_route().shape[1]).to(self.device)
+            probe = self._forward(self.batch_inputs(list(range(min(2, len(self.triplets)))), random.Random(0)))
+        return SelfPathDistillation(len(self.triplets), probe[2].flat_route().shape[1]).to(self.device)
 
     # -- one step
 
-    def _batch_inputs(self, ids: list[int], rng: random.Random):
+    def batch_inputs(self, ids: list[int], rng: random.Random) -> TrainBatch:
         triplets = [self.triplets[i] for i in ids]
         texts = [training_text(t, rng) for t in triplets]
+        if self.texts is not None:
+            texts = self.texts.rows(texts).to(self.device, torch.float32)
+        # Queries that share a target image must not count it as each other's negative.
+        keys = torch.tensor([hash(t.target) for t in triplets], device=self.device)
         if self.cached:
             refs, _ = self.table.rows([self.dataset.image_path(t.reference) for t in triplets])
             tgts, _ = self.table.rows([self.dataset.image_path(t.target) for t in triplets])
-            refs, tgts = refs.to(self.device, torch.float32), tgts.to(self.device, torch.float32)
-        else:
-            images = TripletImages(self.dataset, triplets, self.model.backbone.preprocess)
-            pairs = [images[i] for i in range(len(triplets))]
-            refs = torch.stack([p[0] for p in pairs]).to(self.device)
-            tgts = torch.stack([p[1] for p in pairs]).to(self.device)
-        return refs, texts, tgts, triplets
+            return TrainBatch(refs.to(self.device, torch.float32), texts, tgts.to(self.device, torch.float32), keys)
+        images = TripletImages(self.dataset, triplets, self.model.backbone.preprocess)
+        pairs = [images[i] for i in range(len(triplets))]
+        return TrainBatch(torch.stack([p[0] for p in pairs]).to(self.device), texts,
+                          torch.stack([p[1] for p in pairs]).to(self.device), keys)
 
-    def _forward(self, ids: list[int], rng: random.Random):
-        refs, texts, tgts, triplets = self._batch_inputs(ids, rng)
+    def _forward(self, batch: TrainBatch):
         model = self.ddp or self.model
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            composition, target, scale = model(refs, texts, tgts)
-        keys = torch.tensor([hash(t.target) for t in triplets], device=self.device)
-        return composition.query.float(), target.float(), composition.trace, scale, keys
+            composition, target, scale = model(batch.references, batch.texts, batch.targets)
+        return composition.query.float(), target.float(), composition.trace, scale
 
-    def train_step(self, ids: list[int], rng: random.Random) -> dict:
-        query, target, trace, scale, keys = self._forward(ids, rng)
-        bbc = self.model.criterion(query, target, keys)
+    def train_step(self, ids: list[int], rng: random.Random, batch: TrainBatch | None = None) -> dict:
+        """One optimisation step on training samples `ids` (their inputs may be given, e.g. by a benchmark)."""
+        batch = batch or self.batch_inputs(ids, rng)
+        query, target, trace, scale = self._forward(batch)
+        bbc = self.model.criterion(query, target, batch.target_keys)
         loss, spd_value = bbc, torch.zeros((), device=self.device)
         sample_ids = torch.tensor(ids, device=self.device)
         if self.spd is not None:
@@ -490,8 +535,12 @@ def append_jsonl(path: Path, record: dict) -> None:
 
 
 def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_after: int | None = None,
-                 progress: bool = True) -> dict:
-    """What `sdfn train` does: optional stage-1 pre-training, then the composed-retrieval training."""
+                 progress: bool = True, caches: tuple | None = None) -> dict:
+    """What `sdfn train` does: optional stage-1 pre-training, then the composed-retrieval training.
+
+    Returns the run folder, epochs done, the best checkpoint's score, the last epoch's record, and the
+    feature caches (to pass back as `caches` to a run on the same frozen backbone and data).
+    """
     dist_info = setup_distributed()
     out = Path(out)
     if resume is not None:
@@ -503,6 +552,10 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
             raise CheckpointError(f"{resume} is not a training run or its last/ checkpoint "
                                   "(train_config.json is missing).")
         out = folder.parent
+    if dist_info.main:
+        ensure_synthetic_catalog(cfg, progress)
+    if dist_info.world > 1:
+        dist.barrier()
     if cfg.pretrain.epochs > 0:
         from sdfn.pretrain import run_pretraining
 
@@ -514,13 +567,14 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
         cfg.model.backbone = BackboneConfig(model=f"local-dir:{stage1.resolve()}",
                                             freeze_image=cfg.model.backbone.freeze_image,
                                             freeze_text=cfg.model.backbone.freeze_text)
-    trainer = Trainer(cfg, out, dist_info, progress)
+    trainer = Trainer(cfg, out, dist_info, progress, caches=caches)
     if dist_info.main:
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     if resume is not None:
         trainer.restore(out / "last")
     final = trainer.train(stop_after=stop_after)
-    return {"out": str(out), "epoch": trainer.epoch, "best": trainer.best, "final": final}
+    return {"out": str(out), "epoch": trainer.epoch, "best": trainer.best, "final": final,
+            "caches": (trainer.table, trainer.texts)}
 
 
 def config_from_run(folder: Path) -> TrainConfig:

@@ -1,0 +1,190 @@
+"""Quality table on the synthetic catalog: SDFN against every baseline and ablation, 3 seeds.
+
+Every method trains with the tiny-synthetic recipe's stage 2 (frozen stage-1 backbone, cached features)
+on the same stage-1 backbone, for the same epochs, with the same tuning budget: one learning-rate
+sweep (seed 0, picked on the *val* split), then the remaining seeds at the picked rate. The best
+checkpoint of each run (by val R@1) is scored on the *test* split:
+- R@1/5/10/50 (whole category split as gallery, joined captions, reference excluded);
+- attribute satisfaction sat@1 / sat@5: the share of the top-1 (top-5) items that keep the reference's
+  category and have an accepted value for every attribute the captions ask for.
+
+Writes benchmarks/QUALITY.md and benchmarks/quality.json (figures in percent, mean over seeds, std).
+
+    python benchmarks/quality.py --stage1 runs/tiny-synthetic/stage1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.results import command, git_commit, machine, markdown_table  # noqa: E402
+from sdfn.config import load_config  # noqa: E402
+from sdfn.data.attributes import APPLIES, satisfies  # noqa: E402
+from sdfn.data.base import open_dataset  # noqa: E402
+from sdfn.encode import ModelQueryEncoder  # noqa: E402
+from sdfn.evaluate import EvalProtocol, evaluate  # noqa: E402
+from sdfn.model import ComposedRetrievalModel  # noqa: E402
+from sdfn.train import run_training  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+METHODS: dict[str, list[str]] = {
+    "sdfn": [],
+    "image_only": ["model.fusion.name=image_only"],
+    "text_only": ["model.fusion.name=text_only"],
+    "sum": ["model.fusion.name=sum"],
+    "concat_mlp": ["model.fusion.name=concat_mlp"],
+    "tirg": ["model.fusion.name=tirg"],
+    "combiner": ["model.fusion.name=combiner"],
+    "sdfn_shared_router": ["model.fusion.router=shared"],
+    "sdfn_fixed_route": ["model.fusion.router=fixed"],
+    "sdfn_no_spd": ["spd.enabled=false"],
+}
+BASELINES = ("image_only", "text_only", "sum", "concat_mlp", "tirg", "combiner")
+METRICS = ("R@1", "R@5", "R@10", "R@50", "sat@1", "sat@5")
+
+
+def run_folder(out: Path, method: str, lr: float, seed: int) -> Path:
+    return out / method / f"lr{lr:g}-seed{seed}"
+
+
+def train_one(method: str, lr: float, seed: int, args, caches) -> tuple[Path, tuple]:
+    """Train one run unless it already finished (the sweep can be stopped and restarted)."""
+    folder = run_folder(args.out, method, lr, seed)
+    done = folder / "best" / "sdfn_config.json"
+    if done.is_file() and (folder / "last" / "train_state.json").is_file():
+        state = json.loads((folder / "last" / "train_state.json").read_text())
+        if state["epoch"] >= args.epochs:
+            return folder, caches
+    overrides = [f"data.root={args.catalog}", "data.synthesize=false", "pretrain.epochs=0",
+                 f"model.backbone.model=local-dir:{args.stage1.resolve()}", f"seed={seed}", f"optim.lr={lr}",
+                 f"optim.epochs={args.epochs}", *METHODS[method]]
+    cfg = load_config(args.preset, overrides)
+    cfg.name = f"quality-{method}"
+    start = time.time()
+    result = run_training(cfg, folder, progress=not args.quiet, caches=caches)
+    print(f"  {method} lr={lr:g} seed={seed}: best val {result['best']['metric']} = "
+          f"{result['best']['score']:.2f} ({time.time() - start:.0f} s)", flush=True)
+    return folder, result["caches"]
+
+
+def val_score(folder: Path) -> float:
+    return json.loads((folder / "best" / "sdfn_config.json").read_text())["selected_by"]["score"]
+
+
+def test_metrics(folder: Path, dataset, catalog: pd.DataFrame, caches) -> dict[str, float]:
+    model = ComposedRetrievalModel.load(folder / "best")
+    encoder = ModelQueryEncoder(model, batch_size=256, table=caches[0] if caches else None)
+    protocol = EvalProtocol(gallery="split", captions="joined", exclude_reference=True)
+    report = evaluate(dataset, "test", encoder, protocol, return_rankings=True)
+    metrics = {f"R@{k}": v for k, v in report.mean_recall().items()}
+    rankings = [r for c in report.categories for r in c.rankings]
+    metrics["sat@1"] = 100 * statistics.mean(satisfaction(r, catalog, 1) for r in rankings)
+    metrics["sat@5"] = 100 * statistics.mean(satisfaction(r, catalog, 5) for r in rankings)
+    metrics["queries"] = len(rankings)
+    return metrics
+
+
+def satisfaction(ranking, catalog: pd.DataFrame, k: int) -> float:
+    """Share of the top-k items that answer the query (category kept, every asked attribute accepted)."""
+    reference_category = catalog.at[ranking.reference, "category"]
+    asks = ranking.triplet.asks
+    hits = 0
+    for item in ranking.top_ids[:k]:
+        row = catalog.loc[item]
+        attrs = {a: row[a] for a in APPLIES[row["category"]]}
+        hits += satisfies(attrs, row["category"], asks, reference_category)
+    return hits / k
+
+
+def summarise(per_seed: dict[str, list[dict]]) -> dict:
+    out = {}
+    for method, runs in per_seed.items():
+        entry = {m: round(statistics.mean(r[m] for r in runs), 2) for m in METRICS}
+        entry["std"] = {m: round(statistics.stdev(r[m] for r in runs), 2) if len(runs) > 1 else 0.0 for m in METRICS}
+        entry["seeds"] = len(runs)
+        entry["lr"] = runs[0]["lr"]
+        out[method] = entry
+    return out
+
+
+def write_report(summary: dict, args, minutes: float) -> None:
+    (HERE / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rows = [[m, *(f"{s[k]:.1f} ± {s['std'][k]:.1f}" for k in METRICS), f"{s['lr']:g}"] for m, s in summary.items()]
+    best_static = max(BASELINES, key=lambda m: summary[m]["R@1"])
+    sdfn, static = summary["sdfn"], summary[best_static]
+    lines = [
+        "# Quality on the synthetic catalog (test split)",
+        "",
+        f"_{time.strftime('%Y-%m-%d')} · {machine()} · commit {git_commit()} · {minutes:.0f} min_  ",
+        f"Command: `{command()}`",
+        "",
+        f"Same stage-1 backbone (`{args.stage1}`) for every method; stage 2 on frozen cached features, "
+        f"{args.epochs} epochs, learning rate picked per method from {{{', '.join(f'{x:g}' for x in args.lrs)}}} "
+        f"on val R@1 (seed 0), then seeds {', '.join(map(str, args.seeds))} at that rate; best checkpoint by val "
+        "R@1. Test protocol: whole category split as gallery, joined captions, reference excluded. sat@k: share "
+        "of the top-k items with the reference's category and every asked attribute value. Mean ± std over seeds, "
+        "in percent.",
+        "",
+        markdown_table(["method", *METRICS, "lr"], rows),
+        "",
+        "## Goals",
+        "",
+        f"- SDFN R@1 {sdfn['R@1']:.1f} vs best static baseline ({best_static}) {static['R@1']:.1f}: "
+        f"{sdfn['R@1'] - static['R@1']:+.1f} points (goal >= +3).",
+        f"- R@10 {sdfn['R@10']:.1f} vs {static['R@10']:.1f}; sat@1 {sdfn['sat@1']:.1f} vs {static['sat@1']:.1f} "
+        "(goal: not below).",
+        f"- MSR: SDFN R@1 {sdfn['R@1']:.1f} vs shared router {summary['sdfn_shared_router']['R@1']:.1f}; "
+        f"SPD: vs no SPD {summary['sdfn_no_spd']['R@1']:.1f}; fixed route {summary['sdfn_fixed_route']['R@1']:.1f}.",
+        f"- SDFN sat@1 {sdfn['sat@1']:.1f} (goal >= 80).",
+    ]
+    (HERE / "QUALITY.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage1", type=Path, required=True, help="stage-1 backbone folder (from sdfn train)")
+    parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
+    parser.add_argument("--preset", default="tiny-synthetic")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lrs", default="0.0005,0.002", help="learning rates tried for every method (seed 0)")
+    parser.add_argument("--epochs", type=int, default=None, help="default: the preset's optim.epochs")
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.lrs = [float(x) for x in args.lrs.split(",")]
+    args.epochs = args.epochs or load_config(args.preset).optim.epochs
+    methods = args.methods.split(",")
+    start = time.time()
+    dataset = open_dataset("fashioniq", args.catalog)
+    catalog = pd.read_csv(args.catalog / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    caches, per_seed = None, {}
+    for method in methods:
+        print(f"{method}:", flush=True)
+        for lr in args.lrs:
+            _, caches = train_one(method, lr, args.seeds[0], args, caches)
+        lr = max(args.lrs, key=lambda x: val_score(run_folder(args.out, method, x, args.seeds[0])))
+        per_seed[method] = []
+        for seed in args.seeds:
+            folder, caches = train_one(method, lr, seed, args, caches)
+            metrics = test_metrics(folder, dataset, catalog, caches)
+            per_seed[method].append({**metrics, "lr": lr, "seed": seed})
+            print(f"  test seed {seed}: " + ", ".join(f"{m} {metrics[m]:.1f}" for m in METRICS), flush=True)
+    summary = summarise(per_seed)
+    print(json.dumps(summary, indent=1))
+    if set(METHODS) <= set(summary):
+        write_report(summary, args, (time.time() - start) / 60)
+
+
+if __name__ == "__main__":
+    main()
