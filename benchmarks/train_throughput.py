@@ -4,7 +4,7 @@ Each row times `Trainer.train_step` (forward, InfoNCE + SPD, backward, clipping,
 route memory) on random inputs that are already on the device, so data loading is not measured.
 Modes:
 - `finetune`: images go through the (unfrozen) backbone towers, as in the paper-scale recipe;
-- `cached`: frozen backbone, cached image features, text encoded each step, as in the tiny recipe's stage 2.
+- `cached`: frozen backbone, cached image and text features, as in the tiny recipe's stage 2.
 
     python benchmarks/train_throughput.py                       # CPU: sdfn-tiny, both modes
     python benchmarks/train_throughput.py --gpu                 # GPU: ViT-B-32, batch 256, bf16, random init
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results import markdown_table, write_section  # noqa: E402
-from sdfn.backbone import ImageFeatures  # noqa: E402
+from sdfn.backbone import ImageFeatures, TextFeatures  # noqa: E402
 from sdfn.config import load_config  # noqa: E402
 from sdfn.data.synth import generate_catalog  # noqa: E402
 from sdfn.train import Dist, TrainBatch, Trainer  # noqa: E402
@@ -35,10 +35,9 @@ GPU_ANCHOR = 2100     # measured plain composed step on an H100, triplets/s (iss
 
 
 def random_batch(trainer: Trainer, batch_size: int, cached: bool, g: torch.Generator) -> TrainBatch:
-    """Inputs of the right shapes on the trainer's device; texts are real captions of the catalog."""
+    """Inputs of the right shapes on the trainer's device: cached features, or images and real captions."""
     device = trainer.device
     backbone = trainer.model.backbone
-    texts = [" and ".join(t.captions) for t in random.Random(0).choices(trainer.triplets, k=batch_size)]
     keys = torch.arange(batch_size, device=device)
     if cached:
         n_tokens = trainer.table.features.tokens.shape[1]
@@ -47,7 +46,12 @@ def random_batch(trainer: Trainer, batch_size: int, cached: bool, g: torch.Gener
             return ImageFeatures(torch.randn(batch_size, n_tokens, backbone.image_token_dim, generator=g).to(device),
                                  torch.randn(batch_size, backbone.embed_dim, generator=g).to(device))
 
-        return TrainBatch(feats(), texts, feats(), keys)
+        words = trainer.texts.features.tokens.shape[1]
+        mask = torch.arange(words)[None, :] < torch.randint(4, words + 1, (batch_size, 1), generator=g)
+        text = TextFeatures(torch.randn(batch_size, words, backbone.text_token_dim, generator=g), mask,
+                            torch.randn(batch_size, backbone.embed_dim, generator=g)).to(device)
+        return TrainBatch(feats(), text, feats(), keys)
+    texts = [" and ".join(t.captions) for t in random.Random(0).choices(trainer.triplets, k=batch_size)]
     shape = (batch_size, 3, *backbone.image_size)
     images = torch.randn((2, *shape), generator=g).to(device)
     return TrainBatch(images[0], texts, images[1], keys)
