@@ -11,10 +11,13 @@ from sdfn.errors import ConfigError, SdfnError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from sdfn.data.synth import generate_catalog
+    from sdfn.data.synth import SPLITS, generate_catalog
 
-    generate_catalog(Path(args.out), seed=args.seed, items_per_category=args.items_per_category,
-                     workers=args.workers, progress=not args.quiet)
+    splits = tuple(args.splits.split(",")) if args.splits else SPLITS
+    summary = generate_catalog(Path(args.out), seed=args.seed, items_per_category=args.items_per_category,
+                               workers=args.workers, progress=not args.quiet, splits=splits)
+    print(f"sdfn synth: {summary.items} items and {summary.triplets} triplets in {summary.out} "
+          f"(seed {args.seed}, splits {','.join(splits)})")
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +30,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--items-per-category", type=int, default=DEFAULT_ITEMS_PER_CATEGORY,
                    help=f"items per category over train+val+test (default {DEFAULT_ITEMS_PER_CATEGORY})")
     p.add_argument("--workers", type=int, default=None, help="drawing processes (default: all cores)")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated subset of train,val,test to write (identical to the full catalog's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_synth)
 

@@ -328,3 +328,20 @@ def test_output_that_is_a_file_or_bad_worker_count_is_refused(tmp_path):
         generate_catalog(target, items_per_category=ITEMS, workers=1, progress=False)
     with pytest.raises(ConfigError, match="--workers 0"):
         generate_catalog(tmp_path / "new", items_per_category=ITEMS, workers=0, progress=False)
+
+
+def test_one_split_is_the_same_as_in_the_full_catalog(tmp_path, catalog):
+    """The val split alone (as the shipped-model test remakes it) matches the full catalog byte for byte."""
+    part = tmp_path / "val-only"
+    generate_catalog(part, seed=0, items_per_category=ITEMS, workers=1, progress=False, splits=("val",))
+    assert sorted(p.name for p in (part / "captions").iterdir()) == sorted(
+        p.name for p in (catalog / "captions").iterdir() if ".val." in p.name)
+    for path in (part / "captions").iterdir():
+        assert path.read_bytes() == (catalog / "captions" / path.name).read_bytes()
+    ids = [line.split(",", 1)[0] for line in (part / "catalog.csv").read_text().splitlines()[1:]]
+    assert ids and all(line.split(",")[3] == "val" for line in (part / "catalog.csv").read_text().splitlines()[1:])
+    for item in ids:
+        assert (part / "images" / f"{item}.png").read_bytes() == (catalog / "images" / f"{item}.png").read_bytes()
+    with pytest.raises(ConfigError, match="splits.*'dev'"):
+        generate_catalog(tmp_path / "bad", seed=0, items_per_category=ITEMS, workers=1, progress=False,
+                         splits=("dev",))
