@@ -1,0 +1,73 @@
+"""sdfn demo: language-based fashion retrieval with a look inside the router. Also the Hugging Face Spaces app_file.
+
+    python demo.py [--host 127.0.0.1] [--port 7860] [--catalog DIR] [--checkpoint DIR]
+
+On a fresh clone it generates the default synthetic catalog (catalogs/synthetic, once), builds its index (cached
+on disk, so later starts only load it), loads the shipped model (assets/sdfn-tiny) and serves. On Hugging Face
+Spaces (SPACE_ID is set) it listens on 0.0.0.0 and GRADIO_SERVER_PORT (default 7860), and training is off unless
+the Space sets SDFN_DEMO_TRAINING=1. The layout and handlers are in sdfn/demo_app.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from sdfn.errors import SdfnError
+
+SPACES_PORT = 7860
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve the sdfn demo (Gradio).")
+    parser.add_argument("--host", default=None,
+                        help="address to listen on (default 127.0.0.1; 0.0.0.0 on Hugging Face Spaces)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port (default: GRADIO_SERVER_PORT, else 7860 on Spaces, else the first free from 7860)")
+    parser.add_argument("--catalog", default=None,
+                        help="catalog folder (default catalogs/synthetic, generated when missing)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for searches (default: all cores)")
+    parser.add_argument("--no-training", action="store_true", help="hide the Train view's controls")
+    return parser.parse_args(argv)
+
+
+def on_spaces() -> bool:
+    return bool(os.environ.get("SPACE_ID"))
+
+
+def address(args: argparse.Namespace) -> tuple[str, int | None]:
+    """Where to listen: the arguments, else what Spaces expects there, else local defaults."""
+    env_port = os.environ.get("GRADIO_SERVER_PORT")
+    if on_spaces():
+        return args.host or "0.0.0.0", args.port or int(env_port or SPACES_PORT)
+    return args.host or "127.0.0.1", args.port or (int(env_port) if env_port else None)
+
+
+def training_allowed(args: argparse.Namespace) -> bool:
+    # a public Space is shared by every visitor: one visitor's training run would slow everyone's searches
+    return not args.no_training and (not on_spaces() or os.environ.get("SDFN_DEMO_TRAINING") == "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    print("sdfn demo: loading the model, the catalog and its index…", file=sys.stderr, flush=True)
+    from sdfn.demo_app import build_demo, launch
+    from sdfn.demo_service import DemoService
+
+    try:
+        service = DemoService(args.checkpoint, args.catalog, threads=args.threads).load()
+    except SdfnError as err:
+        print(f"sdfn demo: error: {err}", file=sys.stderr)
+        return 2
+    print(f"sdfn demo: ready in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    host, port = address(args)
+    launch(build_demo(service, allow_training=training_allowed(args)), service, host, port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,688 @@
+"""The Gradio app: the Blocks layout, built from one small function per view, and its event handlers.
+
+Everything a handler computes comes from the library (sdfn.demo_service for searches, captions, route statistics
+and training; sdfn.viz for figures); this module only turns those into components and messages. `demo.py` is the
+entry point (and the Hugging Face Spaces app_file); tests build the same app with `build_demo`.
+
+Named API endpoints (JSON in, JSON out; see `api_endpoints`): /search, /route, /route_plot, /suggestions,
+/route_statistics, /info. Every refused input answers with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import gradio as gr
+import plotly.graph_objects as go
+
+from sdfn import viz
+from sdfn.demo_service import (
+    GENERIC_CHANGES,
+    KNOWN_TARGET_SPLITS,
+    DemoService,
+    SearchOutcome,
+    TrainingSettings,
+    TrainingStatus,
+    preset_defaults,
+)
+from sdfn.errors import ConfigError, SdfnError
+from sdfn.retrieval import SearchResult, trace_to_json
+from sdfn.routes import cell_usage
+
+TITLE = "sdfn · language-based fashion retrieval"
+PER_PAGE = 12
+MAX_K = 100
+POLL_SECONDS = 2.0
+MAX_UPLOAD = "50mb"
+SAME, ALL = "same", "all"
+EMPTY_RESULTS = "*Results appear here: pick a garment, describe a change and press Search.*"
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="orange", neutral_hue="slate",
+                       # system fonts: the page needs nothing from a font CDN, so it works offline
+                       font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
+                       font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"])
+CSS = """
+.sdfn-header h1 { margin-bottom: 0.1em; }
+.sdfn-header p { margin-top: 0.2em; color: var(--body-text-color-subdued); }
+.sdfn-step h3 { margin: 0.2em 0 0.1em 0; }
+.sdfn-status p { margin: 0.2em 0; }
+.sdfn-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.sdfn-progress > div { height: 100%; background: var(--primary-500); transition: width 0.6s; }
+.sdfn-progress-label { font-size: 0.9em; color: var(--body-text-color-subdued); margin-top: 4px; }
+#results-gallery .grid-wrap, #catalog-browser .grid-wrap { min-height: 0; max-height: none; overflow-y: visible; }
+.sdfn-chain-title { font-weight: 600; margin-bottom: 6px; }
+.sdfn-chain { display: flex; align-items: center; gap: 10px; overflow-x: auto; padding-bottom: 4px; }
+.sdfn-chain figure { margin: 0; text-align: center; flex: none; }
+.sdfn-chain img { width: 96px; height: 96px; object-fit: contain; border-radius: 8px;
+                  background: var(--neutral-100); }
+.sdfn-chain figcaption { font-size: 0.8em; color: var(--body-text-color-subdued); }
+.sdfn-arrow { flex: none; max-width: 160px; text-align: center; font-size: 0.9em; font-style: italic; }
+"""
+
+
+# ---- small helpers ------------------------------------------------------------------------------------------
+
+def _warning(message: str) -> str:
+    return f"**⚠ {message}**"
+
+
+def _reference_for(service: DemoService, item_id: str) -> dict[str, Any]:
+    image, meta = service.item(item_id)
+    return {"id": item_id, "image": str(image), "label": item_id, "category": meta.get("category"),
+            "title": meta.get("title", ""), "split": meta.get("split", "")}
+
+
+def _engine_reference(reference: dict[str, Any]) -> str | Path:
+    """A catalog item searches by id (its features are cached); an upload by its file."""
+    return reference["id"] if reference.get("id") else Path(reference["image"])
+
+
+def _reference_markdown(reference: dict[str, Any] | None) -> str:
+    if reference is None:
+        return "**No garment picked yet.**\n\nPick one from the catalog on the left, or upload a photo."
+    if not reference.get("id"):
+        return f"**{reference['label']}**\n\nAn uploaded photo: results come from the whole catalog."
+    where = f" · {reference['split']} split" if reference.get("split") else ""
+    return f"**{reference['id']}** · {reference['category']}{where}\n\n{reference.get('title', '')}"
+
+
+def _suggestion_samples(service: DemoService, reference: dict[str, Any] | None) -> list[list[str]]:
+    found = service.captions().for_reference(reference.get("id") if reference else None)
+    if not found:
+        return [[text, "example"] for text in GENERIC_CHANGES]
+    marks = {s: "target known ✓" if s.split in KNOWN_TARGET_SPLITS and s.target else "" for s in found}
+    return [[s.text, f"{s.split} caption" + (f" · {marks[s]}" if marks[s] else "")] for s in found]
+
+
+def _scope_category(reference: dict[str, Any], scope: str) -> str | None:
+    if scope == SAME:
+        return reference.get("category")
+    return None if scope == ALL else scope
+
+
+def _header_markdown(service: DemoService) -> str:
+    d = service.describe()
+    categories = ", ".join(d["categories"])
+    return (f"# {TITLE}\n"
+            "Pick a garment, say what to change (“is red and has longer sleeves”), and get the catalog items that "
+            "match. The Self-distilled Dynamic Fusion Network routes every query through its own mix of operation "
+            "modules: the **Router** tab shows that route layer by layer.\n\n"
+            f"<small>**Model** `{d['backbone']}` + `{d['fusion']}` fusion ({d['router']} routers), fingerprint "
+            f"`{d['model_fingerprint']}` · **Catalog** {Path(d['catalog']).name}: {d['items']:,} items "
+            f"({categories}) · {d['index']} index</small>")
+
+
+# ---- search view --------------------------------------------------------------------------------------------
+
+@dataclass
+class SearchView:
+    """The Search tab's components that other views read or update."""
+
+    reference: gr.State
+    last_query: gr.State
+    chain: gr.State
+    result_ids: gr.State
+    reference_image: gr.Image
+    reference_info: gr.Markdown
+    text: gr.Textbox
+    suggestions: gr.Dataset
+    k: gr.Slider
+    scope: gr.Dropdown
+    search: gr.Button
+    status: gr.Markdown
+    chain_box: gr.Group
+    chain_strip: gr.HTML
+    back: gr.Button
+    target: gr.Markdown
+    results: gr.Gallery
+    table: gr.Dataframe
+
+
+@dataclass
+class RouterView:
+    summary: gr.Markdown
+    routes: gr.Plot
+    usage: gr.Plot
+
+
+def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButton, gr.State]:
+    """The catalog browser: category filter, shuffle, paging; and the upload button. Returns the gallery, the ids
+    it shows, the upload button and the browsing state."""
+    counts = service.categories()
+    category = gr.Dropdown([("All categories", "")] + [(f"{c} ({n})", c) for c, n in counts.items()], value="",
+                           label="Category")
+    first = service.browse(None, None, 1, PER_PAGE)
+    gallery = gr.Gallery(_page_items(service, first.ids), columns=4, rows=3, height="auto", allow_preview=False,
+                         fit_columns=False, object_fit="contain", show_label=False, elem_id="catalog-browser",
+                         buttons=[])
+    ids = gr.State(first.ids)
+    state = gr.State({"category": "", "seed": None, "page": 1})
+    with gr.Row(equal_height=True):
+        previous = gr.Button("◀ Previous", size="sm", min_width=80)
+        page_label = gr.Markdown(_page_label(first.page, first.pages, first.total), elem_classes="sdfn-status")
+        following = gr.Button("Next ▶", size="sm", min_width=80)
+        shuffle = gr.Button("Shuffle", size="sm", min_width=80)
+    upload = gr.UploadButton("Upload your own photo", variant="secondary", size="md", elem_id="upload-button")
+
+    def show(category: str, seed: int | None, page: int) -> tuple:
+        found = service.browse(category or None, seed, page, PER_PAGE)
+        return (_page_items(service, found.ids), found.ids, {"category": category, "seed": seed, "page": found.page},
+                _page_label(found.page, found.pages, found.total))
+
+    outputs = [gallery, ids, state, page_label]
+    private = {"api_visibility": "private", "queue": False}
+    category.change(lambda c: show(c, None, 1), category, outputs, **private)
+    shuffle.click(lambda s: show(s["category"], random.randrange(1 << 30), 1), state, outputs, **private)
+    previous.click(lambda s: show(s["category"], s["seed"], s["page"] - 1), state, outputs, **private)
+    following.click(lambda s: show(s["category"], s["seed"], s["page"] + 1), state, outputs, **private)
+    return gallery, ids, upload, state
+
+
+def _page_items(service: DemoService, ids: list[str]) -> list[str]:
+    return [str(service.item(i)[0]) for i in ids]   # no captions: ids mean nothing to a shopper
+
+
+def _page_label(page: int, pages: int, total: int) -> str:
+    return f"<center>page {page} of {pages} · {total:,} items</center>"
+
+
+def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State, gr.UploadButton]:
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=340):
+            gr.Markdown("### 1 · Pick a garment", elem_classes="sdfn-step")
+            browser, browser_ids, upload, _ = _browser(service)
+        with gr.Column(scale=6, min_width=380):
+            gr.Markdown("### 2 · Describe the change", elem_classes="sdfn-step")
+            with gr.Row(equal_height=False):
+                reference_image = gr.Image(label="Reference", interactive=False, height=230, scale=2,
+                                           min_width=160, elem_id="reference-image", buttons=[])
+                reference_info = gr.Markdown(_reference_markdown(None), elem_id="reference-info")
+            text = gr.Textbox(label="Change", placeholder="e.g. is red and has longer sleeves", max_lines=2,
+                              elem_id="change-text", submit_btn=False)
+            suggestions = gr.Dataset(components=["textbox", "textbox"], headers=["suggested change", "from"],
+                                     samples=_suggestion_samples(service, None), samples_per_page=5,
+                                     label="Suggestions: click one to use it", layout="table")
+            with gr.Row(equal_height=True):
+                k = gr.Slider(1, MAX_K, value=10, step=1, label="Results (top-k)", scale=3, elem_id="top-k")
+                scope = gr.Dropdown([("Same category", SAME), ("All categories", ALL)]
+                                    + [(c, c) for c in service.categories()], value=SAME, label="Search in", scale=2)
+            search = gr.Button("Search", variant="primary", elem_id="search-button")
+            status = gr.Markdown("", elem_id="search-status", elem_classes="sdfn-status")
+    gr.Markdown("### 3 · Results", elem_classes="sdfn-step")
+    with gr.Group(visible=False) as chain_box:
+        chain_strip = gr.HTML("", elem_id="chain", padding=True)
+        back = gr.Button("Step back", size="sm", elem_id="step-back")
+    target = gr.Markdown(EMPTY_RESULTS, elem_id="target-note")
+    results = gr.Gallery(label="Results: click one to refine the search from it", columns=6, height="auto",
+                         fit_columns=False, allow_preview=False, object_fit="contain", elem_id="results-gallery",
+                         visible=False, buttons=[])
+    with gr.Accordion("Results as a table (scores and attributes)", open=False):
+        table = gr.Dataframe(interactive=False, wrap=False, max_height=520, pinned_columns=3, buttons=["copy"],
+                             elem_id="results-table")
+    view = SearchView(gr.State(None), gr.State(None), gr.State([]), gr.State([]), reference_image, reference_info,
+                      text, suggestions, k, scope, search, status, chain_box, chain_strip, back, target, results,
+                      table)
+    return view, browser, browser_ids, upload
+
+
+def _results_gallery(outcome: SearchOutcome) -> list[tuple[str, str]]:
+    target = outcome.target.target if outcome.target else None
+    return [(str(item.image), ("✓ target · " if item.id == target else "") + f"#{item.rank} · {item.score:.3f}")
+            for item in outcome.result.items]
+
+
+def _results_table(outcome: SearchOutcome) -> list[list[Any]] | Any:
+    import pandas as pd
+
+    target = outcome.target.target if outcome.target else None
+    rows = [{"rank": i.rank, "score": round(i.score, 4), "✓": "target" if i.id == target else "", "id": i.id,
+             **i.metadata} for i in outcome.result.items]
+    return pd.DataFrame(rows)
+
+
+def _status_line(result: SearchResult, total: int) -> str:
+    q = result.query
+    what = f"“{q.text_used}”" if q.text_used else "no text (image only)"
+    where = f"category {q.category}" if q.category else f"all {total:,} items"
+    lines = [f"Searched {where} for {q.reference} + {what} in {result.timings_ms.get('total', 0):.0f} ms."]
+    lines += [f"Note: {note}" for note in q.notes]
+    return "\n\n".join(lines)
+
+
+def route_outputs(service: DemoService, result: SearchResult) -> tuple[str, go.Figure, go.Figure]:
+    """The Router tab's summary and figures for a query, or a figure that says why there is no route."""
+    q = result.query
+    asked = f"{q.reference} + “{q.text_used}”" if q.text_used else f"{q.reference} (no text)"
+    if result.trace is None:
+        why = ("This model's fusion is static: every query takes the same path, so there is no route to show."
+               if not service.retriever.model.fusion.has_routes else
+               "An image-only search (empty text) skips the fusion network: type a change to see its route.")
+        return f"**Query:** {asked}\n\n{why}", viz.placeholder(why), viz.placeholder(why)
+    path = " → ".join(c.replace("_", " ") for c in trace_to_json(result.trace)["strongest_path"])
+    summary = (f"**Query:** {asked} · router mode **{result.trace.mode}**\n\n"
+               f"**Strongest path:** {path} → output")
+    label = q.text_used if len(q.text_used) < 40 else q.text_used[:37] + "…"
+    return (summary, viz.route_figure(result.trace, "Path weights, layer by layer"),
+            viz.usage_figure([result.trace], [label], "How much each operation module is used"))
+
+
+def _chain_html(chain: list[dict], reference: dict[str, Any] | None) -> str:
+    """The refinement chain as a strip: each reference, then the change asked of it as an arrow to the next."""
+    def figure(ref: dict[str, Any], caption: str) -> str:
+        # Gradio serves the catalog (allowed_paths) and uploads at gradio_api/file=; relative, so a proxy's root
+        # path (Spaces) is kept
+        return (f"<figure><img src='gradio_api/file={quote(ref['image'])}' alt='{html.escape(ref['label'])}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    if not chain or reference is None:
+        return ""
+    parts = [figure(turn["reference"], turn["reference"]["label"]) +
+             f"<div class='sdfn-arrow'>“{html.escape(turn['text'] or 'no text')}”<br>→</div>" for turn in chain]
+    return ("<div class='sdfn-chain-title'>Refinement chain</div><div class='sdfn-chain'>" + "".join(parts)
+            + figure(reference, f"now: {reference['label']}") + "</div>")
+
+
+def _wire_search(service: DemoService, view: SearchView, router: RouterView, browser: gr.Gallery,
+                 browser_ids: gr.State, upload: gr.UploadButton) -> None:
+    """Picking, uploading, searching, refining from a result and stepping back."""
+    private = {"api_visibility": "private"}
+    skip_results = (gr.skip(),) * 8
+
+    def run_search(reference: dict | None, text: str, k: float, scope: str) -> tuple:
+        if reference is None:
+            return (*skip_results, _warning("Pick a garment from the catalog (left) or upload a photo first, "
+                                            "then press Search."))
+        try:
+            outcome = service.search(_engine_reference(reference), text or "", int(k),
+                                     _scope_category(reference, scope))
+        except SdfnError as err:
+            return (*skip_results, _warning(str(err)))
+        summary, routes, usage = route_outputs(service, outcome.result)
+        query = {"reference": reference, "text": text or ""}
+        return (gr.Gallery(_results_gallery(outcome), visible=True), _results_table(outcome),
+                outcome.target.message() if outcome.target else "", [i.id for i in outcome.result.items], query,
+                summary, routes, usage, _status_line(outcome.result, len(service.retriever.index)))
+
+    search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, router.summary,
+                      router.routes, router.usage, view.status]
+    search_inputs = [view.reference, view.text, view.k, view.scope]
+    for trigger in (view.search.click, view.text.submit):
+        trigger(run_search, search_inputs, search_outputs, concurrency_id="search", concurrency_limit=4, **private)
+
+    def choose(reference: dict, chain: list[dict], message: str) -> tuple:
+        return (reference, reference["image"], _reference_markdown(reference),
+                gr.Dataset(samples=_suggestion_samples(service, reference)), chain,
+                gr.Group(visible=bool(chain)), _chain_html(chain, reference), message)
+
+    choose_outputs = [view.reference, view.reference_image, view.reference_info, view.suggestions, view.chain,
+                      view.chain_box, view.chain_strip, view.status]
+
+    def pick(ids: list[str], event: gr.SelectData) -> tuple:
+        reference = _reference_for(service, ids[event.index])
+        return choose(reference, [], f"Picked {reference['id']}. Describe a change, or click a suggestion.")
+
+    browser.select(pick, browser_ids, choose_outputs, **private)
+
+    def uploaded(path: str | None) -> tuple:
+        if not path:
+            return (*(gr.skip(),) * 7, _warning("The upload did not arrive; try again."))
+        name = Path(path).name
+        try:
+            preview = service.check_upload(path)
+        except SdfnError as err:
+            return (*(gr.skip(),) * 7, _warning(str(err).replace(str(path), name)))
+        reference = {"id": None, "image": path, "label": f"your photo ({name})", "category": None}
+        out = list(choose(reference, [], f"Using your photo {name} ({preview.width}×{preview.height} after "
+                                         "resizing). Describe a change and press Search."))
+        out[1] = preview
+        return tuple(out)
+
+    upload.upload(uploaded, upload, choose_outputs, **private)
+    view.suggestions.click(lambda sample: sample[0], view.suggestions, view.text, queue=False, **private)
+
+    def refine(ids: list[str], query: dict | None, chain: list[dict], event: gr.SelectData) -> tuple:
+        reference = _reference_for(service, ids[event.index])
+        chain = [*chain, query] if query is not None else chain
+        return (*choose(reference, chain, f"Refining from {reference['id']}: describe the next change and press "
+                                          "Search, or step back."), "", gr.Gallery([], visible=False), None,
+                EMPTY_RESULTS, [])
+
+    refine_outputs = [*choose_outputs, view.text, view.results, view.table, view.target, view.result_ids]
+    view.results.select(refine, [view.result_ids, view.last_query, view.chain], refine_outputs, **private)
+
+    def step_back(chain: list[dict]) -> tuple:
+        if not chain:
+            return (*(gr.skip(),) * 8, gr.skip())
+        turn, rest = chain[-1], chain[:-1]
+        return (*choose(turn["reference"], rest, "Stepped back one turn."), turn["text"])
+
+    view.back.click(step_back, view.chain, [*choose_outputs, view.text], **private).then(
+        run_search, search_inputs, search_outputs, concurrency_id="search", **private)
+
+
+# ---- router view --------------------------------------------------------------------------------------------
+
+def _router_tab(service: DemoService, search: SearchView) -> RouterView:
+    gr.Markdown("Every routing layer mixes the outputs of its operation modules with weights that the "
+                "**image router** (reading the garment) and the **text router** (reading the change) choose for "
+                "this query. Rows are the cell a path leaves, columns the cell it enters in the next layer; hover "
+                "a cell to read what its module does.")
+    summary = gr.Markdown("*Run a search to see its route.*", elem_id="route-summary")
+    waiting = viz.placeholder("Run a search on the Search tab: its route appears here.")
+    routes = gr.Plot(waiting, show_label=False, elem_id="route-plot")
+    usage = gr.Plot(viz.placeholder("Module usage appears after a search."), show_label=False,
+                    elem_id="usage-plot")
+    view = RouterView(summary, routes, usage)
+    _compare_section(service, search)
+    _statistics_section(service)
+    return view
+
+
+def _compare_section(service: DemoService, search: SearchView) -> None:
+    gr.Markdown("### Compare two changes on the same garment", elem_classes="sdfn-step")
+    with gr.Row(equal_height=True):
+        text_a = gr.Textbox(label="Change A", value=GENERIC_CHANGES[0], scale=3)
+        text_b = gr.Textbox(label="Change B", value=GENERIC_CHANGES[1], scale=3)
+        compare = gr.Button("Compare routes", variant="primary", scale=1, min_width=140)
+    status = gr.Markdown("", elem_classes="sdfn-status")
+    usage = gr.Plot(viz.placeholder("Pick a garment on the Search tab, then compare two changes."),
+                    show_label=False)
+    routes = gr.Plot(viz.placeholder("Routes side by side and their difference appear here."), show_label=False)
+
+    def run(reference: dict | None, a: str, b: str) -> tuple:
+        if reference is None:
+            return gr.skip(), gr.skip(), _warning("Pick a garment on the Search tab first.")
+        if not a.strip() or not b.strip():
+            return gr.skip(), gr.skip(), _warning("Type both changes: an empty text routes nothing.")
+        try:
+            first, second = service.routes(_engine_reference(reference), [a, b])
+        except SdfnError as err:
+            return gr.skip(), gr.skip(), _warning(str(err))
+        if first.trace is None or second.trace is None:
+            why = "This model's fusion is static: both changes take the same fixed path."
+            return viz.placeholder(why), viz.placeholder(why), why
+        la, lb = first.query.text_used, second.query.text_used
+        return (viz.usage_figure([first.trace, second.trace], [f"A: {la}", f"B: {lb}"], "Module usage, A vs B"),
+                viz.comparison_figure(first.trace, second.trace, la, lb),
+                f"Routes of A and B on {reference['label']}.")
+
+    compare.click(run, [search.reference, text_a, text_b], [usage, routes, status], api_visibility="private",
+                  concurrency_id="search")
+    search.last_query.change(lambda q: q["text"] if q and q["text"] else gr.skip(), search.last_query, text_a,
+                             api_visibility="private", queue=False)
+
+
+def _statistics_section(service: DemoService) -> None:
+    gr.Markdown("### Route statistics by kind of change", elem_classes="sdfn-step")
+    gr.Markdown("Do the routers treat a colour change differently from a sleeve change? Over every annotated query "
+                "of the val split, the mean module usage per kind of change (a query asking for two changes counts "
+                "in both), and how each kind differs from all queries together. Computed once per model and "
+                "catalog (a few seconds), then cached.")
+    button = gr.Button("Compute route statistics (val split)", elem_id="stats-button")
+    summary = gr.Markdown("", elem_classes="sdfn-status")
+    plot = gr.Plot(viz.placeholder("Press the button to compute the statistics."), show_label=False)
+    table = gr.Dataframe(interactive=False, visible=False)
+
+    def compute() -> tuple:
+        try:
+            stats = service.route_statistics("val")
+        except SdfnError as err:
+            return _warning(str(err)), gr.skip(), gr.skip()
+        if stats is None:
+            why = "This model's fusion is static: there are no routes to compare."
+            return why, viz.placeholder(why), gr.Dataframe(visible=False)
+        import math
+
+        import pandas as pd
+
+        rows = []
+        for k in [stats.overall, *stats.by_kind]:
+            top = [stats.cells[int(i)].replace("_", " ") for i in k.usage.argmax(dim=1)]
+            rows.append({"kind of change": k.kind, "queries": k.queries, "route entropy (nats)": round(k.entropy, 3),
+                         "image router share": None if k.image_share is None else round(k.image_share, 3),
+                         "most used module per layer": " → ".join(top)})
+        text = (f"{stats.overall.queries:,} queries · {stats.distinct_strongest_paths} distinct strongest paths; the "
+                f"most common one is taken by {stats.top_path_share:.0%} of queries · uniform routing would have "
+                f"entropy {math.log(len(stats.cells)):.3f} nats.")
+        return text, viz.statistics_figure(stats), gr.Dataframe(pd.DataFrame(rows), visible=True)
+
+    button.click(compute, None, [summary, plot, table], api_visibility="private", concurrency_id="statistics")
+
+
+# ---- train view ---------------------------------------------------------------------------------------------
+
+def _progress_html(fraction: float, label: str) -> str:
+    return (f"<div class='sdfn-progress' role='progressbar' aria-valuenow='{fraction * 100:.0f}' "
+            f"aria-valuemin='0' aria-valuemax='100'><div style='width:{fraction * 100:.1f}%'></div></div>"
+            f"<div class='sdfn-progress-label'>{label}</div>")
+
+
+def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) -> tuple | None:
+    """The Train view; returns its poll function and outputs, so a page opened during a run follows it."""
+    if not allow_training:
+        gr.Markdown("Training is switched off on this server (on Hugging Face Spaces unless the Space sets "
+                    "`SDFN_DEMO_TRAINING=1`). Run the demo locally, or use `sdfn train --config tiny-synthetic`.")
+        return None
+    from sdfn.config import list_presets
+
+    presets = list_presets()
+    preset_name = "tiny-synthetic" if "tiny-synthetic" in presets else presets[0]
+    defaults = preset_defaults(preset_name)
+    gr.Markdown("Train a model in the background (`python -m sdfn train`, one run at a time) while searches keep "
+                "working. When it is done, **Use this model** serves the new checkpoint; the catalog's index is "
+                "rebuilt for it.")
+    with gr.Row(equal_height=True):
+        preset = gr.Dropdown(presets, value=preset_name, label="Preset", scale=1)
+        catalog = gr.Textbox(str(service.retriever.catalog.root), label="Catalog folder (FashionIQ format)",
+                             scale=3)
+    with gr.Row(equal_height=True):
+        epochs = gr.Number(min(defaults["epochs"], 5), precision=0, label="Epochs", minimum=1)
+        batch = gr.Number(defaults["batch_size"], precision=0, label="Batch size", minimum=2)
+        lr = gr.Number(defaults["lr"], label="Learning rate", minimum=0)
+        pretrain = gr.Number(defaults["pretrain_epochs"], precision=0, minimum=0, label="Stage-1 epochs",
+                             info="backbone pre-training first; 0 skips it")
+    with gr.Row():
+        start = gr.Button("Start training", variant="primary", elem_id="train-start")
+        cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="train-cancel")
+        use = gr.Button("Use this model", interactive=False, elem_id="train-use")
+    progress = gr.HTML(_progress_html(0, "No run yet."))
+    status = gr.Markdown("", elem_classes="sdfn-status", elem_id="train-status")
+    curves = gr.Plot(viz.placeholder("Loss and validation recall appear while the run trains.", 300),
+                     show_label=False)
+    console = gr.Textbox(label="Console (last lines the run printed)", lines=8, max_lines=8, interactive=False,
+                         autoscroll=True)
+    timer = gr.Timer(POLL_SECONDS, active=False)
+    private = {"api_visibility": "private"}
+
+    def fill(name: str) -> tuple:
+        d = preset_defaults(name)
+        return min(d["epochs"], 5), d["batch_size"], d["lr"], d["pretrain_epochs"]
+
+    preset.change(fill, preset, [epochs, batch, lr, pretrain], queue=False, **private)
+
+    def show(run_status: TrainingStatus | None, message: str = "") -> tuple:
+        if run_status is None:
+            return (_progress_html(0, "No run yet."), gr.skip(), gr.skip(), message, gr.Timer(active=False),
+                    gr.Button(interactive=False), gr.Button(interactive=False))
+        s = run_status
+        label = f"{s.fraction:.0%} · {s.phase} · {s.out}"
+        done = s.state == "finished" and s.checkpoint is not None
+        note = message or {"finished": f"Done: checkpoint {s.checkpoint}." if done else "Done.",
+                           "failed": _warning("The run failed; see the console below."),
+                           "cancelled": "Cancelled.", "running": "Training…"}[s.state]
+        return (_progress_html(s.fraction, label), viz.training_figure(s.records), s.console, note,
+                gr.Timer(active=s.running), gr.Button(interactive=s.running), gr.Button(interactive=done))
+
+    outputs = [progress, curves, console, status, timer, cancel, use]
+
+    def begin(name: str, folder: str, e: float, b: float, rate: float, p: float) -> tuple:
+        try:
+            run = service.start_training(TrainingSettings(name, folder, _whole(e), _whole(b), rate, _whole(p)))
+        except SdfnError as err:
+            return show(None, _warning(str(err)))
+        return show(run.poll(), f"Started: {run.out}")
+
+    def poll() -> tuple:
+        run = service.training
+        return show(run.poll() if run else None)
+
+    def stop() -> tuple:
+        run = service.training
+        if run is not None:
+            run.cancel()
+        return poll()
+
+    def switch(progress_bar: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects it)
+        run = service.training
+        checkpoint = run.checkpoint() if run else None
+        if checkpoint is None:
+            return gr.skip(), _warning("No finished run with a checkpoint to use yet.")
+        progress_bar(0.1, desc="Loading the new model and bringing the catalog's index up to date…")
+        try:
+            message = service.use_checkpoint(checkpoint)
+        except SdfnError as err:
+            return gr.skip(), _warning(str(err))
+        return _header_markdown(service), f"Now serving {checkpoint}. {message}"
+
+    start.click(begin, [preset, catalog, epochs, batch, lr, pretrain], outputs, concurrency_id="train", **private)
+    timer.tick(poll, None, outputs, queue=False, **private)
+    cancel.click(stop, None, outputs, concurrency_id="train", **private)
+    use.click(switch, None, [header, status], concurrency_id="train", **private)
+    return poll, outputs
+
+
+def _whole(value: float | None) -> int:
+    if value is None:
+        raise ConfigError("fill in every number (epochs, batch size, pre-training epochs).")
+    return int(value) if float(value).is_integer() else value
+
+
+# ---- named API endpoints ------------------------------------------------------------------------------------
+
+def _api_reference(service: DemoService, reference: str | None, image: str | None) -> str | Path:
+    reference = (reference or "").strip()
+    if reference and image:
+        raise ConfigError("give either a catalog item id (reference) or an image file (image), not both.")
+    if image:
+        return Path(image)
+    if not reference:
+        raise ConfigError("give a reference: a catalog item id (see /info for the catalog, /suggestions for "
+                          "annotated changes) or an image file (gradio_client.handle_file(path)).")
+    service.item(reference)   # an unknown id: a message with close matches, never read as a file name
+    return reference
+
+
+def _api_error(err: SdfnError, image: str | None = None) -> gr.Error:
+    message = str(err).replace(image, Path(image).name) if image else str(err)
+    return gr.Error(message, print_exception=False)
+
+
+def api_endpoints(service: DemoService) -> None:
+    """JSON endpoints for gradio_client, named with api_name; their inputs are hidden components (an API caller
+    sends values straight to them). One hidden trigger carries them all: it is never clicked."""
+    with gr.Column(visible=False):
+        reference = gr.Textbox(label="reference")
+        image = gr.File(label="image", type="filepath")
+        text = gr.Textbox(label="text")
+        k = gr.Number(10, precision=0, label="k")
+        category = gr.Textbox(label="category")
+        split = gr.Textbox("val", label="split")
+        answer = gr.JSON(label="answer")
+        plot = gr.Plot(label="figure")
+        trigger = gr.Button("api")
+
+    def search(reference: str | None, image: str | None, text: str | None, k: float | None,
+               category: str | None) -> dict:
+        """Rank catalog items for a reference (catalog id or image file) changed by a text. Returns
+        {"query", "results", "routing", "target"}; target: where the annotated answer of a known val/test
+        (reference, caption) pair landed, else null."""
+        try:
+            ref = _api_reference(service, reference, image)
+            return service.search(ref, text or "", int(k if k is not None else 10), (category or "").strip() or None
+                                  ).to_json()
+        except SdfnError as err:
+            raise _api_error(err, image) from None
+
+    def route(reference: str | None, image: str | None, text: str | None) -> dict:
+        """The router trace of one query: per layer path weights (image and text router parts), module usage per
+        layer, the strongest path, and what each module does. routing is null for image-only or static queries."""
+        try:
+            result = service.routes(_api_reference(service, reference, image), [text or ""])[0]
+        except SdfnError as err:
+            raise _api_error(err, image) from None
+        cells = list(result.trace.cells) if result.trace is not None else []
+        return {"query": vars(result.query).copy(), "routing": trace_to_json(result.trace),
+                "cell_usage": cell_usage(result.trace)[0].tolist() if result.trace is not None else None,
+                "modules": [{"name": c, "description": viz.cell_description(c)} for c in cells]}
+
+    def route_plot(reference: str | None, image: str | None, text: str | None) -> go.Figure:
+        """The route heatmaps of one query as a Plotly figure."""
+        try:
+            result = service.routes(_api_reference(service, reference, image), [text or ""])[0]
+        except SdfnError as err:
+            raise _api_error(err, image) from None
+        if result.trace is None:
+            return viz.placeholder("No route: an image-only query or a static fusion.")
+        return viz.route_figure(result.trace)
+
+    def suggestions(reference: str | None) -> list:
+        """The annotated changes of a catalog item: [{"text", "split", "target", "captions"}], val/test first."""
+        return [s.to_json() for s in service.captions().for_reference((reference or "").strip())]
+
+    def route_statistics(split: str | None) -> dict:
+        """Route usage by kind of change over a split's annotated queries (cached per model and catalog)."""
+        try:
+            stats = service.route_statistics((split or "val").strip())
+        except SdfnError as err:
+            raise _api_error(err) from None
+        return stats.to_json() if stats is not None else {"mode": "static", "note": "this fusion has no routes"}
+
+    def info() -> dict:
+        """What is served: checkpoint, model fingerprint, catalog, categories and index."""
+        return service.describe()
+
+    query_inputs = [reference, image, text]
+    for fn, inputs, output, name in ((search, [*query_inputs, k, category], answer, "search"),
+                                     (route, query_inputs, answer, "route"),
+                                     (route_plot, query_inputs, plot, "route_plot"),
+                                     (suggestions, [reference], answer, "suggestions"),
+                                     (route_statistics, [split], answer, "route_statistics"),
+                                     (info, [], answer, "info")):
+        trigger.click(fn, inputs, output, api_name=name, api_description=fn.__doc__, concurrency_limit=4,
+                      concurrency_id="statistics" if name == "route_statistics" else "search")
+
+
+# ---- the app ------------------------------------------------------------------------------------------------
+
+def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
+    """The whole app for a loaded DemoService."""
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        # a callable value is evaluated on every page load: a page opened after "Use this model" shows the new one
+        header = gr.Markdown(lambda: _header_markdown(service), elem_classes="sdfn-header")
+        with gr.Tabs():
+            with gr.Tab("Search", id="search"):
+                search, browser, browser_ids, upload = _search_tab(service)
+            with gr.Tab("Router", id="router"):
+                router = _router_tab(service, search)
+            with gr.Tab("Train", id="train"):
+                training = _train_tab(service, header, allow_training)
+        _wire_search(service, search, router, browser, browser_ids, upload)
+        api_endpoints(service)
+        if training is not None:
+            poll, outputs = training
+            demo.load(poll, None, outputs, api_visibility="private")
+    return demo
+
+
+def launch(demo: gr.Blocks, service: DemoService, host: str = "127.0.0.1", port: int | None = None,
+           **kwargs: Any) -> Any:
+    """Queue and serve the app. The catalog's folder may be served (result images live there); uploads are capped
+    at MAX_UPLOAD, far above any photo, so a huge file is refused before it is stored."""
+    demo.queue(default_concurrency_limit=2)
+    return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_UPLOAD,
+                       allowed_paths=[str(service.retriever.catalog.root)], footer_links=["api", "gradio"],
+                       **kwargs)
