@@ -22,3 +22,40 @@ def small_catalog(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("catalog") / "synthetic"
     generate_catalog(root, seed=0, items_per_category=SMALL_ITEMS_PER_CATEGORY, workers=1, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random-init sdfn-tiny checkpoint with a small fusion head, saved once for the session (never the shipped
+    assets/sdfn-tiny, which may not exist yet and would tie tests to one training run)."""
+    import torch
+
+    from sdfn.fusion import FusionConfig
+    from sdfn.model import ComposedRetrievalModel, ModelConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-checkpoint") / "sdfn"
+    ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16))).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served_demo(small_catalog, tiny_checkpoint, tmp_path_factory):
+    """The Gradio demo on a copy of the small catalog with the tiny checkpoint, served in this process on a free
+    port, once per test module: yields (service, url)."""
+    import shutil
+    import socket
+
+    from sdfn.demo_app import build_demo, launch
+    from sdfn.demo_service import DemoService
+
+    folder = tmp_path_factory.mktemp("demo")
+    shutil.copytree(small_catalog, folder / "catalog")
+    service = DemoService(tiny_checkpoint, folder / "catalog", threads=1, progress=False, runs=folder / "runs").load()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo(service)
+    _, url, _ = launch(demo, service, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    yield service, url
+    demo.close()

@@ -1,0 +1,265 @@
+"""The Gradio demo, served in-process and driven through gradio_client: named endpoints answer correctly, bad input
+gets a readable message (never a stack trace), concurrent searches are all answered as sequential ones, training
+runs in the background and its model can be served, and demo.py listens where Hugging Face Spaces expects."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from sdfn.demo_app import route_outputs
+from sdfn.demo_service import DemoService, TrainingSettings
+from sdfn.errors import ConfigError
+from sdfn.evaluate import join_captions
+from sdfn.fusion import FusionConfig
+from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png_1bit(width: int, height: int) -> bytes:
+    """A valid all-black 1-bit PNG written by hand, so no full-size image is ever allocated here."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\x00" * (1 + (width + 7) // 8)
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+# gradio's own queue code trips pandas 3's deprecation warnings on every event; they say nothing about the demo
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.queueing",
+                                        "ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
+@pytest.fixture(scope="module")
+def service(served_demo) -> DemoService:
+    return served_demo[0]
+
+
+@pytest.fixture(scope="module")
+def catalog(service) -> Path:
+    return service.retriever.catalog.root
+
+
+@pytest.fixture(scope="module")
+def client(served_demo) -> Client:
+    return Client(served_demo[1], verbose=False)
+
+
+def search(client: Client, reference: str = "", image=None, text: str = "", k: int = 10, category: str = "") -> dict:
+    return client.predict(reference, image, text, k, category, api_name="/search")
+
+
+def refused(client: Client, api_name: str, *args) -> str:
+    with pytest.raises(AppError) as caught:
+        client.predict(*args, api_name=api_name)
+    message = str(caught.value)
+    assert "Traceback" not in message and 'File "' not in message
+    return message
+
+
+def a_known_pair(catalog: Path) -> dict:
+    entry = json.loads((catalog / "captions" / "cap.dress.val.json").read_text())[0]
+    return {"reference": entry["candidate"], "target": entry["target"], "text": join_captions(entry["captions"])}
+
+
+# ---- answers ---------------------------------------------------------------------------------------------------
+
+def test_endpoints_are_named(client):
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/search", "/route", "/route_plot", "/suggestions", "/route_statistics", "/info"} <= named
+    assert not any(name.startswith("/lambda") or name.startswith("/run_search") for name in named)
+
+
+def test_search_by_catalog_item(client, service):
+    answer = search(client, "dress-000004", text="is red and has long sleeves", k=5)
+    assert [r["rank"] for r in answer["results"]] == [1, 2, 3, 4, 5]
+    assert {"id", "score", "image", "title", "category"} <= set(answer["results"][0])
+    assert "dress-000004" not in [r["id"] for r in answer["results"]]
+    direct = service.search("dress-000004", "is red and has long sleeves", k=5).result
+    assert [r["id"] for r in answer["results"]] == [i.id for i in direct.items]
+    assert answer["routing"]["strongest_path"] and answer["target"] is None
+
+
+def test_search_by_uploaded_image(client, catalog):
+    answer = search(client, image=handle_file(str(catalog / "images" / "shirt-000007.png")), k=3)
+    assert answer["query"]["reference"] == "uploaded image" and answer["query"]["mode"] == "image-only"
+    assert answer["results"][0]["id"] == "shirt-000007"     # the same garment, found from its pixels
+    assert any("image-only" in note for note in answer["query"]["notes"])
+
+
+def test_known_pair_marks_its_target(client, catalog):
+    pair = a_known_pair(catalog)
+    answer = search(client, pair["reference"], text=pair["text"], k=100, category="dress")
+    target = answer["target"]
+    assert target["target"] == pair["target"] and target["split"] == "val" and target["found"]
+    assert answer["results"][target["rank"] - 1]["id"] == pair["target"]
+    assert f"rank {target['rank']}" in target["message"]
+    suggestions = client.predict(pair["reference"], api_name="/suggestions")
+    assert any(s["text"] == pair["text"] and s["target"] == pair["target"] for s in suggestions)
+
+
+def test_route_and_its_figure(client):
+    answer = client.predict("toptee-000003", None, "is darker and has no pattern", api_name="/route")
+    routing = answer["routing"]
+    assert routing["mode"] == "msr" and len(routing["layers"]) == 3 and len(routing["cells"]) == 4
+    assert routing["layers"][0]["image"] is not None and routing["layers"][0]["text"] is not None
+    assert all(abs(sum(layer) - 1) < 1e-4 for layer in answer["cell_usage"])
+    assert all(m["description"] for m in answer["modules"])
+    figure = client.predict("toptee-000003", None, "is darker and has no pattern", api_name="/route_plot")
+    data = json.loads(figure["plot"])["data"]
+    assert [t["type"] for t in data].count("heatmap") == 9      # 3 layers x (image, text, sum)
+    assert "self-attention" in json.dumps(data)                 # hover says what a module does
+
+
+def test_route_statistics_by_kind_of_change(client, service):
+    stats = client.predict("val", api_name="/route_statistics")
+    kinds = [k["kind"] for k in stats["by_kind"]]
+    assert stats["overall"]["queries"] > 0 and {"color", "pattern"} <= set(kinds)
+    assert service.route_statistics("val") is service.route_statistics("val")    # cached
+
+
+def test_info(client, service):
+    info = client.predict(api_name="/info")
+    assert info["items"] == len(service.retriever.index) and info["fusion"] == "sdfn"
+
+
+def test_static_fusion_says_it_has_no_route(tiny_checkpoint, catalog, tmp_path):
+    combiner = ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(name="combiner", width=32)))
+    combiner.backbone.load_state_dict(ComposedRetrievalModel.load(tiny_checkpoint).backbone.state_dict())
+    combiner.save(tmp_path / "combiner")
+    shutil.copytree(catalog, tmp_path / "catalog")      # with its index: the same backbone's features are reused
+    static = DemoService(tmp_path / "combiner", tmp_path / "catalog", threads=1, progress=False).load()
+    summary, routes, usage = route_outputs(static, static.search("dress-000004", "is red", k=3).result)
+    assert "static" in summary and "static" in json.dumps(routes.to_plotly_json())
+    assert static.route_statistics("val") is None
+
+
+# ---- bad input: a message that says what to do ----------------------------------------------------------------
+
+def test_search_without_a_reference(client):
+    assert "give a reference" in refused(client, "/search", "", None, "is red", 10, "")
+
+
+def test_unknown_item_names_close_matches(client):
+    message = refused(client, "/search", "dress-00004", None, "is red", 10, "")
+    assert "unknown item id 'dress-00004'" in message and "Close matches: dress-0000" in message
+
+
+def test_non_image_upload(client, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    message = refused(client, "/search", "", handle_file(str(notes)), "is red", 10, "")
+    assert "notes.txt" in message and "gradio" not in message   # the visitor's file name, not a server path
+
+
+def test_huge_image_is_refused_before_decoding(client, tmp_path):
+    bomb = tmp_path / "huge.png"
+    bomb.write_bytes(png_1bit(20_000, 20_000))
+    message = refused(client, "/search", "", handle_file(str(bomb)), "is red", 10, "")
+    assert "huge.png" in message and "400,000,000" in message
+
+
+def test_empty_text_is_an_image_only_search(client):
+    answer = search(client, "skirt-000002", text="   ", k=4)
+    assert answer["query"]["mode"] == "image-only" and answer["routing"] is None and len(answer["results"]) == 4
+
+
+def test_bad_k_and_category(client):
+    assert "k must be" in refused(client, "/search", "dress-000004", None, "is red", 0, "")
+    assert "categories" in refused(client, "/search", "dress-000004", None, "is red", 5, "hats").lower()
+
+
+# ---- concurrency -----------------------------------------------------------------------------------------------
+
+def test_concurrent_searches_all_answered_as_sequential(client, service):
+    queries = [(f"{c}-{i:06d}", text) for i, (c, text) in enumerate(
+        [(c, t) for c in ("dress", "shirt", "toptee", "skirt", "trousers")
+         for t in ("is red", "is darker and striped", "has a belt", "")][:20])]
+    sequential = [search(client, ref, text=text, k=5) for ref, text in queries]
+    with ThreadPoolExecutor(20) as pool:
+        jobs = [client.submit(ref, None, text, 5, "", api_name="/search") for ref, text in queries]
+        concurrent = list(pool.map(lambda job: job.result(timeout=120), jobs))
+    assert len(concurrent) == 20
+    for seq, con in zip(sequential, concurrent, strict=True):
+        assert [r["id"] for r in con["results"]] == [r["id"] for r in seq["results"]]
+        assert [r["score"] for r in con["results"]] == pytest.approx([r["score"] for r in seq["results"]], abs=1e-5)
+
+
+# ---- training in the background -------------------------------------------------------------------------------
+
+def test_training_runs_in_the_background_and_its_model_is_served(service, catalog):
+    with pytest.raises(ConfigError, match="epochs must be"):
+        service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 0, 32, 1e-3, 0))
+    run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 1, 32, 1e-3, 0))
+    with pytest.raises(ConfigError, match="already going"):
+        service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 1, 32, 1e-3, 0))
+    assert service.search("dress-000004", "is red", k=3).result.items   # searches answered while it trains
+    deadline = time.time() + 240
+    while (status := run.poll()).running and time.time() < deadline:
+        time.sleep(1)
+    assert status.state == "finished", status.console
+    assert status.fraction == 1.0 and status.checkpoint is not None
+    assert any(r.get("event") == "epoch" and "val" in r for r in status.records)
+    before = service.describe()["model_fingerprint"]
+    service.use_checkpoint(status.checkpoint)
+    assert service.describe()["model_fingerprint"] != before
+    assert len(service.search("dress-000004", "is red", k=3).result.items) == 3
+
+
+def test_cancel_stops_the_run(service, catalog):
+    run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 50, 32, 1e-3, 0))
+    run.cancel()
+    assert run.poll().state == "cancelled"
+
+
+# ---- the entry point -------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def entry():
+    spec = importlib.util.spec_from_file_location("demo_entry", ROOT / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spaces_binding(entry, monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert entry.address(entry.parse_args([])) == ("127.0.0.1", None)
+    assert entry.address(entry.parse_args(["--port", "7999"])) == ("127.0.0.1", 7999)
+    monkeypatch.setenv("SPACE_ID", "someone/sdfn")
+    assert entry.address(entry.parse_args([])) == ("0.0.0.0", 7860)
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "8080")
+    assert entry.address(entry.parse_args([])) == ("0.0.0.0", 8080)
+    assert not entry.training_allowed(entry.parse_args([]))
+    monkeypatch.setenv("SDFN_DEMO_TRAINING", "1")
+    assert entry.training_allowed(entry.parse_args([]))
+
+
+def test_missing_checkpoint_is_one_readable_line(entry, tmp_path, catalog, capsys):
+    assert entry.main(["--checkpoint", str(tmp_path / "nowhere"), "--catalog", str(catalog)]) == 2
+    err = capsys.readouterr().err
+    assert "sdfn demo: error:" in err and "nowhere" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "sdfn_config.json").is_file(),
+                    reason="the shipped assets/sdfn-tiny checkpoint is not trained yet")
+def test_shipped_model_serves_the_demo(catalog, tmp_path):
+    local = tmp_path / "catalog"
+    shutil.copytree(catalog, local, ignore=shutil.ignore_patterns("index"))
+    shipped = DemoService(None, local, threads=1, progress=False).load()
+    assert shipped.search("dress-000004", "is red", k=5).result.items
