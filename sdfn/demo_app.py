@@ -11,6 +11,7 @@ Named API endpoints (JSON in, JSON out; see `api_endpoints`): /search, /route, /
 from __future__ import annotations
 
 import html
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +19,11 @@ from typing import Any
 from urllib.parse import quote
 
 import gradio as gr
+import pandas as pd
 import plotly.graph_objects as go
 
 from sdfn import viz
+from sdfn.config import list_presets
 from sdfn.demo_service import (
     GENERIC_CHANGES,
     KNOWN_TARGET_SPLITS,
@@ -85,7 +88,7 @@ def _reference_markdown(reference: dict[str, Any] | None) -> str:
     if reference is None:
         return "**No garment picked yet.**\n\nPick one from the catalog on the left, or upload a photo."
     if not reference.get("id"):
-        return f"**{reference['label']}**\n\nAn uploaded photo: results come from the whole catalog."
+        return f"**{reference['label']}**\n\nAn uploaded photo (“Same category” searches the whole catalog)."
     where = f" · {reference['split']} split" if reference.get("split") else ""
     return f"**{reference['id']}** · {reference['category']}{where}\n\n{reference.get('title', '')}"
 
@@ -94,8 +97,8 @@ def _suggestion_samples(service: DemoService, reference: dict[str, Any] | None) 
     found = service.captions().for_reference(reference.get("id") if reference else None)
     if not found:
         return [[text, "example"] for text in GENERIC_CHANGES]
-    marks = {s: "target known ✓" if s.split in KNOWN_TARGET_SPLITS and s.target else "" for s in found}
-    return [[s.text, f"{s.split} caption" + (f" · {marks[s]}" if marks[s] else "")] for s in found]
+    return [[s.text, f"{s.split} caption" + (" · target known ✓" if s.split in KNOWN_TARGET_SPLITS and s.target
+                                             else "")] for s in found]
 
 
 def _scope_category(reference: dict[str, Any], scope: str) -> str | None:
@@ -149,9 +152,9 @@ class RouterView:
     usage: gr.Plot
 
 
-def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButton, gr.State]:
-    """The catalog browser: category filter, shuffle, paging; and the upload button. Returns the gallery, the ids
-    it shows, the upload button and the browsing state."""
+def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButton]:
+    """The catalog browser (category filter, paging, shuffle) and the upload button. Returns the gallery, the ids
+    it shows and the upload button."""
     counts = service.categories()
     category = gr.Dropdown([("All categories", "")] + [(f"{c} ({n})", c) for c, n in counts.items()], value="",
                            label="Category")
@@ -179,7 +182,7 @@ def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButto
     shuffle.click(lambda s: show(s["category"], random.randrange(1 << 30), 1), state, outputs, **private)
     previous.click(lambda s: show(s["category"], s["seed"], s["page"] - 1), state, outputs, **private)
     following.click(lambda s: show(s["category"], s["seed"], s["page"] + 1), state, outputs, **private)
-    return gallery, ids, upload, state
+    return gallery, ids, upload
 
 
 def _page_items(service: DemoService, ids: list[str]) -> list[str]:
@@ -194,7 +197,7 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             gr.Markdown("### 1 · Pick a garment", elem_classes="sdfn-step")
-            browser, browser_ids, upload, _ = _browser(service)
+            browser, browser_ids, upload = _browser(service)
         with gr.Column(scale=6, min_width=380):
             gr.Markdown("### 2 · Describe the change", elem_classes="sdfn-step")
             with gr.Row(equal_height=False):
@@ -235,9 +238,7 @@ def _results_gallery(outcome: SearchOutcome) -> list[tuple[str, str]]:
             for item in outcome.result.items]
 
 
-def _results_table(outcome: SearchOutcome) -> list[list[Any]] | Any:
-    import pandas as pd
-
+def _results_table(outcome: SearchOutcome) -> pd.DataFrame:
     target = outcome.target.target if outcome.target else None
     rows = [{"rank": i.rank, "score": round(i.score, 4), "✓": "target" if i.id == target else "", "id": i.id,
              **i.metadata} for i in outcome.result.items]
@@ -435,10 +436,6 @@ def _statistics_section(service: DemoService) -> None:
         if stats is None:
             why = "This model's fusion is static: there are no routes to compare."
             return why, viz.placeholder(why), gr.Dataframe(visible=False)
-        import math
-
-        import pandas as pd
-
         rows = []
         for k in [stats.overall, *stats.by_kind]:
             top = [stats.cells[int(i)].replace("_", " ") for i in k.usage.argmax(dim=1)]
@@ -467,8 +464,6 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
         gr.Markdown("Training is switched off on this server (on Hugging Face Spaces unless the Space sets "
                     "`SDFN_DEMO_TRAINING=1`). Run the demo locally, or use `sdfn train --config tiny-synthetic`.")
         return None
-    from sdfn.config import list_presets
-
     presets = list_presets()
     preset_name = "tiny-synthetic" if "tiny-synthetic" in presets else presets[0]
     defaults = preset_defaults(preset_name)
@@ -519,11 +514,11 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
 
     outputs = [progress, curves, console, status, timer, cancel, use]
 
-    def begin(name: str, folder: str, e: float, b: float, rate: float, p: float) -> tuple:
+    def begin(name: str, folder: str, e: int | None, b: int | None, rate: float | None, p: int | None) -> tuple:
         try:
-            run = service.start_training(TrainingSettings(name, folder, _whole(e), _whole(b), rate, _whole(p)))
-        except SdfnError as err:
-            return show(None, _warning(str(err)))
+            run = service.start_training(TrainingSettings(name, folder, e, b, rate, p))
+        except SdfnError as err:    # refused: the view keeps following the run there is, if any
+            return show(service.training.poll() if service.training else None, _warning(str(err)))
         return show(run.poll(), f"Started: {run.out}")
 
     def poll() -> tuple:
@@ -553,12 +548,6 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
     cancel.click(stop, None, outputs, concurrency_id="train", **private)
     use.click(switch, None, [header, status], concurrency_id="train", **private)
     return poll, outputs
-
-
-def _whole(value: float | None) -> int:
-    if value is None:
-        raise ConfigError("fill in every number (epochs, batch size, pre-training epochs).")
-    return int(value) if float(value).is_integer() else value
 
 
 # ---- named API endpoints ------------------------------------------------------------------------------------
@@ -661,8 +650,7 @@ def api_endpoints(service: DemoService) -> None:
 def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
     """The whole app for a loaded DemoService."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        # a callable value is evaluated on every page load: a page opened after "Use this model" shows the new one
-        header = gr.Markdown(lambda: _header_markdown(service), elem_classes="sdfn-header")
+        header = gr.Markdown(_header_markdown(service), elem_classes="sdfn-header")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
                 search, browser, browser_ids, upload = _search_tab(service)
@@ -672,6 +660,8 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
                 training = _train_tab(service, header, allow_training)
         _wire_search(service, search, router, browser, browser_ids, upload)
         api_endpoints(service)
+        # every page load reads the header afresh: a page opened after "Use this model" names the new model
+        demo.load(lambda: _header_markdown(service), None, header, api_visibility="private", queue=False)
         if training is not None:
             poll, outputs = training
             demo.load(poll, None, outputs, api_visibility="private")

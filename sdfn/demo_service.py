@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from sdfn.data.base import open_dataset
 from sdfn.data.images import load_image
 from sdfn.encode import ImageFeatureTable
@@ -206,7 +208,7 @@ class DemoService:
         row = catalog.find(item_id)
         return catalog.image_path(row), catalog.metadata(row)
 
-    def check_upload(self, path: Path | str) -> Any:
+    def check_upload(self, path: Path | str) -> Image.Image:
         """Decode an uploaded file as the engine will (size checked before decoding): a PIL image, or an
         ImageError that names the file and what is wrong with it."""
         return load_image(path, max_side=512)
