@@ -10,6 +10,7 @@ and catalog, switching to a new checkpoint while searches keep being answered, a
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -284,6 +285,8 @@ class DemoService:
             settings.check()
             out = self.runs / time.strftime("demo-%Y%m%d-%H%M%S")
             self._training = TrainingRun(settings, out)
+            # the run has a session of its own, so stopping the demo would not stop it: end it on the way out
+            atexit.register(self._training.cancel)
             return self._training
 
 
