@@ -584,8 +584,9 @@ def api_endpoints(service: DemoService) -> None:
         plot = gr.Plot(label="figure")
         trigger = gr.Button("api")
 
-    def search(reference: str | None, image: str | None, text: str | None, k: float | None,
-               category: str | None) -> dict:
+    # defaults of None make the parameters optional for gradio_client (keyword calls may leave them out)
+    def search(reference: str | None = None, image: str | None = None, text: str | None = None,
+               k: float | None = None, category: str | None = None) -> dict:
         """Rank catalog items for a reference (catalog id or image file) changed by a text. Returns
         {"query", "results", "routing", "target"}; target: where the annotated answer of a known val/test
         (reference, caption) pair landed, else null."""
@@ -596,7 +597,7 @@ def api_endpoints(service: DemoService) -> None:
         except SdfnError as err:
             raise _api_error(err, image) from None
 
-    def route(reference: str | None, image: str | None, text: str | None) -> dict:
+    def route(reference: str | None = None, image: str | None = None, text: str | None = None) -> dict:
         """The router trace of one query: per layer path weights (image and text router parts), module usage per
         layer, the strongest path, and what each module does. routing is null for image-only or static queries."""
         try:
@@ -608,7 +609,7 @@ def api_endpoints(service: DemoService) -> None:
                 "cell_usage": cell_usage(result.trace)[0].tolist() if result.trace is not None else None,
                 "modules": [{"name": c, "description": viz.cell_description(c)} for c in cells]}
 
-    def route_plot(reference: str | None, image: str | None, text: str | None) -> go.Figure:
+    def route_plot(reference: str | None = None, image: str | None = None, text: str | None = None) -> go.Figure:
         """The route heatmaps of one query as a Plotly figure."""
         try:
             result = service.routes(_api_reference(service, reference, image), [text or ""])[0]
@@ -618,11 +619,11 @@ def api_endpoints(service: DemoService) -> None:
             return viz.placeholder("No route: an image-only query or a static fusion.")
         return viz.route_figure(result.trace)
 
-    def suggestions(reference: str | None) -> list:
+    def suggestions(reference: str | None = None) -> list:
         """The annotated changes of a catalog item: [{"text", "split", "target", "captions"}], val/test first."""
         return [s.to_json() for s in service.captions().for_reference((reference or "").strip())]
 
-    def route_statistics(split: str | None) -> dict:
+    def route_statistics(split: str | None = None) -> dict:
         """Route usage by kind of change over a split's annotated queries (cached per model and catalog)."""
         try:
             stats = service.route_statistics((split or "val").strip())

@@ -92,6 +92,8 @@ def test_search_by_catalog_item(client, service):
     direct = service.search("dress-000004", "is red and has long sleeves", k=5).result
     assert [r["id"] for r in answer["results"]] == [i.id for i in direct.items]
     assert answer["routing"]["strongest_path"] and answer["target"] is None
+    by_name = client.predict(reference="dress-000004", text="is red", api_name="/search")  # the README's call
+    assert len(by_name["results"]) == 10
 
 
 def test_search_by_uploaded_image(client, catalog):
