@@ -10,7 +10,7 @@ small architecture (sdfn/model_configs/sdfn-tiny.json) for CPU work and the ship
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import open_clip
@@ -96,7 +96,7 @@ class Backbone(nn.Module):
 
     def __init__(self, cfg: BackboneConfig, load_weights: bool = True):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = replace(cfg)          # a copy: set_frozen must not change the caller's config
         with _quiet_open_clip():
             self.clip = create_open_clip(cfg, load_weights=load_weights)
             self.tokenizer = open_clip.get_tokenizer(cfg.model)

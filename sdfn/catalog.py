@@ -88,7 +88,7 @@ class Catalog:
         examples = ", ".join(self.ids[:3])
         raise DataError(f"unknown item id '{item_id}' in catalog {self.root}.{hint} Ids are the `id` column of "
                         f"{self.root / CATALOG_FILE} ({len(self)} items, e.g. {examples}); to search with an "
-                        "image file that is not in the catalog, give its path instead (--ref-image PATH).")
+                        "image that is not in the catalog, give the image itself (a file path or an upload).")
 
     def fingerprint(self) -> str:
         """sha256 of catalog.csv's bytes and each image's size and mtime: cheap for 100k items, no image hashing."""

@@ -52,6 +52,9 @@ class PretrainConfig:
     """Stage 1 (synthetic catalogs): image-text contrastive training of the backbone on absolute descriptions."""
 
     epochs: int = 0                       # 0: no stage 1
+    catalog: str = ""                     # synthetic catalog to pre-train on ("": data.root); its train split
+    synth_items_per_category: int = 0     # generate `catalog` (train+val splits) when missing, this size
+    synth_seed: int = 1                   # ... with this seed (not data.synth_seed: other garments)
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1

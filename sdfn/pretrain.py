@@ -141,7 +141,7 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
     if not dist_info.main:
         return {}
     p = cfg.pretrain
-    root = Path(cfg.data.root)
+    root = Path(p.catalog or cfg.data.root)
     device = dist_info.device
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -197,9 +197,11 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
             optimizer.step()
             scheduler.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        record = {"epoch": epoch + 1, "loss": loss.item(), "contrastive": contrastive.item(),
-                  "seconds": time.time() - start}
+        record = {"event": "stage1-epoch", "epoch": epoch + 1, "loss": loss.item(),
+                  "contrastive": contrastive.item(), "seconds": time.time() - start}
         log.append(record)
+        with (out.parent / "log.jsonl").open("a") as f:        # progress is visible while stage 1 runs
+            f.write(json.dumps(record) + "\n")
     metrics = probe_attributes(clip, image_heads, augment, val_images, val_labels, device)
     summary = {"stage": 1, "epochs": p.epochs, "train_images": len(train_rows), "seconds": time.time() - start,
                "images_per_s": p.epochs * steps_per_epoch * p.batch_size / (time.time() - start),

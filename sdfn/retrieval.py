@@ -37,6 +37,7 @@ from sdfn.errors import ConfigError, DataError
 from sdfn.fusion import RouterTrace
 from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
+from sdfn.routes import strongest_paths
 
 DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalogs" / "synthetic"
 UPLOADED = "uploaded image"
@@ -134,12 +135,8 @@ def trace_to_json(trace: RouterTrace | None) -> dict | None:
 
 
 def strongest_path(trace: RouterTrace) -> list[str]:
-    """From the output back to layer 1, the cell that contributes most to the one chosen after it."""
-    path, column = [], 0
-    for incoming in reversed(trace.incoming):
-        column = int(incoming[0, :, column].argmax())
-        path.append(trace.cells[column])
-    return path[::-1]
+    """The first query's strongest path (sdfn.routes.strongest_paths) as cell names."""
+    return [trace.cells[i] for i in strongest_paths(trace)[0]]
 
 
 # ---- the engine ------------------------------------------------------------------------------------

@@ -34,9 +34,16 @@ def route_entropy(trace: RouterTrace) -> torch.Tensor:
     return torch.stack(parts, dim=1).mean(dim=1)
 
 
-def strongest_path(trace: RouterTrace) -> list[tuple[int, ...]]:
-    """Per query, the cell of each layer that sends on the most weight."""
-    return [tuple(row) for row in cell_usage(trace).argmax(dim=2).tolist()]
+def strongest_paths(trace: RouterTrace) -> list[tuple[int, ...]]:
+    """Per query, one cell index per layer: from the output back to layer 1, the cell that contributes the
+    largest incoming share to the cell chosen after it."""
+    batch = torch.arange(trace.incoming[0].shape[0])
+    column = torch.zeros(len(batch), dtype=torch.long)
+    path = []
+    for incoming in reversed(trace.incoming):                 # [B, K_in, K_out]
+        column = incoming[batch, :, column].argmax(dim=1)
+        path.append(column)
+    return [tuple(p) for p in torch.stack(path[::-1], dim=1).tolist()]
 
 
 # Words that mark each kind of change in free text (real FashionIQ captions carry no labels).
@@ -153,7 +160,7 @@ def route_statistics(model: ComposedRetrievalModel, dataset: RetrievalDataset, s
         index = [i for i, ks in enumerate(kinds) if kind in ks and (len(ks) == 1 or not single_change_only)]
         if index:
             stats.by_kind.append(_stats(kind, trace, torch.tensor(index)))
-    paths = strongest_path(trace)
+    paths = strongest_paths(trace)
     counts: dict[tuple[int, ...], int] = {}
     for p in paths:
         counts[p] = counts.get(p, 0) + 1

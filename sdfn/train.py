@@ -69,15 +69,21 @@ def setup_distributed() -> Dist:
 # ---- data ----------------------------------------------------------------------------------------------
 
 
-def ensure_synthetic_catalog(cfg: TrainConfig, progress: bool) -> None:
-    """With data.synthesize, generate the synthetic catalog at data.root unless it is there already."""
+def ensure_synthetic_catalogs(cfg: TrainConfig, progress: bool) -> None:
+    """Generate what the config asks to synthesize and is not there yet: the training catalog (with
+    data.synthesize) and a separate stage-1 pre-training catalog (pretrain.synth_items_per_category)."""
+    from sdfn.data.synth import DEFAULT_ITEMS_PER_CATEGORY, generate_catalog
+
     root = Path(cfg.data.root)
     if cfg.data.synthesize and not (root / "catalog.csv").is_file():
-        from sdfn.data.synth import DEFAULT_ITEMS_PER_CATEGORY, generate_catalog
-
         generate_catalog(root, seed=cfg.data.synth_seed,
                          items_per_category=cfg.data.synth_items_per_category or DEFAULT_ITEMS_PER_CATEGORY,
                          workers=None, progress=progress)
+    p = cfg.pretrain
+    wanted = p.epochs > 0 and p.catalog and p.synth_items_per_category > 0
+    if wanted and not (Path(p.catalog) / "catalog.csv").is_file():
+        generate_catalog(Path(p.catalog), seed=p.synth_seed, items_per_category=p.synth_items_per_category,
+                         workers=None, progress=progress, splits=(cfg.data.train_split, cfg.data.val_split))
 
 
 def open_training_data(cfg: TrainConfig) -> RetrievalDataset:
@@ -553,7 +559,7 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
                                   "(train_config.json is missing).")
         out = folder.parent
     if dist_info.main:
-        ensure_synthetic_catalog(cfg, progress)
+        ensure_synthetic_catalogs(cfg, progress)
     if dist_info.world > 1:
         dist.barrier()
     if cfg.pretrain.epochs > 0:

@@ -121,6 +121,8 @@ def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_p
     assert any(k.startswith("visual.") for k in changed) and any(k.startswith("transformer.") for k in changed)
     saved = json.loads((tmp_path / "last" / "train_config.json").read_text())
     assert saved["model"]["backbone"]["model"].startswith("local-dir:")   # stage 2 started from stage 1
+    # stage 1 trained both towers, but stage 2 keeps the preset's frozen backbone (and its feature cache)
+    assert saved["model"]["backbone"]["freeze_image"] and saved["model"]["backbone"]["freeze_text"]
 
 
 def test_backbone_loads_a_local_safetensors_file(tmp_path):
