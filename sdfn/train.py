@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sdfn.backbone import BackboneConfig, ImageFeatures, TextFeatures
@@ -282,7 +282,10 @@ class Trainer:
 
     # -- one step
 
-    def batch_inputs(self, ids: list[int], rng: random.Random) -> TrainBatch:
+    def batch_inputs(self, ids: list[int], rng: random.Random,
+                     images: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainBatch:
+        """The inputs of training samples `ids`: cached features, or `images` (reference and target
+        pixels, decoded by the epoch's DataLoader; decoded here when not given)."""
         triplets = [self.triplets[i] for i in ids]
         texts = [training_text(t, rng) for t in triplets]
         if self.texts is not None:
@@ -293,10 +296,18 @@ class Trainer:
             refs, _ = self.table.rows([self.dataset.image_path(t.reference) for t in triplets])
             tgts, _ = self.table.rows([self.dataset.image_path(t.target) for t in triplets])
             return TrainBatch(refs.to(self.device, torch.float32), texts, tgts.to(self.device, torch.float32), keys)
-        images = TripletImages(self.dataset, triplets, self.model.backbone.preprocess)
-        pairs = [images[i] for i in range(len(triplets))]
-        return TrainBatch(torch.stack([p[0] for p in pairs]).to(self.device), texts,
-                          torch.stack([p[1] for p in pairs]).to(self.device), keys)
+        if images is None:
+            images = next(iter(self._image_loader([list(range(len(triplets)))], triplets, workers=0)))
+        refs, tgts = (x.to(self.device, non_blocking=True) for x in images)
+        return TrainBatch(refs, texts, tgts, keys)
+
+    def _image_loader(self, batches: list[list[int]], triplets: list[Triplet] | None = None,
+                      workers: int | None = None) -> DataLoader:
+        """Decodes the reference and target images of `batches` in worker processes, in order."""
+        files = TripletImages(self.dataset, triplets or self.triplets, self.model.backbone.preprocess)
+        workers = self.cfg.optim.num_workers if workers is None else workers
+        return DataLoader(files, batch_sampler=batches, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
 
     def _forward(self, batch: TrainBatch):
         model = self.ddp or self.model
@@ -361,8 +372,10 @@ class Trainer:
             bar = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.optim.epochs}", unit="step",
                        disable=not (self.progress and self.dist.main), leave=False)
             sums, start = {}, time.time()
+            images = iter(self._image_loader(batches)) if not self.cached else None
             for ids in bar:
-                metrics = self.train_step(ids, rng)
+                batch = self.batch_inputs(ids, rng, next(images)) if images is not None else None
+                metrics = self.train_step(ids, rng, batch)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
