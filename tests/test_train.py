@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from sdfn.config import load_config
 from sdfn.errors import CheckpointError, ConfigError
 from sdfn.fusion import list_fusions
 from sdfn.model import ComposedRetrievalModel, ModelConfig
-from sdfn.train import Trainer, run_training
+from sdfn.train import Trainer, run_training, selection_score
 
 SMALL = ["model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
          "data.synthesize=false", "optim.batch_size=16", "optim.num_workers=0", "log_every=1"]
@@ -42,8 +44,22 @@ def test_every_registered_fusion_learns_on_the_synthetic_catalog(small_catalog, 
                        "optim.lr=0.003")
     trainer = Trainer(cfg, tmp_path, progress=False)
     batch = list(range(16))
-    losses = [trainer.train_step(batch, __import__("random").Random(0))["bbc"] for _ in range(12)]
+    losses = [trainer.train_step(batch, random.Random(0))["bbc"] for _ in range(12)]
     assert losses[-1] < losses[0] - 0.2, f"{name}: {losses}"
+
+
+def test_gallery_negatives_rank_every_training_image(small_catalog, tmp_path):
+    cfg = small_config(small_catalog, "optim.negatives=gallery", "eval.every=0", "optim.warmup_epochs=0",
+                       "optim.lr=0.003")
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    batch = list(range(16))
+    losses = [trainer.train_step(batch, random.Random(0))["bbc"] for _ in range(12)]
+    gallery = len(trainer.gallery.row_of)
+    assert gallery > 16 and losses[0] > math.log(16) + 1        # the softmax runs over the whole gallery
+    assert losses[-1] < losses[0] - 0.2
+    with pytest.raises(ConfigError, match="negatives=gallery needs cached image features"):
+        Trainer(small_config(small_catalog, "optim.negatives=gallery", "model.backbone.freeze_image=false"),
+                tmp_path / "unfrozen", progress=False)
 
 
 def test_spd_is_off_in_the_first_epoch_and_pulls_routes_later(small_catalog, tmp_path):
@@ -77,14 +93,21 @@ def test_a_checkpoint_of_another_config_is_refused(small_catalog, tmp_path):
         ComposedRetrievalModel.load(tmp_path / "last", expect=expect)
 
 
-def test_best_checkpoint_is_selected_and_reloads_with_the_same_scores(small_catalog, tmp_path):
+def test_best_checkpoint_is_selected_and_reloads_with_the_same_scores(small_catalog, tmp_path, capsys):
     result = run_training(small_config(small_catalog, "optim.epochs=2", "eval.every=1"), tmp_path, progress=False)
     best = json.loads((tmp_path / "best" / "sdfn_config.json").read_text())
-    vals = [e["val"]["mean"]["R@10"] for e in epochs_of(tmp_path)]
-    assert best["val"]["mean"]["R@10"] == max(vals) == result["best"]["score"]
+    metric = result["best"]["metric"]
+    assert metric == load_config("tiny-synthetic").eval.select
+    vals = [selection_score(e["val"], metric) for e in epochs_of(tmp_path)]
+    assert selection_score(best["val"], metric) == max(vals) == result["best"]["score"]
+    assert best["selected_by"]["epoch"] == 1 + vals.index(max(vals))
+    capsys.readouterr()
     code = cli(["eval", "--checkpoint", str(tmp_path / "best"), "--dataset", "fashioniq", "--data",
                 str(small_catalog), "--exclude-reference", "--json", "--quiet"])
     assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    for k, value in best["val"]["mean"].items():
+        assert report["mean"][k] == pytest.approx(value, abs=1e-6), k
 
 
 def test_eval_cli_prints_a_report(small_catalog, tmp_path, capsys):
@@ -113,7 +136,8 @@ def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_p
                        "eval.every=0")
     run_training(cfg, tmp_path, progress=False)
     stage1 = json.loads((tmp_path / "stage1" / "stage1.json").read_text())
-    assert set(stage1["val_attribute_accuracy"]) >= {"category", "color", "sleeve", "neckline"}
+    for part in ("pooled", "tokens"):          # what the image embedding and the patch tokens know
+        assert set(stage1["val_attribute_accuracy"][part]) >= {"category", "color", "sleeve", "neckline"}
     torch.manual_seed(cfg.seed)                     # stage 1 starts from exactly this initialisation
     random_init = Backbone(BackboneConfig())
     trained = Backbone(BackboneConfig(model=f"local-dir:{tmp_path / 'stage1'}"))
