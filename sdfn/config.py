@@ -38,6 +38,10 @@ class OptimConfig:
     grad_clip: float = 1.0
     precision: str = "auto"               # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16 | fp16
     num_workers: int = 2
+    # Negatives of the classification loss: "batch" = the other in-batch targets (InfoNCE); "gallery" =
+    # every training image (needs a frozen image tower and cached features), so the near-duplicate
+    # siblings of a target are always among its negatives, as they are at retrieval time.
+    negatives: str = "batch"
 
 
 @dataclass

@@ -37,6 +37,11 @@ class BatchClassificationLoss(nn.Module):
         return F.cross_entropy(logits, labels)
 
 
+    def over_gallery(self, query: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Classification of each query over a whole gallery of targets [G, E]; labels index the gallery."""
+        return F.cross_entropy(self.scale() * query @ gallery.T, labels)
+
+
 def route_kl(previous: torch.Tensor, current: list[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
     """Per sample: sum over cells of KL(previous || current) of the incoming path distributions.
 

@@ -157,6 +157,15 @@ class TrainBatch:
     texts: list[str] | TextFeatures
     targets: torch.Tensor | ImageFeatures
     target_keys: torch.Tensor                   # [B] equal for queries that share a target image
+    target_rows: torch.Tensor | None = None     # [B] the targets' rows in the training gallery (negatives=gallery)
+
+
+@dataclass
+class TrainingGallery:
+    """Every training image's cached pooled embedding: the negatives of optim.negatives=gallery."""
+
+    pooled: torch.Tensor          # [G, E] on the training device
+    row_of: dict[str, int]        # image id -> row
 
 
 # ---- schedule ------------------------------------------------------------------------------------------
@@ -223,6 +232,7 @@ class Trainer:
         else:
             self.table = self._cache_image_features() if self.cached else None
             self.texts = self._cache_text_features() if self.cached and backbone.cfg.freeze_text else None
+        self.gallery = self._training_gallery()
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.dist.world > 1 else None)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.optim.lr, cfg.optim.lr_backbone,
@@ -257,6 +267,18 @@ class Trainer:
             raise DataError(f"{len(broken)} training images cannot be read, e.g. {bad[Path(broken[0])]}. "
                             "Replace or remove them (or their triplets) and train again.")
         return table
+
+    def _training_gallery(self) -> TrainingGallery | None:
+        if self.cfg.optim.negatives == "batch":
+            return None
+        if self.cfg.optim.negatives != "gallery":
+            raise ConfigError(f"optim.negatives must be batch or gallery, not {self.cfg.optim.negatives!r}")
+        if not self.cached:
+            raise ConfigError("optim.negatives=gallery needs cached image features: freeze the image tower "
+                              "(model.backbone.freeze_image=true) and keep cache_features=true, or use batch.")
+        ids = sorted({i for t in self.triplets for i in (t.reference, t.target)})
+        features, _ = self.table.rows([self.dataset.image_path(i) for i in ids])
+        return TrainingGallery(features.pooled.to(self.device, torch.float32), {i: r for r, i in enumerate(ids)})
 
     @torch.no_grad()
     def _cache_text_features(self) -> TextFeatureTable:
@@ -295,7 +317,10 @@ class Trainer:
         if self.cached:
             refs, _ = self.table.rows([self.dataset.image_path(t.reference) for t in triplets])
             tgts, _ = self.table.rows([self.dataset.image_path(t.target) for t in triplets])
-            return TrainBatch(refs.to(self.device, torch.float32), texts, tgts.to(self.device, torch.float32), keys)
+            rows = (torch.tensor([self.gallery.row_of[t.target] for t in triplets], device=self.device)
+                    if self.gallery is not None else None)
+            return TrainBatch(refs.to(self.device, torch.float32), texts, tgts.to(self.device, torch.float32), keys,
+                              rows)
         if images is None:
             images = next(iter(self._image_loader([list(range(len(triplets)))], triplets, workers=0)))
         refs, tgts = (x.to(self.device, non_blocking=True) for x in images)
@@ -319,7 +344,11 @@ class Trainer:
         """One optimisation step on training samples `ids` (their inputs may be given, e.g. by a benchmark)."""
         batch = batch or self.batch_inputs(ids, rng)
         query, target, trace, scale = self._forward(batch)
-        bbc = self.model.criterion(query, target, batch.target_keys)
+        if self.gallery is not None:
+            gallery = self.model.embed_target(self.gallery.pooled)
+            bbc = self.model.criterion.over_gallery(query, gallery, batch.target_rows)
+        else:
+            bbc = self.model.criterion(query, target, batch.target_keys)
         loss, spd_value = bbc, torch.zeros((), device=self.device)
         sample_ids = torch.tensor(ids, device=self.device)
         if self.spd is not None:
@@ -561,6 +590,7 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
     feature caches (to pass back as `caches` to a run on the same frozen backbone and data).
     """
     dist_info = setup_distributed()
+    started = time.time()
     out = Path(out)
     if resume is not None:
         resume = Path(resume)
@@ -592,6 +622,10 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
     if resume is not None:
         trainer.restore(out / "last")
     final = trainer.train(stop_after=stop_after)
+    if dist_info.main:
+        summary = {"seconds": round(time.time() - started, 1), "epochs_done": trainer.epoch,
+                   "best": trainer.best, "resumed": resume is not None}
+        append_jsonl(out / "log.jsonl", {"event": "run", **summary})
     return {"out": str(out), "epoch": trainer.epoch, "best": trainer.best, "final": final,
             "caches": (trainer.table, trainer.texts)}
 
