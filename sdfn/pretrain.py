@@ -83,7 +83,8 @@ class AttributeHeads(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(dim, len(values)) for values in LABELS.values())
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean cross-entropy over the applicable labels, and [A] accuracies."""
+        """Summed cross-entropy over the applicable labels (each weighs as much as the contrastive loss), and
+        [A] accuracies."""
         losses, accs = [], []
         for j, head in enumerate(self.heads):
             logits, y = head(x), labels[:, j]
@@ -93,7 +94,7 @@ class AttributeHeads(nn.Module):
                 accs.append((logits[valid].argmax(-1) == y[valid]).float().mean())
             else:
                 accs.append(torch.tensor(float("nan")))
-        return torch.stack(losses).mean(), torch.stack(accs)
+        return torch.stack(losses).sum(), torch.stack(accs)
 
 
 class Augment:
@@ -159,7 +160,10 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
     augment = Augment(size, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
     image_heads = AttributeHeads(backbone.embed_dim).to(device)
     text_heads = AttributeHeads(backbone.embed_dim).to(device)
-    params = [*clip.parameters(), *image_heads.parameters(), *text_heads.parameters()]
+    # The fusion network reads the patch tokens, which the contrastive loss reaches only through the class
+    # token; a head on their mean teaches them the attributes directly.
+    token_heads = AttributeHeads(backbone.image_token_dim).to(device)
+    params = [*clip.parameters(), *image_heads.parameters(), *text_heads.parameters(), *token_heads.parameters()]
     decay = [q for q in params if q.ndim >= 2]
     no_decay = [q for q in params if q.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
@@ -182,7 +186,8 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
             images = augment(train_images[index], g, train=True).to(device)
             tokens = backbone.tokenize(descriptions(train_rows, index.tolist(), rng)).to(device)
             labels = train_labels[index].to(device)
-            img, txt = clip.encode_image(images), clip.encode_text(tokens)
+            features = backbone.encode_image(images)
+            img, txt = features.pooled, clip.encode_text(tokens)
             logits = clip.logit_scale.exp().clamp(max=100) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
             target = torch.arange(len(index), device=device)
             contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -190,7 +195,8 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
             if p.attribute_heads:
                 img_attr, _ = image_heads(img, labels)
                 txt_attr, _ = text_heads(txt, labels)
-                loss = loss + p.attribute_weight * (img_attr + txt_attr) / 2
+                tok_attr, _ = token_heads(features.tokens.mean(dim=1), labels)
+                loss = loss + p.attribute_weight * (img_attr + txt_attr + tok_attr) / 3
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -202,7 +208,7 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
         log.append(record)
         with (out.parent / "log.jsonl").open("a") as f:        # progress is visible while stage 1 runs
             f.write(json.dumps(record) + "\n")
-    metrics = probe_attributes(clip, image_heads, augment, val_images, val_labels, device)
+    metrics = probe_attributes(backbone, image_heads, token_heads, augment, val_images, val_labels, device)
     summary = {"stage": 1, "epochs": p.epochs, "train_images": len(train_rows), "seconds": time.time() - start,
                "images_per_s": p.epochs * steps_per_epoch * p.batch_size / (time.time() - start),
                "val_attribute_accuracy": metrics, "log": log}
@@ -211,23 +217,24 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
 
 
 @torch.no_grad()
-def probe_attributes(clip, heads: AttributeHeads, augment: Augment, images: torch.Tensor, labels: torch.Tensor,
-                     device) -> dict[str, float]:
-    """Val-split accuracy of the image attribute heads: what the image embedding knows."""
-    clip.eval()
-    correct = torch.zeros(len(LABELS))
+def probe_attributes(backbone: Backbone, heads: AttributeHeads, token_heads: AttributeHeads, augment: Augment,
+                     images: torch.Tensor, labels: torch.Tensor, device) -> dict[str, dict[str, float]]:
+    """Val-split accuracy of the attribute heads: what the image embedding and the patch tokens know."""
+    backbone.clip.eval()
+    correct = torch.zeros(2, len(LABELS))
     count = torch.zeros(len(LABELS))
     for start in range(0, len(images), 256):
-        x = augment(images[start:start + 256], None, train=False).to(device)
-        emb = clip.encode_image(x)
+        features = backbone.encode_image(augment(images[start:start + 256], None, train=False).to(device))
         y = labels[start:start + 256].to(device)
-        for j, head in enumerate(heads.heads):
+        for j, (head, token_head) in enumerate(zip(heads.heads, token_heads.heads, strict=True)):
             valid = y[:, j] >= 0
-            correct[j] += (head(emb[valid]).argmax(-1) == y[valid, j]).sum().item()
+            correct[0, j] += (head(features.pooled[valid]).argmax(-1) == y[valid, j]).sum().item()
+            correct[1, j] += (token_head(features.tokens[valid].mean(dim=1)).argmax(-1) == y[valid, j]).sum().item()
             count[j] += valid.sum().item()
-    clip.train()
-    return {name: round(100 * c / max(1, n), 2) for name, c, n in zip(LABELS, correct.tolist(), count.tolist(),
-                                                                     strict=True)}
+    backbone.clip.train()
+    return {part: {name: round(100 * c / max(1, n), 2) for name, c, n in zip(LABELS, row.tolist(), count.tolist(),
+                                                                          strict=True)}
+            for part, row in zip(("pooled", "tokens"), correct, strict=True)}
 
 
 def save_backbone(backbone: Backbone, out: Path, summary: dict) -> None:
