@@ -119,8 +119,13 @@ class DynamicFusionNetwork(FusionModule):
         router = ROUTERS[cfg.router]
         self.routers = nn.ModuleList(router(k, d, cfg.router_hidden, k if r < cfg.layers - 1 else 1)
                                      for r in range(cfg.layers))
+        # Output: the routed stream (mean + max over tokens) read together with the global embeddings the
+        # stream started from, so the query sees every granularity (a static Combiner sees only [v, t]).
         self.out_norm = nn.LayerNorm(d)
-        self.out_proj = nn.Linear(2 * d, embed_dim)
+        self.stream_out = nn.Linear(2 * d, d)
+        self.global_out = nn.Linear(2 * embed_dim, d)
+        self.out_mlp = nn.Sequential(nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(2 * d, 4 * d), nn.GELU(),
+                                     nn.Dropout(cfg.dropout), nn.Linear(4 * d, embed_dim))
         self.gate = nn.Sequential(nn.Linear(2 * embed_dim, cfg.router_hidden), nn.ReLU(),
                                   nn.Linear(cfg.router_hidden, 1)) if cfg.global_residual else None
 
@@ -141,7 +146,8 @@ class DynamicFusionNetwork(FusionModule):
                 image_parts.append(image_part)
                 text_parts.append(text_part)
         final = self.out_norm(inputs[0])
-        query = self.out_proj(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+        stream = self.stream_out(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
+        query = self.out_mlp(torch.cat([stream, self.global_out(torch.cat([v, t], dim=-1))], dim=-1))
         if self.gate is not None:
             lam = torch.sigmoid(self.gate(torch.cat([v, t], dim=-1)))
             query = query + lam * t + (1 - lam) * v
