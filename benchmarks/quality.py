@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -56,35 +57,69 @@ def run_folder(out: Path, method: str, lr: float, seed: int) -> Path:
     return out / method / f"lr{lr:g}-seed{seed}"
 
 
-def train_one(method: str, lr: float, seed: int, args, caches) -> tuple[Path, tuple]:
-    """Train one run unless it already finished (the sweep can be stopped and restarted)."""
+class Ledger:
+    """One JSON line per finished run (method, lr, seed, val score, test metrics), in `out/results.jsonl`.
+
+    The table is computed from the ledger alone, so a sweep can stop and restart, and parts of it run on
+    other machines (e.g. the routed methods on a GPU) can be merged by concatenating their ledgers.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.runs: dict[tuple[str, str, int], dict] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    r = json.loads(line)
+                    self.runs[(r["method"], f"{r['lr']:g}", r["seed"])] = r
+
+    def get(self, method: str, lr: float, seed: int) -> dict | None:
+        return self.runs.get((method, f"{lr:g}", seed))
+
+    def add(self, record: dict) -> None:
+        self.runs[(record["method"], f"{record['lr']:g}", record["seed"])] = record
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train_one(method: str, lr: float, seed: int, args, caches, ledger: Ledger, dataset, catalog):
+    """Train one run (unless the ledger has it); record its best checkpoint's val score and test metrics.
+
+    Every run is scored on test (seconds), but only the val score picks the learning rate.
+    """
+    known = ledger.get(method, lr, seed)
+    if known is not None:
+        return known, caches
     folder = run_folder(args.out, method, lr, seed)
-    done = folder / "best" / "sdfn_config.json"
-    if done.is_file() and (folder / "last" / "train_state.json").is_file():
-        state = json.loads((folder / "last" / "train_state.json").read_text())
-        if state["epoch"] >= args.epochs:
-            return folder, caches
     overrides = [f"data.root={args.catalog}", "data.synthesize=false", "pretrain.epochs=0",
                  f"model.backbone.model=local-dir:{args.stage1.resolve()}", f"seed={seed}", f"optim.lr={lr}",
-                 f"optim.epochs={args.epochs}", *METHODS[method]]
+                 f"optim.epochs={args.epochs}", *args.overrides, *METHODS[method]]
     cfg = load_config(args.preset, overrides)
     cfg.name = f"quality-{method}"
+    if folder.exists():
+        shutil.rmtree(folder)           # an unfinished run (the ledger is written last): start it again
     start = time.time()
     result = run_training(cfg, folder, progress=not args.quiet, caches=caches)
-    print(f"  {method} lr={lr:g} seed={seed}: best val {result['best']['metric']} = "
-          f"{result['best']['score']:.2f} ({time.time() - start:.0f} s)", flush=True)
-    return folder, result["caches"]
+    record = {"method": method, "lr": lr, "seed": seed, "epochs": args.epochs, "val": result["best"],
+              "train_seconds": round(time.time() - start, 1), "machine": machine()}
+    record["test"] = split_metrics(folder / "best", dataset, catalog, "test", result["caches"][0])
+    ledger.add(record)
+    print(f"  {method} lr={lr:g} seed={seed}: best val {result['best']['metric']} = {result['best']['score']:.2f}, "
+          "test " + ", ".join(f"{m} {record['test'][m]:.1f}" for m in METRICS)
+          + f" ({record['train_seconds']:.0f} s)", flush=True)
+    return record, result["caches"]
 
 
-def val_score(folder: Path) -> float:
-    return json.loads((folder / "best" / "sdfn_config.json").read_text())["selected_by"]["score"]
+PROTOCOL = EvalProtocol(gallery="split", captions="joined", exclude_reference=True)
 
 
-def test_metrics(folder: Path, dataset, catalog: pd.DataFrame, caches) -> dict[str, float]:
-    model = ComposedRetrievalModel.load(folder / "best")
-    encoder = ModelQueryEncoder(model, batch_size=256, table=caches[0] if caches else None)
-    protocol = EvalProtocol(gallery="split", captions="joined", exclude_reference=True)
-    report = evaluate(dataset, "test", encoder, protocol, return_rankings=True)
+def split_metrics(checkpoint: Path, dataset, catalog: pd.DataFrame, split: str = "test",
+                  table=None) -> dict[str, float]:
+    """R@1/5/10/50 and sat@1/5 of a checkpoint on a split of the synthetic catalog (PROTOCOL)."""
+    model = ComposedRetrievalModel.load(checkpoint)
+    encoder = ModelQueryEncoder(model, batch_size=256, table=table)
+    report = evaluate(dataset, split, encoder, PROTOCOL, return_rankings=True)
     metrics = {f"R@{k}": v for k, v in report.mean_recall().items()}
     rankings = [r for c in report.categories for r in c.rankings]
     metrics["sat@1"] = 100 * statistics.mean(satisfaction(r, catalog, 1) for r in rankings)
@@ -116,7 +151,14 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict:
     return out
 
 
-def write_report(summary: dict, args, minutes: float) -> None:
+def machines_used(ledger: Ledger) -> dict[str, list[str]]:
+    used: dict[str, set[str]] = {}
+    for r in ledger.runs.values():
+        used.setdefault(r["machine"], set()).add(r["method"])
+    return {m: sorted(methods) for m, methods in used.items()}
+
+
+def write_report(summary: dict, args, ledger: Ledger) -> None:
     (HERE / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [[m, *(f"{s[k]:.1f} ± {s['std'][k]:.1f}" for k in METRICS), f"{s['lr']:g}"] for m, s in summary.items()]
     best_static = max(BASELINES, key=lambda m: summary[m]["R@1"])
@@ -124,8 +166,10 @@ def write_report(summary: dict, args, minutes: float) -> None:
     lines = [
         "# Quality on the synthetic catalog (test split)",
         "",
-        f"_{time.strftime('%Y-%m-%d')} · {machine()} · commit {git_commit()} · {minutes:.0f} min_  ",
-        f"Command: `{command()}`",
+        f"_{time.strftime('%Y-%m-%d')} · commit {git_commit()} · {len(ledger.runs)} runs, "
+        f"{sum(r['train_seconds'] for r in ledger.runs.values()) / 60:.0f} min of training_  ",
+        f"Command: `{command()}`  ",
+        "Machines: " + "; ".join(f"{m} ({', '.join(methods)})" for m, methods in machines_used(ledger).items()),
         "",
         f"Same stage-1 backbone (`{args.stage1}`) for every method; stage 2 on frozen cached features, "
         f"{args.epochs} epochs, learning rate picked per method from {{{', '.join(f'{x:g}' for x in args.lrs)}}} "
@@ -159,31 +203,34 @@ def main() -> None:
     parser.add_argument("--lrs", default="0.0005,0.002", help="learning rates tried for every method (seed 0)")
     parser.add_argument("--epochs", type=int, default=None, help="default: the preset's optim.epochs")
     parser.add_argument("--out", type=Path, default=Path("runs/quality"))
+    parser.add_argument("--ledger", type=Path, default=None, help="results file (default: OUT/results.jsonl)")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="applied to every method's config (e.g. optim.precision=fp32 on a GPU)")
     args = parser.parse_args()
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.lrs = [float(x) for x in args.lrs.split(",")]
     args.epochs = args.epochs or load_config(args.preset).optim.epochs
     methods = args.methods.split(",")
-    start = time.time()
     dataset = open_dataset("fashioniq", args.catalog)
     catalog = pd.read_csv(args.catalog / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    ledger = Ledger(args.ledger or args.out / "results.jsonl")
     caches, per_seed = None, {}
     for method in methods:
         print(f"{method}:", flush=True)
+        sweep = {}
         for lr in args.lrs:
-            _, caches = train_one(method, lr, args.seeds[0], args, caches)
-        lr = max(args.lrs, key=lambda x: val_score(run_folder(args.out, method, x, args.seeds[0])))
+            record, caches = train_one(method, lr, args.seeds[0], args, caches, ledger, dataset, catalog)
+            sweep[lr] = record["val"]["score"]
+        lr = max(args.lrs, key=lambda x: sweep[x])
         per_seed[method] = []
         for seed in args.seeds:
-            folder, caches = train_one(method, lr, seed, args, caches)
-            metrics = test_metrics(folder, dataset, catalog, caches)
-            per_seed[method].append({**metrics, "lr": lr, "seed": seed})
-            print(f"  test seed {seed}: " + ", ".join(f"{m} {metrics[m]:.1f}" for m in METRICS), flush=True)
+            record, caches = train_one(method, lr, seed, args, caches, ledger, dataset, catalog)
+            per_seed[method].append({**record["test"], "lr": lr, "seed": seed})
     summary = summarise(per_seed)
     print(json.dumps(summary, indent=1))
     if set(METHODS) <= set(summary):
-        write_report(summary, args, (time.time() - start) / 60)
+        write_report(summary, args, ledger)
 
 
 if __name__ == "__main__":
