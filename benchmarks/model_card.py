@@ -1,0 +1,232 @@
+"""Ship a trained sdfn-tiny run as assets/sdfn-tiny: float16 weights, metrics, route analysis, model card.
+
+    python benchmarks/model_card.py --run runs/tiny-synthetic
+
+1. copies `RUN/best` to `--out` with float16 weights (what the library loads by default);
+2. measures the shipped weights on the synthetic catalog's val and test splits (R@K, attribute
+   satisfaction; test protocol of benchmarks/quality.py) and writes `--out/metrics.json` (a test checks the
+   val figure against a fresh copy of the val split);
+3. analyses route usage by kind of change on the test split: a table in the card and
+   benchmarks/routes_by_change.png;
+4. writes the model card `--out/README.md` (data seed, command, training time, metrics, routes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.quality import PROTOCOL, split_metrics  # noqa: E402
+from benchmarks.results import git_commit, machine, markdown_table  # noqa: E402
+from sdfn.data.base import open_dataset  # noqa: E402
+from sdfn.model import ComposedRetrievalModel  # noqa: E402
+from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHORT = {"rectified_identity": "RI", "intra_modal_reasoning": "IMR", "global_local_guidance": "GLG",
+         "cross_modal_refinement": "CMR"}
+
+
+def training_record(run: Path) -> dict:
+    """Stage-1 and stage-2 times and settings from the run folder."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["event"] == "epoch"]
+    runs = [r for r in records if r["event"] == "run"]
+    stage1 = json.loads((run / "stage1" / "stage1.json").read_text()) if (run / "stage1" / "stage1.json").is_file() \
+        else None
+    config = json.loads((run / "config.json").read_text())
+    return {"config": config, "stage1": stage1, "epochs": epochs,
+            "wall_seconds": sum(r["seconds"] for r in runs) if runs else None,
+            "stage2_epoch_seconds": sum(e["seconds"] for e in epochs)}
+
+
+def usage_table(stats: RouteStatistics) -> tuple[list[str], list[list]]:
+    r, k = stats.overall.usage.shape
+    headers = ["kind of change", "queries", *(f"L{i + 1} {SHORT.get(c, c)}" for i in range(r) for c in stats.cells),
+               "L1 dist. to all", "image share"]
+    rows = []
+    for s in [stats.overall, *stats.by_kind]:
+        distance = float((s.usage - stats.overall.usage).abs().sum())
+        rows.append([s.kind, s.queries, *(f"{100 * v:.0f}" for v in s.usage.flatten().tolist()),
+                     f"{100 * distance:.1f}", "" if s.image_share is None else f"{100 * s.image_share:.0f}%"])
+    return headers, rows
+
+
+def plot_usage(stats: RouteStatistics, path: Path) -> None:
+    """Heatmap: rows = kinds of change, columns = cells per layer, colour = usage minus the overall mean."""
+    kinds = stats.by_kind
+    diff = torch.stack([s.usage - stats.overall.usage for s in kinds]).flatten(1) * 100     # [kinds, R*K]
+    r, k = stats.overall.usage.shape
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.45 * len(kinds) + 2.2),
+                             gridspec_kw={"width_ratios": [r * k, r * k]})
+    usage = torch.stack([s.usage for s in kinds]).flatten(1) * 100
+    labels = [f"L{i + 1}\n{SHORT.get(c, c)}" for i in range(r) for c in stats.cells]
+    for ax, data, title, cmap, center in ((axes[0], usage, "module usage (% of the layer's routed output)",
+                                          "Blues", None),
+                                         (axes[1], diff, "difference from all queries (points)", "RdBu_r", 0)):
+        limit = float(data.abs().max()) if center is not None else None
+        image = ax.imshow(data.numpy(), cmap=cmap, aspect="auto",
+                          vmin=-limit if limit else None, vmax=limit if limit else None)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
+        ax.set_yticks(range(len(kinds)), [f"{s.kind} ({s.queries})" for s in kinds], fontsize=9)
+        for x in range(1, r):
+            ax.axvline(x * k - 0.5, color="black", linewidth=1)
+        for (y, x), v in zip(((y, x) for y in range(data.shape[0]) for x in range(data.shape[1])),
+                             data.flatten().tolist(), strict=True):
+            ax.text(x, y, f"{v:.0f}" if center is None else f"{v:+.1f}", ha="center", va="center", fontsize=7)
+        ax.set_title(title, fontsize=10)
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.suptitle(f"sdfn-tiny routes by kind of change ({stats.split} split; "
+                 "a query asking for several changes counts in each)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def backbone_line(model_cfg: dict) -> str:
+    v, t = model_cfg["vision_cfg"], model_cfg["text_cfg"]
+    tokens = (v["image_size"] // v["patch_size"]) ** 2
+    return (f"- Backbone `sdfn-tiny` (sdfn/model_configs/sdfn-tiny.json): ViT {v['image_size']} px, patch "
+            f"{v['patch_size']} ({tokens} tokens), width {v['width']}, {v['layers']} layers; text transformer width "
+            f"{t['width']}, {t['layers']} layers, CLIP BPE tokenizer, context {t['context_length']}; embeddings "
+            f"{model_cfg['embed_dim']}-d.")
+
+
+def catalog_items_per_category(catalog: Path) -> int:
+    rows = pd.read_csv(catalog / "catalog.csv", dtype=str, keep_default_na=False)
+    return len(rows) // rows["category"].nunique()
+
+
+def catalog_summary(catalog: Path) -> str:
+    rows = pd.read_csv(catalog / "catalog.csv", dtype=str, keep_default_na=False)
+    train = open_dataset("fashioniq", catalog).triplets("train")
+    return (f"{catalog_items_per_category(catalog):,} items per category, {rows['category'].nunique()} categories; "
+            f"train split {int((rows['split'] == 'train').sum()):,} items and {len(train):,} triplets")
+
+
+def stage1_data(pretrain: dict) -> str:
+    if not pretrain["catalog"]:
+        return "- Stage 1 pre-trained the backbone on the same catalog's train split."
+    return (f"- Stage 1 pre-trained the backbone on a separate synthetic catalog (seed {pretrain['synth_seed']}, "
+            f"{pretrain['synth_items_per_category']} items per category, train split).")
+
+
+def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: RouteStatistics, args) -> None:
+    cfg = training["config"]
+    stage1, epochs = training["stage1"], training["epochs"]
+    fusion = cfg["model"]["fusion"]
+    params = sum(t.numel() for t in ComposedRetrievalModel.load(out).state_dict().values())
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2**20
+    rows = [[split, *(f"{metrics[split][m]:.1f}" for m in ("R@1", "R@5", "R@10", "R@50", "sat@1", "sat@5")),
+             metrics[split]["queries"]] for split in ("val", "test")]
+    headers, usage_rows = usage_table(stats)
+    best = json.loads((run / "best" / "sdfn_config.json").read_text())["selected_by"]
+    wall = training["wall_seconds"]
+    lines = [
+        "# sdfn-tiny: the shipped SDFN model",
+        "",
+        "The model `python demo.py` and `Retriever()` load when no checkpoint is given: an SDFN (dynamic fusion",
+        "network with modality-specific routers, trained with self path distillation) on the `sdfn-tiny` open_clip",
+        "backbone, trained by this project on its synthetic catalog. It knows synthetic garments only; for real",
+        "photos train your own (README: Train on FashionIQ).",
+        "",
+        "## Architecture",
+        "",
+        backbone_line(json.loads((out / "open_clip_config.json").read_text())["model_cfg"]),
+        f"- Fusion `{fusion['name']}`: {fusion['layers']} layers x {len(fusion['cells'])} cells "
+        f"({', '.join(fusion['cells'])}), width {fusion['width']}, router `{fusion['router']}`.",
+        f"- {params / 1e6:.1f} M parameters, stored as float16 safetensors ({size:.1f} MiB); loads as float32.",
+        "",
+        "## Data",
+        "",
+        f"- Trained on the synthetic catalog `sdfn synth --seed {cfg['data']['synth_seed']}` "
+        f"({catalog_summary(args.catalog)}).",
+        stage1_data(cfg["pretrain"]),
+        "- Val and test splits were never trained on; the val split picked the checkpoint.",
+        "",
+        "## Recipe",
+        "",
+        "```bash",
+        f"sdfn train --config {cfg['name']} --out {run}",
+        f"python benchmarks/model_card.py --run {run}",
+        "```",
+        "",
+        f"- Stage 1: {cfg['pretrain']['epochs']} epochs of image-text contrastive training on generated absolute "
+        "descriptions, with one auxiliary classifier per attribute on each embedding"
+        + (f"; {stage1['seconds'] / 60:.1f} min at {stage1['images_per_s']:.0f} images/s." if stage1 else "."),
+        f"- Stage 2: {len(epochs)} epochs of SDFN on frozen, cached features (batch {cfg['optim']['batch_size']}, "
+        f"lr {cfg['optim']['lr']:g}, SPD weight {cfg['spd']['weight']:g}, alpha {cfg['spd']['alpha']:g}); "
+        f"{training['stage2_epoch_seconds'] / 60:.1f} min of training steps; best val {best['metric']} at epoch "
+        f"{best['epoch']}.",
+        (f"- Whole recipe (catalog generation, both stages, caching, evaluation): {wall / 60:.1f} min on "
+         f"{args.trained_on}." if wall else ""),
+        "",
+        "## Metrics (this float16 checkpoint)",
+        "",
+        "Protocol: whole category split as gallery, captions joined \"c1 and c2\", reference excluded. sat@k: share "
+        "of the top-k items that keep the reference's category and have every attribute value the captions ask for.",
+        "",
+        markdown_table(["split", "R@1", "R@5", "R@10", "R@50", "sat@1", "sat@5", "queries"], rows),
+        "",
+        "Against the baselines and ablations (same stage-1 backbone, 3 seeds): benchmarks/QUALITY.md.",
+        "",
+        "## Routes by kind of change (test split)",
+        "",
+        "Module usage per layer (the share of the layer's routed output that leaves through each cell, %), for "
+        "queries grouped by what they ask to change; `L1 dist. to all`: how far the group's usage is from all "
+        "queries' (sum over cells, points); `image share`: the image router's part of the path weights.",
+        "",
+        markdown_table(headers, usage_rows),
+        "",
+        f"{stats.distinct_strongest_paths} distinct strongest paths over {stats.overall.queries} queries; the most "
+        f"common one is taken by {100 * stats.top_path_share:.0f}% of them. Mean route entropy "
+        f"{stats.overall.entropy:.2f} nats (uniform: {torch.log(torch.tensor(float(len(stats.cells)))):.2f}).",
+        "",
+        "![routes by kind of change](../../benchmarks/routes_by_change.png)",
+        "",
+        f"_Measured {time.strftime('%Y-%m-%d')} on {machine()}, commit {git_commit()}._",
+    ]
+    (out / "README.md").write_text("\n".join(line for line in lines if line is not None) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, required=True, help="a finished `sdfn train --config tiny-synthetic` run")
+    parser.add_argument("--out", type=Path, default=Path("assets/sdfn-tiny"))
+    parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
+    parser.add_argument("--trained-on", default="this machine's 2 CPU cores",
+                        help="where the recipe ran, for the card")
+    args = parser.parse_args()
+    source = ComposedRetrievalModel.load(args.run / "best")
+    source.save(args.out, half=True, extra={"shipped_from": str(args.run / "best")})
+    dataset = open_dataset("fashioniq", args.catalog)
+    catalog = pd.read_csv(args.catalog / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    metrics = {split: split_metrics(args.out, dataset, catalog, split) for split in ("val", "test")}
+    metrics["protocol"] = {"gallery": PROTOCOL.gallery, "captions": PROTOCOL.captions,
+                           "exclude_reference": PROTOCOL.exclude_reference}
+    training = training_record(args.run)
+    metrics["catalog"] = {"seed": training["config"]["data"]["synth_seed"],
+                          "items_per_category": catalog_items_per_category(args.catalog)}
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    model = ComposedRetrievalModel.load(args.out)
+    stats = route_statistics(model, dataset, "test")
+    (args.out / "routes.json").write_text(json.dumps(stats.to_json(), indent=1) + "\n")
+    plot_usage(stats, HERE / "routes_by_change.png")
+    write_card(args.out, args.run, metrics, training, stats, args)
+    print(json.dumps({k: metrics[k] for k in ("val", "test")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
