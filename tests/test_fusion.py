@@ -123,3 +123,33 @@ def test_self_path_distillation_memory():
     assert spd(changed, ids).item() > 0                       # the route moved: pulled back
     assert route_kl(trace.flat_route(), changed.incoming).shape == (B,)
     assert spd_ramp(0, 10, 0.8) == 0.0 and spd_ramp(5, 10, 0.8) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("router", ["msr", "shared", "fixed"])
+def test_one_interactive_query_runs_a_trace_with_the_eager_results(router):
+    from sdfn.backbone import BackboneConfig
+    from sdfn.model import ComposedRetrievalModel, ModelConfig
+
+    model = ComposedRetrievalModel(ModelConfig(BackboneConfig(model="sdfn-tiny", pretrained=None),
+                                               FusionConfig(width=32, heads=2, router_hidden=16, router=router)))
+    model.eval()
+    with torch.no_grad():
+        images = model.encode_images(torch.randn(2, 3, 96, 96))
+        texts = model.encode_texts(["is red", "has longer sleeves and a belt, and is a darker shade of blue"])
+        for i in range(2):          # the trace recorded on the first text answers the second one too
+            fast = model.compose(images[i:i + 1], texts[i:i + 1])
+            slow = model.fusion(images[i:i + 1], texts[i:i + 1])
+            assert torch.allclose(fast.query, slow.query, atol=1e-6)
+            for a, b in zip(fast.trace.weights + fast.trace.incoming, slow.trace.weights + slow.trace.incoming,
+                            strict=True):
+                assert torch.allclose(a, b, atol=1e-6)
+            assert (fast.trace.image is None) == (router != "msr")
+        assert len(model._fusion_traces) == 1
+        for p in model.fusion.parameters():     # weights changed in place (a training step) ...
+            p.add_(0.01)
+        model.train()
+        model.eval()                            # ... and the next query records the trace again
+        fast, slow = model.compose(images[:1], texts[:1]), model.fusion(images[:1], texts[:1])
+        assert torch.allclose(fast.query, slow.query, atol=1e-6)
+    batch = model.compose(images, texts)        # batches (and autograd) run the module itself
+    assert batch.query.requires_grad and len(model._fusion_traces) == 1
