@@ -64,7 +64,8 @@ def measure(preset: str, fusion: str, mode: str, catalog: Path, batch_size: int,
                  f"optim.batch_size={batch_size}", "optim.num_workers=0", "model.backbone.pretrained=null",
                  f"model.fusion.name={fusion}", f"model.backbone.freeze_image={json.dumps(frozen)}",
                  f"model.backbone.freeze_text={json.dumps(frozen)}", f"cache_features={json.dumps(frozen)}",
-                 f"optim.precision={precision}", "optim.epochs=2"]
+                 f"optim.precision={precision}", "optim.epochs=2",
+                 "optim.negatives=batch"]     # in-batch negatives in every mode: the same loss for every row
     cfg = load_config(preset, overrides)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, Path(out), Dist(device=device), progress=False)
