@@ -17,9 +17,10 @@ from safetensors.torch import save_file
 from sdfn.backbone import Backbone, BackboneConfig
 from sdfn.cli import main as cli
 from sdfn.config import load_config
-from sdfn.errors import CheckpointError, ConfigError
+from sdfn.errors import CheckpointError, ConfigError, DataError
 from sdfn.fusion import list_fusions
 from sdfn.model import ComposedRetrievalModel, ModelConfig
+from sdfn.pretrain import read_catalog
 from sdfn.train import Trainer, run_training, selection_score
 
 SMALL = ["model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
@@ -132,10 +133,17 @@ def test_config_errors_name_the_key(small_catalog):
 
 
 def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_path):
+    pretrain = tmp_path / "pretrain-catalog"        # the preset's separate pre-training catalog, made small
     cfg = small_config(small_catalog, "pretrain.epochs=1", "pretrain.batch_size=32", "optim.epochs=1",
-                       "eval.every=0")
-    run_training(cfg, tmp_path, progress=False)
+                       "eval.every=0", f"pretrain.catalog={pretrain}", "pretrain.synth_items_per_category=30")
+    run_training(cfg, tmp_path / "run", progress=False)
+    tmp_path = tmp_path / "run"
+    train, val = read_catalog(pretrain, "train"), read_catalog(pretrain, "val")    # generated there ...
+    assert len(train) > len(val) > 0
+    with pytest.raises(DataError, match="no items in split 'test'"):                 # ... train and val only
+        read_catalog(pretrain, "test")
     stage1 = json.loads((tmp_path / "stage1" / "stage1.json").read_text())
+    assert stage1["train_images"] == len(train)
     for part in ("pooled", "tokens"):          # what the image embedding and the patch tokens know
         assert set(stage1["val_attribute_accuracy"][part]) >= {"category", "color", "sleeve", "neckline"}
     torch.manual_seed(cfg.seed)                     # stage 1 starts from exactly this initialisation
