@@ -9,8 +9,12 @@ checkpoint of each run (by val R@1) is scored on the *test* split:
   category and have an accepted value for every attribute the captions ask for.
 
 Writes benchmarks/QUALITY.md and benchmarks/quality.json (figures in percent, mean over seeds, std).
+Each finished run is a line of OUT/results.jsonl (the ledger); a rerun skips what the ledger holds, so
+the sweep can stop and restart, and a part of it run elsewhere can be merged by concatenating ledgers:
 
     python benchmarks/quality.py --stage1 runs/tiny-synthetic/stage1
+    # e.g. the routed methods on a GPU machine (fp32, as on the CPU), then the rest here:
+    python benchmarks/quality.py --stage1 S --methods sdfn,sdfn_no_spd --ledger gpu.jsonl optim.precision=fp32
 """
 
 from __future__ import annotations
