@@ -7,15 +7,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from helpers import png_1bit
 
 from sdfn.demo_app import route_outputs
 from sdfn.demo_service import DemoService, TrainingSettings
@@ -25,18 +24,6 @@ from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def png_1bit(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG written by hand, so no full-size image is ever allocated here."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 # gradio's own queue code trips pandas 3's deprecation warnings on every event; they say nothing about the demo

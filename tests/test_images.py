@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import png_1bit
 from PIL import Image
 
 from sdfn.data.images import load_image
@@ -25,18 +24,6 @@ def encode(image: Image.Image, fmt: str, **params) -> bytes:
 def write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
-
-
-def png_1bit(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG, written by hand so that no full-size image is ever allocated."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + packed pixels
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def test_rgb_jpeg_from_path_bytes_and_stream(tmp_path):

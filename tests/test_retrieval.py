@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import png_1bit
 from PIL import Image
 
 from sdfn import Retriever
@@ -39,18 +38,6 @@ def catalog(small_catalog, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def retriever(checkpoint, catalog) -> Retriever:
     return Retriever(checkpoint, catalog, progress=False).load()
-
-
-def png_1bit(width: int, height: int) -> bytes:
-    """A valid all-black 1-bit PNG written by hand, so no full-size image is ever allocated here."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    row = b"\x00" * (1 + (width + 7) // 8)
-    packer = zlib.compressobj(9)
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def ids(result) -> list[str]:
