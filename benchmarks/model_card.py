@@ -104,16 +104,14 @@ def backbone_line(model_cfg: dict) -> str:
             f"{model_cfg['embed_dim']}-d.")
 
 
-def catalog_items_per_category(catalog: Path) -> int:
-    rows = pd.read_csv(catalog / "catalog.csv", dtype=str, keep_default_na=False)
+def catalog_items_per_category(rows: pd.DataFrame) -> int:
     return len(rows) // rows["category"].nunique()
 
 
-def catalog_summary(catalog: Path) -> str:
-    rows = pd.read_csv(catalog / "catalog.csv", dtype=str, keep_default_na=False)
-    train = open_dataset("fashioniq", catalog).triplets("train")
-    return (f"{catalog_items_per_category(catalog):,} items per category, {rows['category'].nunique()} categories; "
-            f"train split {int((rows['split'] == 'train').sum()):,} items and {len(train):,} triplets")
+def catalog_summary(rows: pd.DataFrame, dataset) -> str:
+    return (f"{catalog_items_per_category(rows):,} items per category, {rows['category'].nunique()} categories; "
+            f"train split {int((rows['split'] == 'train').sum()):,} items and "
+            f"{len(dataset.triplets('train')):,} triplets")
 
 
 def stage1_data(pretrain: dict) -> str:
@@ -123,7 +121,8 @@ def stage1_data(pretrain: dict) -> str:
             f"{pretrain['synth_items_per_category']} items per category, train split).")
 
 
-def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: RouteStatistics, args) -> None:
+def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: RouteStatistics, args,
+               catalog_line: str) -> None:
     cfg = training["config"]
     stage1, epochs = training["stage1"], training["epochs"]
     fusion = cfg["model"]["fusion"]
@@ -152,7 +151,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         "## Data",
         "",
         f"- Trained on the synthetic catalog `sdfn synth --seed {cfg['data']['synth_seed']}` "
-        f"({catalog_summary(args.catalog)}).",
+        f"({catalog_line}).",
         stage1_data(cfg["pretrain"]),
         "- Val and test splits were never trained on; the val split picked the checkpoint.",
         "",
@@ -218,13 +217,13 @@ def main() -> None:
                            "exclude_reference": PROTOCOL.exclude_reference}
     training = training_record(args.run)
     metrics["catalog"] = {"seed": training["config"]["data"]["synth_seed"],
-                          "items_per_category": catalog_items_per_category(args.catalog)}
+                          "items_per_category": catalog_items_per_category(catalog)}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     model = ComposedRetrievalModel.load(args.out)
     stats = route_statistics(model, dataset, "test")
     (args.out / "routes.json").write_text(json.dumps(stats.to_json(), indent=1) + "\n")
     plot_usage(stats, HERE / "routes_by_change.png")
-    write_card(args.out, args.run, metrics, training, stats, args)
+    write_card(args.out, args.run, metrics, training, stats, args, catalog_summary(catalog, dataset))
     print(json.dumps({k: metrics[k] for k in ("val", "test")}, indent=1))
 
 
