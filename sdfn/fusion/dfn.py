@@ -147,9 +147,10 @@ class DynamicFusionNetwork(FusionModule):
                 text_parts.append(text_part)
         final = self.out_norm(inputs[0])
         stream = self.stream_out(torch.cat([final.mean(dim=1), final.amax(dim=1)], dim=-1))
-        query = self.out_mlp(torch.cat([stream, self.global_out(torch.cat([v, t], dim=-1))], dim=-1))
+        both = torch.cat([v, t], dim=-1)
+        query = self.out_mlp(torch.cat([stream, self.global_out(both)], dim=-1))
         if self.gate is not None:
-            lam = torch.sigmoid(self.gate(torch.cat([v, t], dim=-1)))
+            lam = torch.sigmoid(self.gate(both))
             query = query + lam * t + (1 - lam) * v
         trace = RouterTrace(self.cfg.router, self.cfg.cells, weights, incoming,
                             image_parts or None, text_parts or None)
