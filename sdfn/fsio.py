@@ -1,0 +1,173 @@
+"""Crash-safe writes: every file and folder sdfn publishes appears whole or not at all.
+
+One mechanism for checkpoints, indexes, catalogs and run logs:
+
+- `atomic_write_text` / `atomic_write_bytes`: a sibling temporary file, fsynced, then `os.replace`.
+- `staging_folder(dst)`: a context manager that yields a new empty sibling folder; on a clean exit the folder
+  is published in place of `dst` (`publish_folder`), on an exception it is removed. The staging name carries
+  the writer's process id, so a folder left by a killed writer is recognised and removed by the next writer
+  (`remove_abandoned_staging`), while a live writer's folder is left alone.
+- `publish_folder(src, dst)`: on Linux the two folders are swapped with one `renameat2(RENAME_EXCHANGE)`, so
+  a reader always finds a complete `dst` (the old one or the new one); elsewhere it falls back to two renames.
+- `file_sha256` and `tensors_fingerprint`: the one place that hashes files and weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _staging_name(dst: Path, kind: str) -> Path:
+    return dst.with_name(f".{dst.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_abandoned_staging(parent: Path | str, name: str | None = None) -> list[Path]:
+    """Remove staging folders and files under `parent` (for `name`, or any) whose writer is no longer running.
+
+    Returns what was removed, so callers can say so."""
+    parent = Path(parent)
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        m = _STAGING.match(entry.name)
+        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        removed.append(entry)
+    if removed:
+        log.info("removed %d folder(s) left by interrupted writers in %s", len(removed), parent)
+    return removed
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2():
+    if os.uname().sysname != "Linux":
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_EXCHANGE = _renameat2()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False where the system cannot."""
+    if _EXCHANGE is None:
+        return False
+    if _EXCHANGE(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    errno = ctypes.get_errno()
+    if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
+        return False
+    raise OSError(errno, os.strerror(errno), str(b))
+
+
+def publish_folder(src: Path | str, dst: Path | str) -> None:
+    """Put folder `src` at `dst`, replacing an old `dst`; the old one is removed."""
+    src, dst = Path(src), Path(dst)
+    if not dst.exists():
+        os.replace(src, dst)
+        return
+    if _exchange(src, dst):
+        shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
+        return
+    old = _staging_name(dst, "old")
+    os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staging_folder(dst: Path | str, publish: bool = True) -> Iterator[Path]:
+    """Yield a new empty folder beside `dst`; publish it as `dst` on success, remove it on any exception.
+
+    With `publish=False` the caller publishes (or moves) it itself inside the block."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_staging(dst.parent, dst.name)
+    tmp = _staging_name(dst, "tmp")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if publish:
+            publish_folder(tmp, dst)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tensors_fingerprint(named_tensors: Iterable[tuple[str, object]]) -> str:
+    """sha256 over (name, float32 bytes) pairs in name order: the same weights give the same fingerprint
+    whether they are stored as float16 or float32, on any device."""
+    h = hashlib.sha256()
+    for name, t in sorted(named_tensors, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
