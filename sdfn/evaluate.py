@@ -236,7 +236,7 @@ def build_queries(dataset: RetrievalDataset, split: str, category: str,
     else:
         gallery_ids = unique([i for t in triplets for i in (t.reference, t.target) if i is not None])
     position = {image_id: index for index, image_id in enumerate(gallery_ids)}
-    by_caption = _caption_groups(dataset, gallery_ids) if any(t.target_caption for t in triplets) else {}
+    by_caption = _caption_groups(dataset, split, gallery_ids) if any(t.target_caption for t in triplets) else {}
     queries = []
     for triplet in triplets:
         if triplet.target_caption is not None:
@@ -291,10 +291,11 @@ def evaluate(dataset: RetrievalDataset, split: str, encoder: QueryEncoder,
     return EvalReport(dataset=dataset.name, split=split, protocol=protocol, categories=results)
 
 
-def _caption_groups(dataset: RetrievalDataset, gallery_ids: Sequence[str]) -> dict[str, frozenset[int]]:
+def _caption_groups(dataset: RetrievalDataset, split: str,
+                    gallery_ids: Sequence[str]) -> dict[str, frozenset[int]]:
     groups: dict[str, set[int]] = {}
     for index, image_id in enumerate(gallery_ids):
-        caption = dataset.image_caption(image_id)
+        caption = dataset.image_caption(image_id, split)  # the split's own labels, never another's
         if caption is not None:
             groups.setdefault(caption, set()).add(index)
     return {caption: frozenset(indices) for caption, indices in groups.items()}

@@ -273,9 +273,10 @@ def test_fashion200k_gallery_is_every_test_image(fashion200k):
     gallery = fashion200k.gallery("test")
     assert len(gallery) == 8 and len(fashion200k.gallery("train")) == 2
     assert gallery[0] == "women/dresses/casual_and_day_dresses/51727804/51727804_0.jpeg"
-    assert fashion200k.image_caption(gallery[3]) == "red sleeveless dress"  # trailing space trimmed
-    assert fashion200k.image_caption("women/dresses/casual_and_day_dresses/50000008/50000008_0.jpeg") == (
-        "green cotton shirt dress")
+    assert fashion200k.image_caption(gallery[3], "test") == "red sleeveless dress"  # trailing space trimmed
+    train_image = "women/dresses/casual_and_day_dresses/50000008/50000008_0.jpeg"
+    assert fashion200k.image_caption(train_image, "train") == "green cotton shirt dress"
+    assert fashion200k.image_caption(train_image, "test") is None
     assert fashion200k.image_path(gallery[0]) == FASHION200K / gallery[0]
 
 
@@ -298,6 +299,39 @@ def test_fashion200k_positives_are_every_image_with_the_target_caption(fashion20
         ["54000006_0.jpeg"],
         ["51727804_0.jpeg", "51727804_1.jpeg"]]
     assert [gallery[q.reference_index] for q in queries] == [t.reference for t in fashion200k.triplets("test")]
+
+
+def test_fashion200k_captions_come_from_the_evaluated_split_only(tmp_path):
+    root = shutil.copytree(FASHION200K, tmp_path / "f200k")
+    shared = "women/dresses/casual_and_day_dresses/52000001/52000001_0.jpeg"  # query 0's target
+    with (root / "labels" / "dress_train_detect_all.txt").open("a") as f:
+        f.write(f"{shared}\t-1.00\tred cotton shirt dress\n")  # the same image, listed in train too
+    dataset = open_dataset("fashion200k", root)
+    assert dataset.image_caption(shared, "test") == "red sleeveless dress"
+    assert dataset.image_caption(shared, "train") == "red cotton shirt dress"
+    protocol = EvalProtocol.default_for("fashion200k")
+    queries, gallery = build_queries(dataset, "test", "all", protocol)
+    assert shared in {gallery[i] for i in queries[0].positives}  # its own target is a correct answer
+
+    # Evaluating test never reads the train label files: a broken one does not matter there.
+    (root / "labels" / "dress_train_detect_all.txt").write_text("not a label line\n")
+    fresh = open_dataset("fashion200k", root)
+    assert build_queries(fresh, "test", "all", protocol) == (queries, gallery)
+    with pytest.raises(DataError, match=r"dress_train_detect_all\.txt: line 1"):
+        fresh.gallery("train")
+
+
+def test_fashion200k_duplicate_label_lines_give_one_gallery_image_with_the_first_caption(tmp_path):
+    root = shutil.copytree(FASHION200K, tmp_path / "f200k")
+    twice = "women/skirts/mini_skirts/54000004/54000004_0.jpeg"
+    with (root / "labels" / "skirt_test_detect_all.txt").open("a") as f:
+        f.write(f"{twice}\t-0.40\tred pleated mini skirt\n")
+    dataset = open_dataset("fashion200k", root)
+    gallery = dataset.gallery("test")
+    assert len(gallery) == 8 and gallery.count(twice) == 1
+    assert dataset.image_caption(twice, "test") == "black pleated mini skirt"
+    queries, ids = build_queries(dataset, "test", "all", EvalProtocol.default_for("fashion200k"))
+    assert sorted(ids[i].split("/")[-1] for i in queries[2].positives) == ["54000005_0.jpeg"]  # not 54000004_0
 
 
 def test_modification_text_follows_tirg_word_difference():

@@ -213,7 +213,7 @@ def test_fashion200k_caption_equality_positives_match_brute_force(tmp_path):
 
     by_caption = {}
     for image_id in gallery:
-        by_caption.setdefault(dataset.image_caption(image_id), set()).add(image_id)
+        by_caption.setdefault(dataset.image_caption(image_id, "test"), set()).add(image_id)
     # File names are unique in this fixture, so the fake encoder's name keys stand in for the ids.
     names = [g.split("/")[-1] for g in gallery]
     queries = [(t.reference.split("/")[-1], t.captions[0].strip(".?, ").capitalize(),

@@ -60,8 +60,9 @@ class RetrievalDataset(ABC):
     def image_path(self, image_id: str) -> Path:
         """Where the image should be; the file may be missing (evaluation reports it)."""
 
-    def image_caption(self, image_id: str) -> str | None:
-        """The image's own product caption (Fashion200k); None for data sets without one."""
+    def image_caption(self, image_id: str, split: str) -> str | None:
+        """The image's own product caption in `split`'s annotations (Fashion200k); None for data sets without
+        one, or when the split does not list the image."""
         return None
 
     def check_split(self, split: str) -> None:

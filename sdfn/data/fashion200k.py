@@ -15,6 +15,15 @@ category "all"); a query's text is "replace <source word> with <target word>", t
 caption missing from the other; any image whose caption equals the target caption is a correct answer.
 TIRG also rewrites punctuation in captions ("." -> "dotmark", ...) for its word vocabulary; that mapping
 is one-to-one, so caption equality is unchanged, and here texts keep the natural spelling.
+
+Captions come from the label files of the split being evaluated only: an image listed in both the train
+and the test labels has its test caption in the test gallery, and evaluating test never reads a train file.
+
+Duplicate label lines: TIRG appends every line to its image list, so an image listed twice in a split's
+label files is twice in its gallery (only one copy is masked as the query's source, and the query reads
+the captions of the last line). Here a gallery holds each image once, with the caption of its first line
+in file order (label files sorted by name), so such an image can neither be retrieved twice nor survive
+as its own unmasked copy; where the two lines disagree, the first caption is the one compared.
 """
 
 from __future__ import annotations
@@ -45,8 +54,6 @@ class Fashion200kDataset(RetrievalDataset):
         if not (self.root / "labels").is_dir():
             raise DataError(f"{self.root / 'labels'}: folder not found ({LAYOUT})")
         self._captions: dict[str, dict[str, str]] = {}  # split -> image id -> caption
-        self._labelled_splits = tuple(s for s in self.splits
-                                      if any((self.root / "labels").glob(f"*_{s}_detect_all.txt")))
         self._queries: list[Triplet] | None = None
 
     def label_files(self, split: str) -> list[Path]:
@@ -75,12 +82,9 @@ class Fashion200kDataset(RetrievalDataset):
     def image_path(self, image_id: str) -> Path:
         return self.root / image_id
 
-    def image_caption(self, image_id: str) -> str | None:
-        for split in self._labelled_splits:
-            caption = self._split_captions(split).get(image_id)
-            if caption is not None:
-                return caption
-        return None
+    def image_caption(self, image_id: str, split: str) -> str | None:
+        self.check_split(split)
+        return self._split_captions(split).get(image_id)
 
     def _split_captions(self, split: str) -> dict[str, str]:
         if split not in self._captions:
