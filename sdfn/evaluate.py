@@ -331,8 +331,20 @@ def _first_positive_ranks(scores: torch.Tensor, queries: Sequence[Query]) -> tor
 
 
 def _top_indices(scores: torch.Tensor, width: int) -> torch.Tensor:
-    """The `width` best gallery indices per row, ties in gallery order (as in the ranks), masked ones -1."""
+    """The `width` best gallery indices per row, masked ones -1, with the ranks' tie rule: among equal scores
+    the lower gallery index comes first, so the list is a stable descending sort's first `width` entries."""
     values, indices = scores.topk(width, dim=1)  # a full sort of every row would cost ~10x more
+    if width > 0:
+        # topk keeps arbitrary members of a tie at the cut; rows whose tie spills over the cut take every
+        # item above it, then the tied ones in gallery order until the row has `width`.
+        cut = values[:, -1:]  # [q, 1]
+        spilled = ((scores >= cut).sum(dim=1) > width).nonzero().flatten()
+        if len(spilled):
+            rows, row_cut = scores[spilled], cut[spilled]
+            above, tied = rows > row_cut, rows == row_cut
+            chosen = above | (tied & (tied.cumsum(dim=1) <= width - above.sum(dim=1, keepdim=True)))
+            indices[spilled] = chosen.nonzero()[:, 1].view(len(spilled), width)  # exactly `width` per row
+            values[spilled] = rows.gather(1, indices[spilled])
     by_index = indices.argsort(dim=1)
     values, indices = values.gather(1, by_index), indices.gather(1, by_index)
     by_score = values.argsort(dim=1, descending=True, stable=True)

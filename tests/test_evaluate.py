@@ -326,6 +326,33 @@ def test_rank_breaks_ties_by_gallery_order_and_masks_the_reference():
         rank(query, gallery, [only_reference], EvalProtocol(exclude_reference=True))
 
 
+def test_top_list_breaks_ties_by_gallery_order():
+    gallery = torch.ones(4, 3) / 3 ** 0.5  # four identical images
+    query = Query(TRIPLET, text="", positives=frozenset({3}), reference_index=None)
+    ranking = rank(gallery[:1], gallery, [query], EvalProtocol(), top=2)
+    assert ranking.top.tolist() == [[0, 1]] and ranking.first_positive_rank.tolist() == [4]
+
+
+def test_top_list_agrees_with_the_ranks_under_many_ties():
+    # 200 queries over a gallery of 400 images that repeat 8 distinct vectors: every score is a tie of 50.
+    generator = torch.Generator().manual_seed(3)
+    distinct = torch.nn.functional.normalize(torch.randn(8, 6, generator=generator), dim=1)
+    gallery = distinct[torch.randint(0, 8, (400,), generator=generator)]
+    query_features = distinct[torch.randint(0, 8, (200,), generator=generator)]
+    queries = [Query(TRIPLET, text="", positives=frozenset({(7 * i) % 400}), reference_index=(7 * i + 1) % 400)
+               for i in range(200)]
+    for protocol in (EvalProtocol(exclude_reference=False), EvalProtocol(exclude_reference=True)):
+        ranking = rank(query_features, gallery, queries, protocol, top=50)
+        scores = query_features @ gallery.T
+        if protocol.exclude_reference:
+            scores[range(200), [q.reference_index for q in queries]] = float("-inf")
+        expected = scores.argsort(dim=1, descending=True, stable=True)[:, :50]
+        assert torch.equal(ranking.top, expected.masked_fill(scores.gather(1, expected) == float("-inf"), -1))
+        for q, r, top in zip(queries, ranking.first_positive_rank.tolist(), ranking.top.tolist(), strict=True):
+            (positive,) = q.positives
+            assert (top.index(positive) + 1 if positive in top else None) == (r if r <= 50 else None)
+
+
 @pytest.mark.parametrize(("options", "message"), [
     ({"gallery": "all"}, r"gallery='all'; use one of split, val-subset"),
     ({"captions": "first"}, r"captions='first'; use one of joined, both-orders, single"),
