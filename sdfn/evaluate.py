@@ -4,11 +4,13 @@ A model plugs in through `QueryEncoder` (gallery images -> vectors; reference im
 `evaluate` builds the queries of a split (`build_queries`), encodes them, ranks the gallery exactly
 (`rank`), and reports per-category R@K, the category means and FashionIQ's (R@10+R@50)/2. Images that
 cannot be read are taken out of the gallery and listed; queries that cannot be answered (reference
-unreadable, target missing or unreadable) are skipped, counted and listed; recall is over the rest.
+unreadable, target missing or unreadable, an empty caption under captions="single") are skipped, counted,
+listed and logged; recall is over the rest.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -20,6 +22,8 @@ import torch
 
 from sdfn.data.base import RetrievalDataset, Triplet, unique
 from sdfn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 GALLERIES = ("split", "val-subset")
 CAPTION_MODES = ("joined", "both-orders", "single")
@@ -33,6 +37,7 @@ _CHUNK_ELEMENTS = 1 << 22  # query x gallery scores per chunk: 16 MiB of float32
 _STRIP = ".?, "  # what CLIP4Cir strips from both ends of each caption before joining
 
 # Why a query could not be evaluated (the report counts each kind).
+EMPTY_CAPTION = "empty caption"  # captions="single" on an entry whose caption is empty (FashionIQ has 3 in val)
 TARGET_NOT_IN_GALLERY = "target not in gallery"
 TARGET_FAILED = "target image failed"
 REFERENCE_FAILED = "reference image failed"
@@ -63,6 +68,11 @@ class EvalProtocol:
         that are a reference or a target in the split's triplets (VAL/CosMo).
     captions: "joined" = one query "c1 and c2" per triplet (CLIP4Cir); "both-orders" = two queries,
         "c1 and c2" and "c2 and c1", recall averaged over queries; "single" = one query per caption.
+        Every triplet forms the same number of queries, so each weighs the same in the mean: under
+        "both-orders" a triplet whose two orders read the same (identical captions, or one empty: 21 of
+        FashionIQ's val triplets) still counts twice; under "single" an empty caption's query is formed,
+        then skipped as EMPTY_CAPTION (counted, listed and logged like any skipped query), never ranked
+        with an empty text.
     exclude_reference: rank the gallery without the query's reference image.
     """
 
@@ -220,11 +230,13 @@ def join_captions(captions: Sequence[str]) -> str:
 
 
 def query_texts(captions: Sequence[str], mode: str) -> list[str]:
-    """The query text(s) of one triplet under a `captions` mode of `EvalProtocol`."""
+    """The query text(s) of one triplet under a `captions` mode of `EvalProtocol`: one per caption for
+    "single" ("" for an empty caption, which evaluation skips), two for "both-orders" even when both
+    orders read the same, one for "joined"."""
     if mode == "single":
         return [c.strip(_STRIP).capitalize() for c in captions]
     forward = join_captions(captions)
-    return [forward] if mode == "joined" else unique([forward, join_captions(captions[::-1])])
+    return [forward] if mode == "joined" else [forward, join_captions(captions[::-1])]
 
 
 def build_queries(dataset: RetrievalDataset, split: str, category: str,
@@ -367,6 +379,8 @@ def _evaluate_category(dataset: RetrievalDataset, split: str, category: str, enc
                             queries=len(queries), evaluated=len(evaluated), skipped=skipped + reference_failures,
                             gallery_size=len(kept), gallery_failed=gallery_failed,
                             rankings=[] if return_rankings else None)
+    if result.skipped:
+        log.warning("%s %s %s: %s", dataset.name, split, category, _skipped_summary(result))
     if evaluated:
         ranking = rank(query_features, encoded_gallery.features[kept], evaluated, protocol)
         result.recall = {k: 100.0 * (ranking.first_positive_rank <= k).double().mean().item()
@@ -418,7 +432,10 @@ def _answerable(queries: Sequence[Query], kept: Sequence[int], failed: dict[int,
             rankable = positives - {reference_index}
         else:
             rankable = positives
-        if not q.positives:
+        if not q.text:
+            skipped.append(SkippedQuery(q.reference, q.target, q.text, EMPTY_CAPTION,
+                                        "the annotation's caption is empty; nothing to compose with"))
+        elif not q.positives:
             skipped.append(SkippedQuery(q.reference, q.target, q.text, TARGET_NOT_IN_GALLERY,
                                         f"{q.target} is not among the gallery images"))
         elif not positives:
@@ -511,6 +528,12 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
 
 
+def _skipped_summary(result: CategoryResult) -> str:
+    counts = ", ".join(f"{kind}: {n}" for kind, n in Counter(s.kind for s in result.skipped).items())
+    return (f"{len(result.skipped)} of {result.queries} queries skipped ({counts}); "
+            f"recall is over the other {result.evaluated}")
+
+
 def _problem_lines(result: CategoryResult, max_examples: int) -> list[str]:
     lines = []
     if result.gallery_failed:
@@ -520,9 +543,7 @@ def _problem_lines(result: CategoryResult, max_examples: int) -> list[str]:
         if len(result.gallery_failed) > max_examples:
             lines.append(f"  ... and {len(result.gallery_failed) - max_examples} more")
     if result.skipped:
-        counts = ", ".join(f"{kind}: {n}" for kind, n in Counter(s.kind for s in result.skipped).items())
-        lines.append(f"{result.category}: {len(result.skipped)} of {result.queries} queries skipped "
-                     f"({counts}); recall is over the other {result.evaluated}:")
+        lines.append(f"{result.category}: {_skipped_summary(result)}:")
         lines += [f"  {s.reference} -> {s.target} ({s.kind}): {s.detail}"
                   for s in result.skipped[:max_examples]]
         if len(result.skipped) > max_examples:

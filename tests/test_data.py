@@ -75,9 +75,31 @@ def test_fashioniq_joined_caption_of_a_known_entry(fashioniq):
 
 def test_fashioniq_empty_caption_leaves_the_other_alone(fashioniq):
     triplet = next(t for t in fashioniq.triplets("val", "shirt") if "" in t.captions)
-    other = next(c for c in triplet.captions if c)
-    assert query_texts(triplet.captions, "joined") == [other.strip(".?, ").capitalize()]
-    assert query_texts(triplet.captions, "both-orders") == [other.strip(".?, ").capitalize()]
+    other = next(c for c in triplet.captions if c).strip(".?, ").capitalize()
+    assert query_texts(triplet.captions, "joined") == [other]
+    assert query_texts(triplet.captions, "both-orders") == [other, other]  # still two queries, as documented
+    assert query_texts(triplet.captions, "single") == ["", other]  # the empty one is skipped by evaluation
+
+
+# Real val triplets with an empty caption, and whose two caption orders read the same (identical captions,
+# or one empty): what captions="single" skips and what captions="both-orders" still counts twice.
+FASHIONIQ_VAL_EMPTY = {"dress": 0, "shirt": 1, "toptee": 2}
+FASHIONIQ_VAL_SAME_BOTH_ORDERS = {"dress": 3, "shirt": 9, "toptee": 9}
+
+
+@pytest.mark.parametrize("category", sorted(FASHIONIQ_VAL))
+def test_fashioniq_queries_per_triplet_under_each_caption_mode(fashioniq, category):
+    triplets = FASHIONIQ_VAL[category][0]
+    joined, _ = build_queries(fashioniq, "val", category, EvalProtocol(captions="joined"))
+    assert len(joined) == triplets and all(q.text for q in joined)
+    both, _ = build_queries(fashioniq, "val", category, EvalProtocol(captions="both-orders"))
+    assert len(both) == 2 * triplets
+    assert [q.triplet for q in both[::2]] == [q.triplet for q in both[1::2]] == [q.triplet for q in joined]
+    same = sum(a.text == b.text for a, b in zip(both[::2], both[1::2], strict=True))
+    assert same == FASHIONIQ_VAL_SAME_BOTH_ORDERS[category]
+    single, _ = build_queries(fashioniq, "val", category, EvalProtocol(captions="single"))
+    assert len(single) == 2 * triplets
+    assert sum(not q.text for q in single) == FASHIONIQ_VAL_EMPTY[category]
 
 
 @pytest.mark.parametrize("category", sorted(FASHIONIQ_VAL))

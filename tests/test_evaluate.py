@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import random
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,6 +21,7 @@ from sdfn.data.base import Triplet, open_dataset
 from sdfn.data.images import load_image
 from sdfn.errors import ConfigError, DataError, ImageError
 from sdfn.evaluate import (
+    EMPTY_CAPTION,
     REFERENCE_FAILED,
     TARGET_FAILED,
     EncodeResult,
@@ -72,6 +75,29 @@ class FakeEncoder:
         return EncodeResult(torch.stack(rows).float() if rows else torch.zeros(0, 16), failed)
 
 
+class IntegerEncoder:
+    """Reads no file: random integer vectors keyed by image id (file stem) and query text, so every inner
+    product is an exact integer in float32 whatever the summation order, and an independent implementation
+    sees the very same scores (ties included)."""
+
+    dim, bound = 16, 200  # |score| <= 16 * 400 * 200 < 2**24: exact in float32
+
+    def vector(self, key: str) -> np.ndarray:
+        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+        return np.random.default_rng(seed).integers(-self.bound, self.bound + 1, self.dim).astype(np.float32)
+
+    def query_vector(self, reference: str, text: str) -> np.ndarray:
+        return self.vector(f"image:{reference}") + self.vector(f"text:{text}")
+
+    def encode_gallery(self, image_paths: Sequence[Path]) -> EncodeResult:
+        rows = [self.vector(f"image:{Path(p).stem}") for p in image_paths]
+        return EncodeResult(torch.from_numpy(np.stack(rows)))
+
+    def encode_queries(self, reference_paths: Sequence[Path], texts: Sequence[str]) -> EncodeResult:
+        rows = [self.query_vector(Path(p).stem, t) for p, t in zip(reference_paths, texts, strict=True)]
+        return EncodeResult(torch.from_numpy(np.stack(rows)))
+
+
 def write_catalog(root: Path, seed: int = 0) -> Path:
     """A small FashionIQ-format val split (two categories, 60 PNGs each) with empty captions and asks."""
     rng = random.Random(seed)
@@ -99,14 +125,16 @@ def write_catalog(root: Path, seed: int = 0) -> Path:
 
 
 def brute_texts(captions: list[str], mode: str) -> list[str]:
+    """Query texts per triplet: one per caption ("" for an empty one, skipped), two orders, or one joined."""
     cleaned = [c.strip(".?, ") for c in captions]
     if mode == "single":
         return [c.capitalize() for c in cleaned]
     first, second = cleaned
     if not first or not second:
-        return [(first or second).capitalize()]
+        alone = (first or second).capitalize()
+        return [alone] if mode == "joined" else [alone, alone]
     forward, backward = f"{first.capitalize()} and {second}", f"{second.capitalize()} and {first}"
-    return [forward] if mode == "joined" or forward == backward else [forward, backward]
+    return [forward] if mode == "joined" else [forward, backward]
 
 
 def brute_ranks(gallery: list[str], queries: list[tuple[str, str, set[str]]], exclude: bool,
@@ -133,7 +161,7 @@ def brute_force_catalog(root: Path, category: str, protocol: EvalProtocol, broke
     queries, skipped = [], 0
     for entry in entries:
         for text in brute_texts(entry["captions"], protocol.captions):
-            if entry["target"] in broken or entry["candidate"] in broken:
+            if not text or entry["target"] in broken or entry["candidate"] in broken:
                 skipped += 1
             else:
                 queries.append((entry["candidate"], text, {entry["target"]}))
@@ -152,9 +180,12 @@ def test_recall_matches_brute_force_for_every_protocol(catalog, protocol):
     dataset = open_dataset("fashioniq", catalog)
     report = evaluate(dataset, "val", FakeEncoder(), protocol, return_rankings=True)
     for result in report.categories:
-        expected, ranked, _ = brute_force_catalog(catalog, result.category, protocol)
+        expected, ranked, empty = brute_force_catalog(catalog, result.category, protocol)
         assert result.recall == pytest.approx(expected, abs=1e-9)
-        assert result.evaluated == result.queries == len(ranked) and not result.skipped
+        assert result.evaluated == len(ranked) == result.queries - empty
+        assert [s.kind for s in result.skipped] == [EMPTY_CAPTION] * empty
+        assert result.queries == TRIPLETS_PER_CATEGORY * (1 if protocol.captions == "joined" else 2)
+        assert (empty > 0) == (protocol.captions == "single")
         assert [r.rank for r in result.rankings] == [r for r, _ in ranked]
         assert [list(r.top_ids) for r in result.rankings] == [ids[:50] for _, ids in ranked]
     mean = {k: sum(c.recall[k] for c in report.categories) / 2 for k in protocol.ks}
@@ -265,6 +296,27 @@ def test_real_fashioniq_annotations_with_a_few_placeholder_images(tmp_path):
     assert summary["categories"]["dress"]["gallery"]["failed"]["count"] == 3817 - len(present)
     assert len(summary["categories"]["dress"]["gallery"]["failed"]["examples"]) == 3
     json.dumps(summary, allow_nan=False)
+
+
+def test_single_captions_skip_real_empty_captions_and_say_so(caplog):
+    protocol = EvalProtocol(captions="single")
+    with caplog.at_level(logging.WARNING, logger="sdfn.evaluate"):
+        report = evaluate(open_dataset("fashioniq", FIXTURES / "fashioniq"), "val", IntegerEncoder(), protocol)
+    empty = {"dress": 0, "shirt": 1, "toptee": 2}  # real val entries with an empty caption
+    for result in report.categories:
+        triplets = len(open_dataset("fashioniq", FIXTURES / "fashioniq").triplets("val", result.category))
+        assert result.queries == 2 * triplets
+        assert [s.kind for s in result.skipped] == [EMPTY_CAPTION] * empty[result.category]
+        assert result.evaluated == 2 * triplets - empty[result.category]
+    summary = report.to_json()
+    assert summary["categories"]["toptee"]["skipped"]["by_reason"] == {EMPTY_CAPTION: 2}
+    assert summary["skipped"] == 3
+    assert "toptee: 2 of 3922 queries skipped (empty caption: 2); recall is over the other 3920" in report.to_table()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == ["fashioniq val shirt: 1 of 4076 queries skipped (empty caption: 1); recall is over the "
+                      "other 4075",
+                      "fashioniq val toptee: 2 of 3922 queries skipped (empty caption: 2); recall is over the "
+                      "other 3920"]
 
 
 def test_nothing_evaluable_is_reported_not_hidden(tmp_path):
