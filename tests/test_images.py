@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 from helpers import png_1bit
 from PIL import Image
 
-from sdfn.data.images import load_image
+from sdfn.data.images import decode_side, load_image, load_model_image
 from sdfn.errors import ConfigError, ImageError
 
 
@@ -84,12 +86,103 @@ def test_pixel_limit_message_gives_size_and_limit(tmp_path):
         load_image(path, max_pixels=1_000_000)
 
 
-def test_large_allowed_png_is_downscaled_without_warnings(tmp_path):
-    path = write(tmp_path / "large.png", png_1bit(10000, 10000))  # above Pillow's warning threshold
+def test_large_allowed_png_is_downscaled_without_warnings(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000_000)  # Pillow warns above this (49 MP here)
+    path = write(tmp_path / "large.png", png_1bit(7000, 7000))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         image = load_image(path)
     assert image.mode == "RGB" and image.size == (1024, 1024)
+
+
+def test_huge_upload_over_the_default_cap_is_refused_before_decoding(tmp_path):
+    """The issue's upload: a 12000x12000 PNG of a few hundred KB passed the old 150 MP guard and cost 415 MiB."""
+    path = write(tmp_path / "huge.png", png_1bit(12000, 12000))
+    with pytest.raises(ImageError, match=r"huge\.png: refused to decode: the image declares 12000x12000 = "
+                                         r"144,000,000 pixels, over the limit of 50,000,000 .*at most 50 megapixels"):
+        load_image(path)
+    assert load_image(write(tmp_path / "photo.png", png_1bit(8000, 6000))).size == (1024, 768)  # 48 MP: a photo
+
+
+def test_decode_side_is_one_policy_for_every_model_size():
+    assert decode_side(96) == decode_side((96, 96)) == 384
+    assert decode_side((224, 160)) == 896
+    assert decode_side(32) == 256
+    image = load_model_image(encode(Image.new("RGB", (2000, 1000), (9, 9, 9)), "PNG"), (96, 96))
+    assert image.size == (384, 192)
+
+
+def _exif_rotated_rgba_png() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    rgba = Image.new("RGBA", (600, 300), (0, 0, 0, 0))
+    for x in range(0, 600, 7):
+        for y in range(0, 300, 5):
+            rgba.putpixel((x, y), (x % 256, y % 256, 90, (x + y) % 256))
+    return encode(rgba, "PNG", exif=exif.tobytes())
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_pil_image_and_the_same_file_give_the_same_pixels(tmp_path, fmt):
+    """Uploads arrive as files, bytes or PIL images; all three must reach the model as the same pixels,
+    EXIF rotation and alpha compositing included."""
+    if fmt == "PNG":
+        data = _exif_rotated_rgba_png()
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 8
+        data = encode(Image.open(io.BytesIO(_exif_rotated_rgba_png())).convert("RGB"), "JPEG", exif=exif.tobytes())
+    path = write(tmp_path / f"upload.{fmt.lower()}", data)
+    from_file = np.asarray(load_image(path, max_side=200))
+    from_bytes = np.asarray(load_image(data, max_side=200))
+    opened = Image.open(path)
+    from_pil = np.asarray(load_image(opened, max_side=200))
+    loaded = Image.open(io.BytesIO(data))
+    loaded.load()
+    from_loaded = np.asarray(load_image(loaded, max_side=200))
+    assert from_file.shape == (200, 100, 3)  # rotated: the stored 600x300 displays as 300x600
+    assert np.array_equal(from_file, from_bytes)
+    assert np.array_equal(from_file, from_pil)
+    assert np.array_equal(from_file, from_loaded)
+    assert opened.size == (600, 300) and loaded.size == (600, 300)  # the caller's images are left as they were
+    if fmt == "PNG":
+        assert tuple(from_file[0, 0]) == (255, 255, 255)  # transparent corner composited on white
+
+
+def test_concurrent_decodes_share_one_memory_budget(tmp_path, monkeypatch):
+    """Concurrent decodes wait for one another so that the decoded bytes held at once stay within the budget."""
+    import threading
+
+    from sdfn.data import images
+
+    class Recording(images._DecodeBudget):
+        peak = 0
+
+        @contextmanager
+        def hold(self, nbytes):
+            with super().hold(nbytes):
+                Recording.peak = max(Recording.peak, self.used)
+                time.sleep(0.02)  # keep the decode in progress while the others try to start
+                yield
+
+    budget = Recording(2 * 1000 * 800 * 4)  # room for two 1000x800 RGB decodes (4 bytes a pixel in Pillow)
+    monkeypatch.setattr(images, "_BUDGET", budget)
+    path = write(tmp_path / "mid.png", encode(Image.new("RGB", (1000, 800), (3, 4, 5)), "PNG"))
+    sizes = []
+    threads = [threading.Thread(target=lambda: sizes.append(load_image(path, max_side=100).size)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sizes == [(100, 80)] * 8
+    assert Recording.peak == budget.limit  # two at a time, never three
+    assert budget.used == 0
+    assert images._decoded_bytes(Image.new("L", (10, 10))) == 100
+
+
+def test_empty_path_says_so():
+    with pytest.raises(ImageError, match="empty image path"):
+        load_image("")
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
