@@ -174,8 +174,9 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         "",
         "## Metrics (this float16 checkpoint)",
         "",
-        "Protocol: whole category split as gallery, captions joined \"c1 and c2\", reference excluded. sat@k: share "
-        "of the top-k items that keep the reference's category and have every attribute value the captions ask for.",
+        "Protocol: whole category split as gallery, captions joined \"c1 and c2\", reference excluded. sat@k "
+        "(sdfn.evaluate): per query, the share of the top-k items that keep the reference's category and have every "
+        "attribute value the captions ask for, averaged per category, then over categories like R@K.",
         "",
         markdown_table(["split", "R@1", "R@5", "R@10", "R@50", "sat@1", "sat@5", "queries"], rows),
         "",

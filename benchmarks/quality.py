@@ -5,8 +5,9 @@ on the same stage-1 backbone, for the same epochs, with the same tuning budget: 
 sweep (seed 0, picked on the *val* split), then the remaining seeds at the picked rate. The best
 checkpoint of each run (by val R@1) is scored on the *test* split:
 - R@1/5/10/50 (whole category split as gallery, joined captions, reference excluded);
-- attribute satisfaction sat@1 / sat@5: the share of the top-1 (top-5) items that keep the reference's
-  category and have an accepted value for every attribute the captions ask for.
+- attribute satisfaction sat@1 / sat@5 (sdfn.evaluate's sat@k: per query, the share of the top-1 (top-5)
+  items that keep the reference's category and have an accepted value for every attribute the captions
+  ask for; averaged over each category's queries, then over categories like R@K).
 
 Writes benchmarks/QUALITY.md and benchmarks/quality.json (figures in percent, mean over seeds, std).
 Each finished run is a line of OUT/results.jsonl (the ledger); a rerun skips what the ledger holds, so
@@ -36,9 +37,9 @@ from sdfn.config import load_config  # noqa: E402
 from sdfn.data.attributes import APPLIES, satisfies  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
 from sdfn.encode import ModelQueryEncoder  # noqa: E402
-from sdfn.evaluate import EvalProtocol, evaluate  # noqa: E402
+from sdfn.evaluate import Answers, EvalProtocol, QueryRanking, evaluate  # noqa: E402
 from sdfn.model import ComposedRetrievalModel  # noqa: E402
-from sdfn.train import run_training  # noqa: E402
+from sdfn.training import run_training  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 METHODS: dict[str, list[str]] = {
@@ -125,23 +126,19 @@ def split_metrics(checkpoint: Path, dataset, catalog: pd.DataFrame, split: str =
     encoder = ModelQueryEncoder(model, batch_size=256, table=table)
     report = evaluate(dataset, split, encoder, PROTOCOL, return_rankings=True)
     metrics = {f"R@{k}": v for k, v in report.mean_recall().items()}
-    rankings = [r for c in report.categories for r in c.rankings]
-    metrics["sat@1"] = 100 * statistics.mean(satisfaction(r, catalog, 1) for r in rankings)
-    metrics["sat@5"] = 100 * statistics.mean(satisfaction(r, catalog, 5) for r in rankings)
-    metrics["queries"] = len(rankings)
+    metrics |= {f"sat@{k}": v for k, v in report.mean_satisfaction(catalog_answers(catalog), (1, 5)).items()}
+    metrics["queries"] = sum(c.evaluated for c in report.categories)
     return metrics
 
 
-def satisfaction(ranking, catalog: pd.DataFrame, k: int) -> float:
-    """Share of the top-k items that answer the query (category kept, every asked attribute accepted)."""
-    reference_category = catalog.at[ranking.reference, "category"]
-    asks = ranking.triplet.asks
-    hits = 0
-    for item in ranking.top_ids[:k]:
+def catalog_answers(catalog: pd.DataFrame) -> Answers:
+    """sat@k's test on the synthetic catalog: the item keeps the reference's category and has an accepted
+    value for every attribute the query's captions ask for."""
+    def answers(ranking: QueryRanking, item: str) -> bool:
         row = catalog.loc[item]
         attrs = {a: row[a] for a in APPLIES[row["category"]]}
-        hits += satisfies(attrs, row["category"], asks, reference_category)
-    return hits / k
+        return satisfies(attrs, row["category"], ranking.triplet.asks, catalog.at[ranking.reference, "category"])
+    return answers
 
 
 def summarise(per_seed: dict[str, list[dict]]) -> dict:
@@ -178,9 +175,9 @@ def write_report(summary: dict, args, ledger: Ledger) -> None:
         f"Same stage-1 backbone (`{args.stage1}`) for every method; stage 2 on frozen cached features, "
         f"{args.epochs} epochs, learning rate picked per method from {{{', '.join(f'{x:g}' for x in args.lrs)}}} "
         f"on val R@1 (seed 0), then seeds {', '.join(map(str, args.seeds))} at that rate; best checkpoint by val "
-        "R@1. Test protocol: whole category split as gallery, joined captions, reference excluded. sat@k: share "
-        "of the top-k items with the reference's category and every asked attribute value. Mean ± std over seeds, "
-        "in percent.",
+        "R@1. Test protocol: whole category split as gallery, joined captions, reference excluded. sat@k "
+        "(sdfn.evaluate): per query, the share of the top-k items with the reference's category and every asked "
+        "attribute value, averaged per category, then over categories like R@K. Mean ± std over seeds, in percent.",
         "",
         markdown_table(["method", *METRICS, "lr"], rows),
         "",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +29,7 @@ GALLERIES = ("split", "val-subset")
 CAPTION_MODES = ("joined", "both-orders", "single")
 DEFAULT_KS = (1, 5, 10, 50)
 DEFAULT_TOP = 50
+SATISFACTION_KS = (1, 5)  # sat@k reported next to R@K
 R10_R50 = "(R@10+R@50)/2"  # FashionIQ's single summary number
 # Shoes and Fashion200k papers rank the gallery without the query's own image; FashionIQ's reference
 # code (CLIP4Cir, SPRC) keeps it.
@@ -163,6 +164,10 @@ class QueryRanking:
     triplet: Triplet
 
 
+# Does gallery item `image_id` answer this query? (e.g. the synthetic catalog's asked attribute values)
+Answers = Callable[[QueryRanking, str], bool]
+
+
 @dataclass
 class CategoryResult:
     category: str
@@ -189,6 +194,27 @@ class EvalReport:
     def score(self) -> float | None:
         """(R@10 + R@50) / 2 of the category means; None when the protocol does not compute both."""
         return _r10_r50(self.mean_recall())
+
+    def category_satisfaction(self, answers: Answers, ks: Sequence[int] = SATISFACTION_KS
+                              ) -> dict[str, dict[int, float]]:
+        """sat@k per category in percent: the mean over its evaluated queries of `query_satisfaction`; NaN
+        where a category has none. Needs `evaluate(..., return_rankings=True)`."""
+        for k in ks:
+            if not 1 <= k <= DEFAULT_TOP:
+                raise ValueError(f"sat@{k}: k must be 1..{DEFAULT_TOP}, the length of the evaluated top lists")
+        missing = [c.category for c in self.categories if c.rankings is None]
+        if missing:
+            raise ValueError(f"sat@k of {self.dataset} {self.split} needs the top lists of every query; "
+                             f"evaluate with return_rankings=True (missing for {', '.join(missing)})")
+        return {c.category: {k: 100.0 * sum(query_satisfaction(r, answers, k) for r in c.rankings) / len(c.rankings)
+                             if c.rankings else float("nan") for k in ks}
+                for c in self.categories}
+
+    def mean_satisfaction(self, answers: Answers, ks: Sequence[int] = SATISFACTION_KS) -> dict[int, float]:
+        """sat@k in percent, the unweighted mean over categories like `mean_recall` (NaN if a category has
+        no evaluated query)."""
+        per_category = self.category_satisfaction(answers, ks)
+        return {k: sum(c[k] for c in per_category.values()) / len(per_category) for k in ks}
 
     def to_json(self, max_examples: int = 20) -> dict[str, Any]:
         """A JSON-ready summary: recalls, counts, and up to `max_examples` skipped/failed ids per category."""
@@ -220,6 +246,14 @@ class EvalReport:
         for c in self.categories:
             lines.extend(_problem_lines(c, max_examples))
         return "\n".join(lines)
+
+
+def query_satisfaction(ranking: QueryRanking, answers: Answers, k: int) -> float:
+    """A query's sat@k as a fraction: the share of its top-k returned items that answer it, over the items
+    actually returned (fewer than k only when the gallery, less an excluded reference, holds fewer). The top
+    list breaks ties like the ranks, so sat@k and R@K see the same order."""
+    returned = ranking.top_ids[:k]
+    return sum(bool(answers(ranking, item)) for item in returned) / len(returned)
 
 
 def join_captions(captions: Sequence[str]) -> str:

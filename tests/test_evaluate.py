@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import random
 import shutil
 from collections.abc import Sequence
@@ -24,9 +25,12 @@ from sdfn.evaluate import (
     EMPTY_CAPTION,
     REFERENCE_FAILED,
     TARGET_FAILED,
+    CategoryResult,
     EncodeResult,
     EvalProtocol,
+    EvalReport,
     Query,
+    QueryRanking,
     build_queries,
     evaluate,
     rank,
@@ -403,6 +407,55 @@ def test_top_list_agrees_with_the_ranks_under_many_ties():
         for q, r, top in zip(queries, ranking.first_positive_rank.tolist(), ranking.top.tolist(), strict=True):
             (positive,) = q.positives
             assert (top.index(positive) + 1 if positive in top else None) == (r if r <= 50 else None)
+
+
+def ranking(category: str, top_ids: tuple[str, ...]) -> QueryRanking:
+    return QueryRanking(category, "r", "", "t", rank=1, top_ids=top_ids, triplet=TRIPLET)
+
+
+def satisfaction_report(categories: dict[str, list[tuple[str, ...]]]) -> EvalReport:
+    results = [CategoryResult(name, {1: 0.0}, len(tops), len(tops), [], 10, [], [ranking(name, t) for t in tops])
+               for name, tops in categories.items()]
+    return EvalReport("fashioniq", "val", EvalProtocol(ks=(1,)), results)
+
+
+def test_satisfaction_is_a_category_mean_over_the_items_returned():
+    answers = lambda ranking, item: item.startswith("ok")  # noqa: E731
+    report = satisfaction_report({
+        "dress": [("ok1", "no1")],  # a gallery of 3 less the excluded reference: 2 items returned
+        "shirt": [("no1", "ok1", "ok2", "ok3", "ok4", "no2"), ("ok1", "no1", "no2", "no3", "no4", "ok2"),
+                  ("ok1", "ok2", "ok3", "ok4", "ok5", "ok6")],
+    })
+    per_category = report.category_satisfaction(answers, (1, 5))
+    assert per_category["dress"] == pytest.approx({1: 100.0, 5: 50.0})  # 1 of the 2 returned, not 1 of 5
+    assert per_category["shirt"] == pytest.approx({1: 200 / 3, 5: 100 * (4 / 5 + 1 / 5 + 1) / 3})
+    assert report.mean_satisfaction(answers, (1, 5)) == pytest.approx(
+        {k: (per_category["dress"][k] + per_category["shirt"][k]) / 2 for k in (1, 5)})  # not pooled (75 at k=1)
+    with pytest.raises(ValueError, match=r"sat@51: k must be 1\.\.50"):
+        report.mean_satisfaction(answers, (51,))
+    empty = satisfaction_report({"dress": [("ok1",)], "shirt": []})
+    assert math.isnan(empty.mean_satisfaction(answers, (1,))[1])
+
+
+def test_satisfaction_needs_rankings_and_reads_the_tie_consistent_top_list(catalog):
+    dataset = open_dataset("fashioniq", catalog)
+    with pytest.raises(ValueError, match=r"return_rankings=True \(missing for dress, skirt\)"):
+        evaluate(dataset, "val", FakeEncoder()).mean_satisfaction(lambda r, i: True)
+
+    class TiedEncoder(FakeEncoder):  # every image the same vector: the top list is the gallery order
+        def encode_gallery(self, image_paths):
+            return EncodeResult(torch.ones(len(image_paths), 16) / 4)
+
+    report = evaluate(dataset, "val", TiedEncoder(), EvalProtocol(exclude_reference=True), return_rankings=True)
+    gallery = {c: dataset.gallery("val", c) for c in CATEGORIES}
+    for result in report.categories:
+        assert all(r.top_ids == tuple(i for i in gallery[result.category] if i != r.reference)[:50]
+                   for r in result.rankings)
+    # Only each category's first gallery image answers: sat@1 counts the queries whose reference is not it.
+    sat = report.category_satisfaction(lambda r, item: item == gallery[r.category][0], (1,))
+    for result in report.categories:
+        expected = sum(r.reference != gallery[result.category][0] for r in result.rankings) / len(result.rankings)
+        assert sat[result.category][1] == pytest.approx(100 * expected)
 
 
 @pytest.mark.parametrize(("options", "message"), [
