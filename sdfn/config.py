@@ -1,4 +1,10 @@
-"""Training configuration: dataclasses, JSON presets in configs/, and `key=value` overrides."""
+"""Training configuration: dataclasses, JSON presets (sdfn/configs/, shipped with the package), `key=value` overrides.
+
+Relative paths in a config are relative to the working directory, with one exception: the synthetic catalogs a
+preset generates itself (`data.root` with `data.synthesize`, `pretrain.catalog` with
+`pretrain.synth_items_per_category`) live under `sdfn.paths.sdfn_home()`, beside the default catalog, wherever
+`sdfn train --config PRESET` runs. Overrides are applied after that, as given.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,7 @@ from pathlib import Path
 
 from sdfn.errors import ConfigError
 from sdfn.model import ModelConfig
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+from sdfn.paths import PRESET_DIR, sdfn_home
 
 
 @dataclass
@@ -157,9 +162,10 @@ def list_presets() -> list[str]:
 
 
 def load_config(preset_or_file: str, overrides: list[str] | None = None) -> TrainConfig:
-    """A preset name from configs/ or a JSON file path, then `a.b=value` overrides (values parsed as JSON)."""
+    """A preset name (sdfn/configs/) or a JSON file path, then `a.b=value` overrides (values parsed as JSON)."""
     path = Path(preset_or_file)
-    if not path.is_file():
+    preset = not path.is_file()
+    if preset:
         path = PRESET_DIR / f"{preset_or_file}.json"
     if not path.is_file():
         raise ConfigError(f"no config file or preset named '{preset_or_file}'. "
@@ -168,10 +174,21 @@ def load_config(preset_or_file: str, overrides: list[str] | None = None) -> Trai
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err}") from err
+    if preset:
+        _place_generated_catalogs(data)
     for item in overrides or []:
         apply_override(data, item)
     data.setdefault("name", path.stem)
     return from_dict(TrainConfig, data)
+
+
+def _place_generated_catalogs(data: dict) -> None:
+    """A preset's synthetic catalogs go under sdfn_home() (see the module docstring)."""
+    parts = ((data.get("data", {}), "root", bool(data.get("data", {}).get("synthesize"))),
+             (data.get("pretrain", {}), "catalog", bool(data.get("pretrain", {}).get("synth_items_per_category"))))
+    for section, key, generated in parts:
+        if generated and section.get(key) and not Path(section[key]).is_absolute():
+            section[key] = str(sdfn_home() / section[key])
 
 
 def apply_override(data: dict, item: str) -> None:

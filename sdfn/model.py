@@ -1,20 +1,20 @@
 """The composed retrieval model: backbone -> fusion (router trace) -> query; and its checkpoint format.
 
 A checkpoint is a folder:
-- `open_clip_config.json` + `open_clip_model.safetensors`: the backbone, a valid open_clip model on its
-  own (`open_clip.create_model("local-dir:FOLDER")` loads it);
-- `sdfn_config.json`: the model config (backbone provenance + fusion), format version, metrics;
-- `fusion.safetensors`: fusion module and loss temperature.
-Nothing is ever unpickled.
+- `open_clip_config.json` + `open_clip_model.safetensors`: the backbone (a valid open_clip `local-dir:` model
+  when its weights fit in one 8 MiB file; bigger backbones are written as shards with
+  `open_clip_model.safetensors.index.json`, see sdfn.weights);
+- `sdfn_config.json`: the model config (backbone provenance + fusion), format version, the weights'
+  fingerprint (checked on load), metrics;
+- `fusion.safetensors` (or its shards): fusion module and loss temperature.
+Nothing is ever unpickled. Paths stored in it are relative to the checkpoint folder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,17 +22,21 @@ from pathlib import Path
 import open_clip
 import torch
 from open_clip.factory import _get_hf_config, parse_model_name
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sdfn.backbone import Backbone, BackboneConfig, ImageFeatures, TextFeatures, check_local_dir
+from sdfn.backbone import MODEL_CONFIG_DIR, Backbone, BackboneConfig, ImageFeatures, TextFeatures, check_local_dir
 from sdfn.errors import CheckpointError
+from sdfn.fsio import publish_folder, staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
+from sdfn.paths import SHIPPED_CHECKPOINT
+from sdfn.weights import has_tensors, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
 
 FORMAT = "sdfn-checkpoint"
-FORMAT_VERSION = 1
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "sdfn-tiny"
+FORMAT_VERSION = 2          # 2: the stored fingerprint is that of the weights as written, and load() checks it
+BACKBONE_FILES, HEAD_FILES = "open_clip_model", "fusion"
 
 
 @dataclass
@@ -69,6 +73,7 @@ class ComposedRetrievalModel(nn.Module):
                                     self.backbone.text_token_dim)
         self.criterion = BatchClassificationLoss()
         self.provenance: dict = {}
+        self.source: Path | None = None        # the checkpoint folder it was loaded from
 
     @property
     def device(self) -> torch.device:
@@ -106,10 +111,10 @@ class ComposedRetrievalModel(nn.Module):
         return self.fusion.embed_target(pooled)
 
     def forward(self, reference: torch.Tensor | ImageFeatures, texts: list[str] | TextFeatures,
-                target: torch.Tensor | ImageFeatures) -> tuple[Composition, torch.Tensor, torch.Tensor]:
-        """One training forward: images and texts (or their cached features) -> query, target embedding, scale.
+                target: torch.Tensor | ImageFeatures) -> tuple[Composition, torch.Tensor]:
+        """One training forward: images and texts (or their cached features) -> query and target embedding.
 
-        The loss's temperature is returned from here so that DistributedDataParallel sees it used.
+        The loss (`self.criterion`, which holds the learnable temperature) is applied by the trainer.
         """
         if isinstance(reference, ImageFeatures):
             ref, target_pooled = reference, target.pooled
@@ -122,23 +127,18 @@ class ComposedRetrievalModel(nn.Module):
         else:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone.cfg.freeze_text):
                 text = self.encode_texts(texts)
-        return self.compose(ref, text), self.embed_target(target_pooled), self.criterion.scale()
+        return self.compose(ref, text), self.embed_target(target_pooled)
 
     # ---- checkpoints -------------------------------------------------------------------------------
 
-    def save(self, folder: Path, half: bool = False, extra: dict | None = None) -> None:
-        """Write the checkpoint folder atomically (a temporary folder renamed into place)."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+    def save(self, folder: Path | str, half: bool = False, extra: dict | None = None) -> None:
+        """Write the checkpoint folder atomically: built beside it, then swapped into place whole."""
+        with staging_folder(Path(folder)) as tmp:
             self.save_files(tmp, half=half, extra=extra)
-            replace_folder(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
 
     def save_files(self, folder: Path, half: bool = False, extra: dict | None = None) -> None:
+        """Write the checkpoint's files into `folder` (a new folder beside its final place: stored paths are
+        relative to it). `half` stores floating-point weights as float16."""
         def tensors(module: nn.Module) -> dict[str, torch.Tensor]:
             out = {}
             for k, v in module.state_dict().items():
@@ -146,33 +146,56 @@ class ComposedRetrievalModel(nn.Module):
                 out[k] = (v.half() if half and v.is_floating_point() else v).contiguous()
             return out
 
-        clip_cfg = open_clip_config(self.backbone)
-        (folder / "open_clip_config.json").write_text(json.dumps(clip_cfg, indent=2))
-        save_file(tensors(self.backbone.clip), str(folder / "open_clip_model.safetensors"))
-        head = {f"fusion.{k}": v for k, v in tensors(self.fusion).items()}
+        folder = Path(folder)
+        (folder / "open_clip_config.json").write_text(json.dumps(open_clip_config(self.backbone), indent=2))
+        clip, fusion = tensors(self.backbone.clip), tensors(self.fusion)
+        save_tensors(clip, folder, BACKBONE_FILES)
+        head = {f"fusion.{k}": v for k, v in fusion.items()}
         head.update({f"criterion.{k}": v for k, v in tensors(self.criterion).items()})
-        save_file(head, str(folder / "fusion.safetensors"))
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": asdict(self.cfg),
-                "fingerprint": self.fingerprint(), **self.provenance, **(extra or {})}
+        save_tensors(head, folder, HEAD_FILES)
+        cfg = asdict(self.cfg)
+        cfg["backbone"]["model"] = portable_backbone_name(self.cfg.backbone.model, self.source, folder,
+                                                          open_clip_config(self.backbone)["model_cfg"])
+        meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": cfg,
+                "fingerprint": weights_fingerprint(clip, fusion), **self.provenance, **(extra or {})}
         (folder / "sdfn_config.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, folder: Path | str | None = None, device: str | torch.device = "cpu",
              expect: ModelConfig | None = None) -> ComposedRetrievalModel:
-        """Load a checkpoint folder (default: the shipped assets/sdfn-tiny) in float32 for `device`."""
+        """Load a checkpoint folder (default: the shipped sdfn-tiny) in float32 for `device`, checking its weights
+        against the fingerprint stored with them."""
         folder = Path(folder) if folder is not None else SHIPPED_CHECKPOINT
         meta = read_checkpoint_meta(folder)
         saved = ModelConfig.from_dict(meta["model"])
         if expect is not None:
             refuse_if_different(expect, saved, folder)
-        cfg = ModelConfig(BackboneConfig(model=f"local-dir:{folder}", freeze_image=saved.backbone.freeze_image,
-                                         freeze_text=saved.backbone.freeze_text), saved.fusion)
-        model = cls(cfg)
+        frozen = {"freeze_image": saved.backbone.freeze_image, "freeze_text": saved.backbone.freeze_text}
+        cfg = ModelConfig(BackboneConfig(model=f"local-dir:{folder.resolve()}", **frozen), saved.fusion)
+        model = cls(cfg, load_backbone_weights=False)
         model.cfg = saved                      # keep the provenance (original backbone name and tag)
+        model.source = folder
         model.provenance = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "fingerprint")}
-        head = load_file(str(folder / "fusion.safetensors"))
-        model.load_head(head, folder)
-        return model.to(device).float()
+        model.load_backbone(load_tensors(folder, BACKBONE_FILES), folder)
+        model.load_head(load_tensors(folder, HEAD_FILES), folder)
+        model = model.to(device).float()
+        stored, actual = meta.get("fingerprint"), model.fingerprint()
+        if meta.get("version", 1) >= 2 and stored != actual:
+            raise CheckpointError(f"the weights in {folder} do not match the fingerprint in its sdfn_config.json "
+                                  f"(stored {stored}, weights {actual}): files were altered, or mixed with another "
+                                  "checkpoint's. Copy the folder again whole, or re-export it with `sdfn train`.")
+        if meta.get("version", 1) < 2:
+            log.warning("%s was written by an older sdfn (format 1), whose stored fingerprint cannot be checked; "
+                        "save it again to get one that is", folder)
+        return model
+
+    def load_backbone(self, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+        try:
+            self.backbone.clip.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"the backbone weights in {folder} do not match its open_clip_config.json "
+                                  f"({err.args[0].splitlines()[0]}). The folder is damaged or was edited; "
+                                  "re-export it with `sdfn train`.") from err
 
     def load_head(self, head: dict[str, torch.Tensor], folder: Path) -> None:
         for prefix, module in (("fusion.", self.fusion), ("criterion.", self.criterion)):
@@ -185,13 +208,58 @@ class ComposedRetrievalModel(nn.Module):
                                       "re-export it with `sdfn train`.") from err
 
     def fingerprint(self) -> str:
-        """sha256 of every weight (as float32), so the same weights give the same fingerprint however stored."""
-        h = hashlib.sha256()
-        for module in (self.backbone.clip, self.fusion):
-            for name, t in sorted(module.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        """Fingerprint of the backbone and fusion weights (fsio.tensors_fingerprint: float32 bytes, so the same
+        weights give the same value however stored). Computed once and reused until a weight changes."""
+        return self._cached_fingerprint("model", lambda: weights_fingerprint(self.backbone.clip.state_dict(),
+                                                                             self.fusion.state_dict()))
+
+    def backbone_fingerprint(self) -> str:
+        """Fingerprint of the backbone's weights alone: an image's features stay valid while it is unchanged."""
+        return self._cached_fingerprint("backbone",
+                                        lambda: tensors_fingerprint(self.backbone.clip.state_dict().items()))
+
+    def _cached_fingerprint(self, kind: str, compute) -> str:
+        # Any change of a weight (an optimiser step, load_state_dict, .to(), .half()) gives the tensor a new
+        # version or storage, so this key changes with it and the fingerprint is computed again.
+        key = tuple((t.data_ptr(), t._version) for t in self.state_dict(keep_vars=True).values())
+        cache = self.__dict__.setdefault("_fingerprints", {})
+        if cache.get(kind, (None,))[0] != key:
+            cache[kind] = (key, compute())
+        return cache[kind][1]
+
+
+def weights_fingerprint(clip: dict[str, torch.Tensor], fusion: dict[str, torch.Tensor]) -> str:
+    """The model fingerprint of backbone and fusion tensors (as in memory or as written)."""
+    return tensors_fingerprint([*((f"backbone.{k}", v) for k, v in clip.items()),
+                                *((f"fusion.{k}", v) for k, v in fusion.items())])
+
+
+def backbone_source(name: str, checkpoint: Path | None) -> Path | None:
+    """The folder a `local-dir:` backbone name points to (a relative one is relative to its checkpoint folder)."""
+    schema, identifier = parse_model_name(name)
+    if schema != "local-dir":
+        return None
+    path = Path(identifier)
+    if not path.is_absolute() and checkpoint is not None:
+        path = Path(checkpoint) / path
+    return Path(os.path.abspath(path))
+
+
+def portable_backbone_name(name: str, checkpoint: Path | None, folder: Path, model_cfg: dict) -> str:
+    """The backbone's provenance as stored in a checkpoint written to `folder`, naming no machine folder: a
+    `local-dir:` source beside the checkpoint (a run's stage1/ next to best/) relative to it, e.g.
+    `local-dir:../stage1`; one elsewhere by the registered architecture it instantiates (e.g. `sdfn-tiny`), else
+    by its folder name only."""
+    source = backbone_source(name, checkpoint)
+    if source is None:
+        return name
+    relative = os.path.relpath(source, os.path.abspath(folder))
+    if not relative.startswith(os.path.join(os.pardir, os.pardir)):
+        return f"local-dir:{relative}"
+    for path in sorted(MODEL_CONFIG_DIR.glob("*.json")):
+        if json.loads(path.read_text()) == model_cfg:
+            return path.stem
+    return f"local-dir:{source.name}"
 
 
 def open_clip_config(backbone: Backbone) -> dict:
@@ -209,23 +277,32 @@ def open_clip_config(backbone: Backbone) -> dict:
 
 
 def read_checkpoint_meta(folder: Path) -> dict:
+    """sdfn_config.json of a checkpoint folder, once the folder is seen to hold every file a checkpoint has."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist. Give a folder written by "
-                              "`sdfn train` (runs/NAME/best or runs/NAME/last) or assets/sdfn-tiny.")
+                              "`sdfn train` (runs/NAME/best or runs/NAME/last), or leave it out for the shipped "
+                              "sdfn-tiny.")
     check_local_dir(folder)
     meta_path = folder / "sdfn_config.json"
-    for needed in (meta_path, folder / "fusion.safetensors", folder / "open_clip_model.safetensors"):
-        if not needed.is_file():
-            raise CheckpointError(f"checkpoint {folder} is incomplete: {needed.name} is missing. "
-                                  "A checkpoint written by `sdfn train` has open_clip_config.json, "
-                                  "open_clip_model.safetensors, fusion.safetensors and sdfn_config.json.")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{meta_path} is not valid JSON ({err}).") from err
-    if meta.get("format") != FORMAT or "model" not in meta:
-        raise CheckpointError(f"{meta_path} is not an sdfn checkpoint config (format={meta.get('format')!r}).")
+    missing = [name for name, there in (("sdfn_config.json", meta_path.is_file()),
+                                        ("open_clip_model.safetensors", has_tensors(folder, BACKBONE_FILES)),
+                                        ("fusion.safetensors", has_tensors(folder, HEAD_FILES))) if not there]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is incomplete: {' and '.join(missing)} (or its shards) "
+                              "missing. A checkpoint written by `sdfn train` has open_clip_config.json, "
+                              "open_clip_model.safetensors, fusion.safetensors and sdfn_config.json; copy it again "
+                              "whole.")
+    for path in (meta_path, folder / "open_clip_config.json"):
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path} is not valid JSON ({err}): the checkpoint is damaged; copy it again "
+                                  "or re-export it.") from err
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+        raise CheckpointError(f"{meta_path} is not an sdfn checkpoint config (format="
+                              f"{meta.get('format') if isinstance(meta, dict) else None!r}).")
     if meta.get("version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{folder} was written by a newer sdfn (format {meta['version']}); upgrade sdfn.")
     return meta
@@ -246,7 +323,10 @@ def config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def refuse_if_different(expect: ModelConfig, saved: ModelConfig, folder: Path) -> None:
     """Refuse a checkpoint whose architecture (fusion config, backbone model) is not the one asked for."""
     diffs = config_differences(asdict(expect.fusion), asdict(saved.fusion), "fusion.")
-    if expect.backbone.model != saved.backbone.model:
+    expected_source = backbone_source(expect.backbone.model, None)
+    same_backbone = expect.backbone.model == saved.backbone.model or (
+        expected_source is not None and expected_source == backbone_source(saved.backbone.model, folder))
+    if not same_backbone:
         diffs.append(f"backbone.model: {saved.backbone.model!r} in the checkpoint, {expect.backbone.model!r} asked for")
     if diffs:
         raise CheckpointError(f"checkpoint {folder} was trained with another model configuration: "
@@ -254,12 +334,5 @@ def refuse_if_different(expect: ModelConfig, saved: ModelConfig, folder: Path) -
 
 
 def replace_folder(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing any old `dst`; readers see either the old or the new folder whole."""
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+    """Put folder `src` at `dst` whole (sdfn.fsio.publish_folder; callers are moving to fsio's staging_folder)."""
+    publish_folder(src, dst)

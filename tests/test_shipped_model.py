@@ -1,4 +1,5 @@
-"""The shipped model (assets/sdfn-tiny): what its card says is what it does, and its config rebuilds it."""
+"""The shipped model (sdfn/assets/sdfn-tiny): what its card says is what it does, its config rebuilds it, its stored
+fingerprint is its weights', and every file it ships fits a plain git push to a Space (under 10 MiB)."""
 
 from __future__ import annotations
 
@@ -15,21 +16,34 @@ from sdfn.encode import ModelQueryEncoder
 from sdfn.evaluate import EvalProtocol, evaluate
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
+from sdfn.weights import load_tensors
 
 MODEL_CONFIG = Path(__file__).resolve().parent.parent / "sdfn" / "model_configs" / "sdfn-tiny.json"
 
 
-def shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(path), framework="pt") as f:
-        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+def shapes(folder: Path, stem: str) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in load_tensors(folder, stem).items()}
 
 
 def test_shipped_files_are_small_safetensors_and_json():
     names = sorted(p.name for p in SHIPPED_CHECKPOINT.iterdir())
-    assert {"open_clip_config.json", "open_clip_model.safetensors", "fusion.safetensors", "sdfn_config.json",
-            "metrics.json", "README.md"} <= set(names)
-    assert not [n for n in names if n.endswith((".pt", ".pth", ".bin", ".pkl", ".ckpt"))]
+    assert {"open_clip_config.json", "open_clip_model.safetensors.index.json", "fusion.safetensors",
+            "sdfn_config.json", "metrics.json", "README.md"} <= set(names)
+    assert {p.suffixes[-1] for p in SHIPPED_CHECKPOINT.iterdir()} <= {".json", ".safetensors", ".md"}
+    assert max(p.stat().st_size for p in SHIPPED_CHECKPOINT.iterdir()) <= 8 * 2**20   # shards, not one 15 MiB file
     assert sum(p.stat().st_size for p in SHIPPED_CHECKPOINT.iterdir()) < 25 * 2**20
+    for path in SHIPPED_CHECKPOINT.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as f:
+            assert list(f.keys())                        # each shard is a readable safetensors file
+
+
+def test_shipped_config_names_no_machine_folder_and_its_fingerprint_is_checked():
+    meta = json.loads((SHIPPED_CHECKPOINT / "sdfn_config.json").read_text())
+    text = json.dumps(meta)
+    assert "/work/" not in text and "/tmp/" not in text and "/root/" not in text and "/home/" not in text
+    assert meta["model"]["backbone"]["model"] == "sdfn-tiny"
+    model = ComposedRetrievalModel.load()                 # raises CheckpointError when the fingerprint differs
+    assert model.fingerprint() == meta["fingerprint"]
 
 
 def test_config_rebuilds_the_exact_architecture():
@@ -41,8 +55,8 @@ def test_config_rebuilds_the_exact_architecture():
     clip = {k: tuple(v.shape) for k, v in rebuilt.backbone.clip.state_dict().items()}
     head = {f"fusion.{k}": tuple(v.shape) for k, v in rebuilt.fusion.state_dict().items()}
     head |= {f"criterion.{k}": tuple(v.shape) for k, v in rebuilt.criterion.state_dict().items()}
-    assert clip == shapes(SHIPPED_CHECKPOINT / "open_clip_model.safetensors")
-    assert head == shapes(SHIPPED_CHECKPOINT / "fusion.safetensors")
+    assert clip == shapes(SHIPPED_CHECKPOINT, "open_clip_model")
+    assert head == shapes(SHIPPED_CHECKPOINT, "fusion")
 
 
 def test_shipped_checkpoint_reproduces_its_val_recall(tmp_path):
