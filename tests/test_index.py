@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 import sdfn.index as sdfn_index
+import sdfn.index.build as index_build
+import sdfn.index.faiss_policy as faiss_policy
 from sdfn.catalog import open_catalog
 from sdfn.cli import main
 from sdfn.errors import ConfigError
@@ -59,13 +61,13 @@ def catalog_copy(indexed, tmp_path) -> Path:
 def count_encodings(monkeypatch) -> list[int]:
     """Number of images sent to the backbone by each call of extract_image_features."""
     calls: list[int] = []
-    real = sdfn_index.extract_image_features
+    real = index_build.extract_image_features
 
     def counting(model, paths, *args, **kwargs):
         calls.append(len(paths))
         return real(model, paths, *args, **kwargs)
 
-    monkeypatch.setattr(sdfn_index, "extract_image_features", counting)
+    monkeypatch.setattr(index_build, "extract_image_features", counting)
     return calls
 
 
@@ -121,7 +123,7 @@ def test_ivfpq_needs_enough_items_and_takes_no_fp16():
 
 
 def test_ivfpq_builds_and_searches(monkeypatch):
-    monkeypatch.setattr(sdfn_index, "IVFPQ_MIN_ITEMS", 2000)  # small codebooks train fast enough for a test
+    monkeypatch.setattr(faiss_policy, "IVFPQ_MIN_ITEMS", 2000)  # small codebooks train fast enough for a test
     data = unit_vectors(3000, d=32)
     _, rows = search_index(make_index(data, "ivfpq"), data[:5], 5)
     assert (rows[:, 0] == np.arange(5)).mean() >= 0.8
@@ -229,7 +231,8 @@ def test_unreadable_catalog_image_is_reported_and_left_out(catalog_copy, model):
 def test_damaged_index_folder_is_rebuilt(catalog_copy, model):
     (catalog_copy / "index" / "vectors.faiss").unlink()
     _, status = open_index(open_catalog(catalog_copy), model, progress=False)
-    assert status.action == "built" and "index files missing" in status.message
+    assert status.action == "rebuilt" and "index/vectors.faiss is damaged (missing)" in status.message
+    assert status.encoded == 0  # the feature shard is intact: nothing is encoded again
 
 
 @pytest.mark.parametrize("index_type", ["flat", "hnsw"])
