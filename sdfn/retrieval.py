@@ -2,7 +2,7 @@
 
     from sdfn import Retriever
 
-    retriever = Retriever()                  # shipped sdfn-tiny + catalogs/synthetic (generated if missing)
+    retriever = Retriever()                  # shipped sdfn-tiny + the default catalog (generated if missing)
     result = retriever.search("dress_00012", "is red and has long sleeves", k=10, category="dress")
     for item in result.items:
         print(item.rank, item.id, item.score, item.metadata["title"])
@@ -37,9 +37,9 @@ from sdfn.errors import ConfigError, DataError
 from sdfn.fusion import RouterTrace
 from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
+from sdfn.paths import default_catalog
 from sdfn.routes import strongest_paths
 
-DEFAULT_CATALOG = Path(__file__).resolve().parent.parent / "catalogs" / "synthetic"
 UPLOADED = "uploaded image"
 STAGES = ("preprocess", "encode_image", "encode_text", "fuse", "search")
 Reference = str | Path | Image.Image | bytes
@@ -155,7 +155,8 @@ class Retriever:
     """Composed retrieval over a catalog. Loads the checkpoint, the catalog and its index on first use.
 
     checkpoint: a checkpoint folder (default: the shipped assets/sdfn-tiny);
-    catalog: a catalog folder (default: catalogs/synthetic, generated with seed 0 when missing);
+    catalog: a catalog folder (default: sdfn.paths.default_catalog(), i.e. SDFN_HOME/catalogs/synthetic, the
+    checkout's catalogs/synthetic, or ~/.cache/sdfn/catalogs/synthetic; generated with seed 0 when missing);
     index_type: auto | flat | hnsw | ivfpq (sdfn.index); fp16: float16 vector storage; both left as None keep
     what the catalog's index was built with (a new index: auto, float32);
     threads: torch threads (default: torch's, capped at the cores this process may use). torch and FAISS share
@@ -167,7 +168,7 @@ class Retriever:
                  device: str = "cpu", index_type: str | None = None, progress: bool = True, fp16: bool | None = None,
                  threads: int | None = None):
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
-        self.catalog_path = Path(catalog).resolve() if catalog is not None else DEFAULT_CATALOG
+        self.catalog_path = Path(catalog).resolve() if catalog is not None else default_catalog()
         self.device, self.index_type, self.fp16 = device, index_type, fp16
         self.progress, self.threads = progress, threads
         self.index_status: IndexStatus | None = None
@@ -407,7 +408,7 @@ def _set_threads(threads: int | None) -> None:
 
 def _open_or_generate(path: Path, progress: bool) -> Catalog:
     """Open a catalog; the default synthetic one is generated first when it is missing."""
-    if path == DEFAULT_CATALOG and not (path / "catalog.csv").is_file():
+    if path == default_catalog() and not (path / "catalog.csv").is_file():
         from sdfn.data.synth import generate_catalog
 
         if progress:
