@@ -6,7 +6,6 @@ reader error (annotation files are fine without images); evaluation accounts for
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from abc import ABC, abstractmethod
@@ -19,9 +18,8 @@ from sdfn.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
-# Reader modules register themselves on import; open_dataset imports them on first use so that base.py
-# stays free of import cycles.
-_READER_MODULES = ("sdfn.data.fashioniq", "sdfn.data.shoes", "sdfn.data.fashion200k")
+# Readers register themselves with @register_dataset when their module is imported; sdfn/data/__init__.py imports
+# every reader module, so the registry is complete as soon as anything in sdfn.data is imported.
 _READERS: dict[str, type[RetrievalDataset]] = {}
 
 
@@ -90,15 +88,23 @@ class RetrievalDataset(ABC):
 
 
 def register_dataset(cls: type[RetrievalDataset]) -> type[RetrievalDataset]:
-    """Class decorator: make a reader available to `open_dataset` under its `name`."""
+    """Class decorator: make a reader available to `open_dataset` under its `name`. A name already taken by
+    another class is refused, never silently replaced."""
+    taken = _READERS.get(cls.name)
+    if taken is not None and _qualified(taken) != _qualified(cls):
+        raise ConfigError(f"data set name {cls.name!r} is already registered by {_qualified(taken)}; "
+                          f"{_qualified(cls)} needs another name (taken: {', '.join(sorted(_READERS))}).")
     _READERS[cls.name] = cls
     return cls
 
 
+def _qualified(cls: type) -> str:
+    # a module imported again (importlib.reload) registers its own class anew: that is not a clash
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def open_dataset(name: str, root: Path | str, **kwargs: Any) -> RetrievalDataset:
     """Open the data set `name` ("fashioniq", "shoes", "fashion200k") stored at `root`."""
-    for module in _READER_MODULES:
-        importlib.import_module(module)
     if name not in _READERS:
         raise ConfigError(f"unknown data set {name!r}; known data sets: {', '.join(sorted(_READERS))}")
     return _READERS[name](Path(root), **kwargs)

@@ -105,12 +105,23 @@ _REGISTRY: dict[str, Callable[..., FusionModule]] = {}
 
 
 def register_fusion(name: str):
+    """Class decorator: make a fusion module available to `create_fusion` (and `fusion.name` in configs) as
+    `name`. A name already taken by another class is refused, never silently replaced."""
     def wrap(cls):
+        taken = _REGISTRY.get(name)
+        if taken is not None and _qualified(taken) != _qualified(cls):
+            raise ConfigError(f"fusion name {name!r} is already registered by {_qualified(taken)}; "
+                              f"{_qualified(cls)} needs another name (taken: {', '.join(list_fusions())}).")
         _REGISTRY[name] = cls
         cls.registry_name = name
         return cls
 
     return wrap
+
+
+def _qualified(cls) -> str:
+    # a module imported again (importlib.reload) registers its own class anew: that is not a clash
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def list_fusions() -> list[str]:
