@@ -159,15 +159,27 @@ def _image_size(clip: nn.Module) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+class _OpenClipNotes(logging.Filter):
+    """Drops the notes open_clip logs on the root logger while it builds a model (it warns about every randomly
+    initialised model, and about 'several checkpoints' in a checkpoint folder that also holds fusion.safetensors,
+    which sdfn reads itself). Errors pass. Only records logged by open_clip's own files are touched."""
+
+    OPEN_CLIP_DIR = str(Path(open_clip.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.OPEN_CLIP_DIR)
+
+
 class _quiet_open_clip:
-    """open_clip logs a warning for every randomly initialised model; ours are often meant to be."""
+    """A filter on the root logger while open_clip builds a model; no logger's level changes."""
+
+    _filter = _OpenClipNotes()
 
     def __enter__(self):
-        self._level = logging.getLogger().level
-        logging.getLogger().setLevel(logging.ERROR)
+        logging.getLogger().addFilter(self._filter)
 
     def __exit__(self, *exc):
-        logging.getLogger().setLevel(self._level)
+        logging.getLogger().removeFilter(self._filter)
 
 
 def l2norm(x: torch.Tensor) -> torch.Tensor:
@@ -178,4 +190,5 @@ def check_local_dir(path: Path) -> None:
     """A checkpoint folder must hold an open_clip config and its weights before open_clip reads it."""
     if not (path / "open_clip_config.json").is_file():
         raise CheckpointError(f"{path} is not a checkpoint folder: open_clip_config.json is missing. "
-                              "Give a folder written by `sdfn train` (e.g. runs/NAME/best) or assets/sdfn-tiny.")
+                              "Give a folder written by `sdfn train` (e.g. runs/NAME/best), or leave it out for the "
+                              "shipped sdfn-tiny.")
