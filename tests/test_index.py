@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +25,9 @@ import sdfn.index.build as index_build
 import sdfn.index.faiss_policy as faiss_policy
 from sdfn.catalog import open_catalog
 from sdfn.cli import main
-from sdfn.errors import ConfigError
+from sdfn.errors import ConfigError, DataError
 from sdfn.fusion import FusionConfig
-from sdfn.index import choose_index_type, make_index, open_index, search_index
+from sdfn.index import choose_index_type, embed_items, make_index, open_index, search_index
 from sdfn.model import ComposedRetrievalModel, ModelConfig
 
 SMALL_FUSION = FusionConfig(width=32, heads=2, router_hidden=16)
@@ -39,6 +47,12 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model(checkpoint) -> ComposedRetrievalModel:
     return ComposedRetrievalModel.load(checkpoint).eval()
+
+
+@pytest.fixture(scope="module")
+def other_model(tmp_path_factory) -> ComposedRetrievalModel:
+    """Another model: same architecture, another seed, so another backbone and another fusion head."""
+    return ComposedRetrievalModel.load(make_checkpoint(tmp_path_factory.mktemp("ckpt") / "b", seed=1)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +190,11 @@ def test_added_items_only_are_encoded_and_appended(catalog_copy, model, count_en
 
 
 def _vector(index, item_id: str) -> np.ndarray:
-    from sdfn.index import embed_items
-
     return embed_items(index.model, index.cache.pooled([index.row_of[item_id]]))
 
 
-def test_index_of_another_model_is_rebuilt_not_used(catalog_copy, tmp_path, count_encodings):
-    other = ComposedRetrievalModel.load(make_checkpoint(tmp_path / "b", seed=1)).eval()
+def test_index_of_another_model_is_rebuilt_not_used(catalog_copy, other_model, count_encodings):
+    other = other_model
     index, status = open_index(open_catalog(catalog_copy), other, progress=False)
     assert status.action == "rebuilt" and status.encoded == 200
     assert "built by another model" in status.message
@@ -250,3 +262,140 @@ def test_category_search_is_exact_and_complete(catalog_copy, model, index_type):
 def test_cli_index_prints_what_happened(indexed, checkpoint, capsys):
     assert main(["index", "--catalog", str(indexed), "--checkpoint", str(checkpoint), "--quiet"]) == 0
     assert "sdfn index: index is up to date (200 items, flat, float32); no images encoded" in capsys.readouterr().out
+
+
+# ---- snapshots, integrity, leftovers ---------------------------------------------------------------
+
+def test_opened_index_is_a_snapshot_that_a_rebuild_does_not_change(catalog_copy, model, other_model):
+    old, _ = open_index(open_catalog(catalog_copy), model, progress=False)
+    query = _vector(old, "dress-000000")
+    scores, rows = old.search(query, 10)
+    features = old.cache.features([0, 57, 199])
+    all_vectors = embed_items(model, old.cache.pooled(range(len(old))))
+
+    def rebuild():  # another thread rebuilds the same folder with another model, as a training run's "use it" does
+        open_index(open_catalog(catalog_copy), other_model, progress=False)
+
+    worker = threading.Thread(target=rebuild)
+    worker.start()
+    worker.join()
+    assert manifest(catalog_copy)["model"]["fingerprint"] == other_model.fingerprint() != model.fingerprint()
+
+    again_scores, again_rows = old.search(query, 10)
+    np.testing.assert_array_equal(again_rows, rows)
+    np.testing.assert_array_equal(again_scores, scores)
+    assert old.fingerprint == model.fingerprint() and old.backbone_fingerprint == model.backbone_fingerprint()
+    assert torch.equal(old.cache.features([0, 57, 199]).pooled, features.pooled)
+    assert torch.equal(old.cache.features([0, 57, 199]).tokens, features.tokens)
+    # A category index made after the rebuild still comes from the old snapshot's features.
+    cat_scores, cat_rows = old.search(query, 5, category="shirt")
+    shirts = np.array([r for r, i in enumerate(old.ids) if i.startswith("shirt")])
+    exact = all_vectors[shirts] @ query[0]
+    np.testing.assert_allclose(cat_scores[0], np.sort(exact)[::-1][:5], atol=1e-5)
+
+    fresh, status = open_index(open_catalog(catalog_copy), other_model, progress=False)
+    assert status.action == "reused" and fresh.fingerprint == other_model.fingerprint()
+    assert not torch.equal(fresh.cache.features([0]).pooled, features.pooled[:1])  # the files on disk are new ones
+
+
+def test_manifest_records_size_and_checksum_of_every_file(indexed):
+    m = manifest(indexed)
+    assert set(m["files"]) == {"vectors.faiss", "features-00000.safetensors"}
+    for name, record in m["files"].items():
+        path = indexed / "index" / name
+        assert record["size"] == path.stat().st_size and record["mtime_ns"] == path.stat().st_mtime_ns
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _garble(path: Path) -> None:
+    """Same size, some bytes in the middle overwritten (the mtime changes, as any write does)."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(range(64))
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name,encoded", [("features-00000.safetensors", 200), ("vectors.faiss", 0)])
+@pytest.mark.parametrize("damage", [_truncate, _garble, Path.unlink], ids=["truncated", "garbled", "missing"])
+def test_damaged_file_is_named_and_rebuilt_when_opened(catalog_copy, model, name, encoded, damage):
+    damage(catalog_copy / "index" / name)
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "rebuilt" and f"index/{name} is damaged" in status.message
+    assert status.encoded == encoded  # a damaged vectors.faiss keeps the intact feature cache
+    _, rows = index.search(_vector(index, "skirt-000011"), 1)
+    assert index.ids[rows[0, 0]] == "skirt-000011"
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused"
+
+
+@pytest.mark.parametrize("name", ["features-00000.safetensors", "vectors.faiss"])
+def test_cli_index_says_a_truncated_file_is_damaged_and_rebuilds(catalog_copy, checkpoint, capsys, name):
+    _truncate(catalog_copy / "index" / name)
+    assert main(["index", "--catalog", str(catalog_copy), "--checkpoint", str(checkpoint), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"index rebuilt because index/{name} is damaged" in out and "up to date" not in out
+    assert main(["index", "--catalog", str(catalog_copy), "--checkpoint", str(checkpoint), "--quiet"]) == 0
+    assert "index is up to date" in capsys.readouterr().out
+
+
+def test_cli_index_checks_every_checksum(catalog_copy, checkpoint, model, capsys):
+    """An altered shard whose size and mtime look untouched: a plain open trusts them, `sdfn index` does not."""
+    path = catalog_copy / "index" / "features-00000.safetensors"
+    stat = path.stat()
+    _garble(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert main(["index", "--catalog", str(catalog_copy), "--checkpoint", str(checkpoint), "--quiet"]) == 0
+    assert "features-00000.safetensors is damaged (its sha256 checksum differs" in capsys.readouterr().out
+
+
+def test_damaged_index_of_an_unwritable_catalog_is_one_clear_error(catalog_copy, model, monkeypatch):
+    """Tests may run as root, whom file modes do not stop: the refused write is simulated where it happens."""
+    _truncate(catalog_copy / "index" / "vectors.faiss")
+
+    @contextlib.contextmanager
+    def refused(dst, publish=True):
+        raise PermissionError(errno.EACCES, "Permission denied", str(Path(dst).parent))
+        yield
+
+    monkeypatch.setattr(index_build, "staging_folder", refused)
+    with pytest.raises(DataError) as err:
+        open_index(open_catalog(catalog_copy), model, progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "index/vectors.faiss is damaged" in message
+    assert "Permission denied" in message and f"run `sdfn index --catalog {catalog_copy}`" in message
+
+
+def test_leftover_staging_folders_of_dead_builds_are_removed(catalog_copy, model):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    abandoned = catalog_copy / f".index.tmp-{dead_pid}-0badc0de"
+    abandoned.mkdir()
+    (abandoned / "features-00000.safetensors").write_bytes(b"half")
+    legacy = catalog_copy / ".index.k2j4_x9q"  # tempfile.mkdtemp's name, from sdfn before fsio
+    legacy.mkdir()
+    os.utime(legacy, (time.time() - 7200, time.time() - 7200))
+    live = catalog_copy / f".index.tmp-{os.getpid()}-0123abcd"  # a build still running in this process
+    live.mkdir()
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused"
+    assert "removed 2 temporary folder(s) left by an interrupted index build" in status.message
+    assert not abandoned.exists() and not legacy.exists() and live.exists()
+
+
+def test_encoded_and_unreadable_images_are_counted_apart(catalog_copy, model):
+    new = add_items(catalog_copy, 4)
+    for item_id in new[:3]:
+        (catalog_copy / "images" / f"{item_id}.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "appended" and status.encoded == 1 and status.failed == 3
+    assert "catalog gained 4 item(s): 1 image(s) encoded, 3 could not be read" in status.message
+    assert len(index) == 201
+    (catalog_copy / "images" / "dress-000001.png").write_bytes(b"not an image")  # changed: rebuilt from the cache
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "rebuilt" and status.encoded == 0 and status.failed == 1
+    assert "0 image(s) encoded, 1 could not be read" in status.message
+    assert "4 image(s) could not be read and are not searchable" in status.message

@@ -208,9 +208,10 @@ def _update(folder: Path, old: OldIndex, plan: Plan, vectors: faiss.Index | None
     except OSError as err:
         if err.errno not in _UNWRITABLE:
             raise
-        raise DataError(f"cannot write the index of catalog {catalog.root} ({err.strerror}: {err.filename}); "
-                        f"make {catalog.root} writable (or free space), or copy the catalog to a folder you can "
-                        f"write and run `sdfn index --catalog COPY`.") from err
+        raise DataError(f"the index of catalog {catalog.root} must be {'built' if old.manifest is None else 'rebuilt'}"
+                        f" ({plan.reason or 'items were added'}) but cannot be written ({err.strerror}: "
+                        f"{err.filename}); make the folder writable (or free space) and run `sdfn index --catalog "
+                        f"{catalog.root}`, or copy the catalog to a folder you can write.") from err
     return index, _status(plan, old.manifest, encoded, failed, manifest, folder)
 
 
