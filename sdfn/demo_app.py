@@ -6,6 +6,11 @@ entry point (and the Hugging Face Spaces app_file); tests build the same app wit
 
 Named API endpoints (JSON in, JSON out; see `api_endpoints`): /search, /route, /route_plot, /suggestions,
 /route_statistics, /info. Every refused input answers with a message that says what to do.
+
+What the server hands out and accepts (see README, "Security and limits"): files only from the service's folder
+of served catalog images (`DemoService.images`) and Gradio's own upload cache; the Train view's handlers, which
+also answer raw queue requests by fn_index, check everything against the training policy
+(sdfn.demo_training) and the caller's session.
 """
 
 from __future__ import annotations
@@ -24,22 +29,16 @@ import plotly.graph_objects as go
 
 from sdfn import viz
 from sdfn.config import list_presets
-from sdfn.demo_service import (
-    GENERIC_CHANGES,
-    KNOWN_TARGET_SPLITS,
-    DemoService,
-    SearchOutcome,
-    TrainingSettings,
-    TrainingStatus,
-    preset_defaults,
-)
+from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome, public_path
+from sdfn.demo_training import TrainingSettings, TrainingStatus, preset_defaults
 from sdfn.errors import ConfigError, SdfnError
-from sdfn.retrieval import SearchResult, trace_to_json
+from sdfn.retrieval import SearchResult, strongest_path, trace_to_json
 from sdfn.routes import cell_usage
 
 TITLE = "sdfn · language-based fashion retrieval"
 PER_PAGE = 12
-MAX_K = 100
+MAX_K = 100             # the Search view's slider; the API allows up to sdfn.demo_service.MAX_K
+SEARCH_CONCURRENCY = 64  # search events in flight at once: they wait together for one batch (DemoService.search)
 POLL_SECONDS = 2.0
 MAX_UPLOAD = "50mb"
 SAME, ALL = "same", "all"
@@ -74,9 +73,9 @@ def _warning(message: str) -> str:
 
 
 def _reference_for(service: DemoService, item_id: str) -> dict[str, Any]:
-    image, meta = service.item(item_id)
-    return {"id": item_id, "image": str(image), "label": item_id, "category": meta.get("category"),
-            "title": meta.get("title", ""), "split": meta.get("split", "")}
+    _, meta = service.item(item_id)
+    return {"id": item_id, "image": str(service.served_image(item_id)), "label": item_id,
+            "category": meta.get("category"), "title": meta.get("title", ""), "split": meta.get("split", "")}
 
 
 def _engine_reference(reference: dict[str, Any]) -> str | Path:
@@ -186,7 +185,7 @@ def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButto
 
 
 def _page_items(service: DemoService, ids: list[str]) -> list[str]:
-    return [str(service.item(i)[0]) for i in ids]   # no captions: ids mean nothing to a shopper
+    return [str(service.served_image(i)) for i in ids]   # no captions: ids mean nothing to a shopper
 
 
 def _page_label(page: int, pages: int, total: int) -> str:
@@ -232,9 +231,10 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
     return view, browser, browser_ids, upload
 
 
-def _results_gallery(outcome: SearchOutcome) -> list[tuple[str, str]]:
+def _results_gallery(service: DemoService, outcome: SearchOutcome) -> list[tuple[str, str]]:
     target = outcome.target.target if outcome.target else None
-    return [(str(item.image), ("✓ target · " if item.id == target else "") + f"#{item.rank} · {item.score:.3f}")
+    return [(str(service.images.path(item.image)),
+             ("✓ target · " if item.id == target else "") + f"#{item.rank} · {item.score:.3f}")
             for item in outcome.result.items]
 
 
@@ -263,7 +263,7 @@ def route_outputs(service: DemoService, result: SearchResult) -> tuple[str, go.F
                if not service.retriever.model.fusion.has_routes else
                "An image-only search (empty text) skips the fusion network: type a change to see its route.")
         return f"**Query:** {asked}\n\n{why}", viz.placeholder(why), viz.placeholder(why)
-    path = " → ".join(c.replace("_", " ") for c in trace_to_json(result.trace)["strongest_path"])
+    path = " → ".join(c.replace("_", " ") for c in strongest_path(result.trace))
     summary = (f"**Query:** {asked} · router mode **{result.trace.mode}**\n\n"
                f"**Strongest path:** {path} → output")
     label = q.text_used if len(q.text_used) < 40 else q.text_used[:37] + "…"
@@ -274,8 +274,8 @@ def route_outputs(service: DemoService, result: SearchResult) -> tuple[str, go.F
 def _chain_html(chain: list[dict], reference: dict[str, Any] | None) -> str:
     """The refinement chain as a strip: each reference, then the change asked of it as an arrow to the next."""
     def figure(ref: dict[str, Any], caption: str) -> str:
-        # Gradio serves the catalog (allowed_paths) and uploads at gradio_api/file=; relative, so a proxy's root
-        # path (Spaces) is kept
+        # Gradio serves the served-images folder (allowed_paths) and uploads at gradio_api/file=; relative, so a
+        # proxy's root path (Spaces) is kept
         return (f"<figure><img src='gradio_api/file={quote(ref['image'])}' alt='{html.escape(ref['label'])}'>"
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
@@ -304,7 +304,7 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
             return (*skip_results, _warning(str(err)))
         summary, routes, usage = route_outputs(service, outcome.result)
         query = {"reference": reference, "text": text or ""}
-        return (gr.Gallery(_results_gallery(outcome), visible=True), _results_table(outcome),
+        return (gr.Gallery(_results_gallery(service, outcome), visible=True), _results_table(outcome),
                 outcome.target.message() if outcome.target else "", [i.id for i in outcome.result.items], query,
                 summary, routes, usage, _status_line(outcome.result, len(service.retriever.index)))
 
@@ -312,7 +312,8 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
                       router.routes, router.usage, view.status]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
-        trigger(run_search, search_inputs, search_outputs, concurrency_id="search", concurrency_limit=4, **private)
+        trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
+                concurrency_limit=SEARCH_CONCURRENCY, **private)
 
     def choose(reference: dict, chain: list[dict], message: str) -> tuple:
         return (reference, reference["image"], _reference_markdown(reference),
@@ -362,7 +363,8 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         return (*choose(turn["reference"], rest, "Stepped back one turn."), turn["text"])
 
     view.back.click(step_back, view.chain, [*choose_outputs, view.text], **private).then(
-        run_search, search_inputs, search_outputs, concurrency_id="search", **private)
+        run_search, search_inputs, search_outputs, concurrency_id="search", concurrency_limit=SEARCH_CONCURRENCY,
+        **private)
 
 
 # ---- router view --------------------------------------------------------------------------------------------
@@ -412,7 +414,7 @@ def _compare_section(service: DemoService, search: SearchView) -> None:
                 f"Routes of A and B on {reference['label']}.")
 
     compare.click(run, [search.reference, text_a, text_b], [usage, routes, status], api_visibility="private",
-                  concurrency_id="search")
+                  concurrency_id="route")
     search.last_query.change(lambda q: q["text"] if q and q["text"] else gr.skip(), search.last_query, text_a,
                              api_visibility="private", queue=False)
 
@@ -459,26 +461,37 @@ def _progress_html(fraction: float, label: str) -> str:
 
 
 def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) -> tuple | None:
-    """The Train view; returns its poll function and outputs, so a page opened during a run follows it."""
+    """The Train view; returns its poll function and outputs, so a page opened during a run follows it.
+
+    Its handlers are private (not in the API docs) but still answer raw queue requests, so each one checks what
+    it is sent: the catalog and the sizes against `service.training_policy`, cancelling and switching models
+    against the session that started the run (`gr.Request.session_hash`, known only to that browser)."""
     if not allow_training:
         gr.Markdown("Training is switched off on this server (on Hugging Face Spaces unless the Space sets "
                     "`SDFN_DEMO_TRAINING=1`). Run the demo locally, or use `sdfn train --config tiny-synthetic`.")
         return None
+    policy = service.training_policy
     presets = list_presets()
     preset_name = "tiny-synthetic" if "tiny-synthetic" in presets else presets[0]
     defaults = preset_defaults(preset_name)
     gr.Markdown("Train a model in the background (`python -m sdfn train`, one run at a time) while searches keep "
                 "working. When it is done, **Use this model** serves the new checkpoint; the catalog's index is "
-                "rebuilt for it.")
+                f"rebuilt for it beside the old one. Limits: up to {policy.max_epochs} epochs, "
+                f"{policy.max_pretrain_epochs} stage-1 epochs, batch size {policy.max_batch_size}; only the "
+                "catalogs listed; only the visitor who started a run can cancel it or serve its model.")
+    choices = policy.choices()
     with gr.Row(equal_height=True):
         preset = gr.Dropdown(presets, value=preset_name, label="Preset", scale=1)
-        catalog = gr.Textbox(str(service.retriever.catalog.root), label="Catalog folder (FashionIQ format)",
-                             scale=3)
+        # custom values reach the handler, so the policy (not Gradio's list check) answers with its message
+        catalog = gr.Dropdown(choices, value=choices[0], label="Catalog (FashionIQ format)", scale=3,
+                              allow_custom_value=True,
+                              info=f"or a catalog folder inside {policy.root.name}/" if policy.root else None)
     with gr.Row(equal_height=True):
-        epochs = gr.Number(min(defaults["epochs"], 5), precision=0, label="Epochs", minimum=1)
-        batch = gr.Number(defaults["batch_size"], precision=0, label="Batch size", minimum=2)
-        lr = gr.Number(defaults["lr"], label="Learning rate", minimum=0)
-        pretrain = gr.Number(defaults["pretrain_epochs"], precision=0, minimum=0, label="Stage-1 epochs",
+        # no minimum/maximum/precision here: Gradio would answer (or round 2.5 to 2) before the policy's message
+        epochs = gr.Number(min(defaults["epochs"], 5), label=f"Epochs (1-{policy.max_epochs})")
+        batch = gr.Number(defaults["batch_size"], label=f"Batch size (2-{policy.max_batch_size})")
+        lr = gr.Number(defaults["lr"], label="Learning rate")
+        pretrain = gr.Number(defaults["pretrain_epochs"], label=f"Stage-1 epochs (0-{policy.max_pretrain_epochs})",
                              info="backbone pre-training first; 0 skips it")
     with gr.Row():
         start = gr.Button("Start training", variant="primary", elem_id="train-start")
@@ -494,54 +507,58 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
     private = {"api_visibility": "private"}
 
     def fill(name: str) -> tuple:
-        d = preset_defaults(name)
+        try:
+            d = preset_defaults(name)
+        except SdfnError:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return min(d["epochs"], 5), d["batch_size"], d["lr"], d["pretrain_epochs"]
 
     preset.change(fill, preset, [epochs, batch, lr, pretrain], queue=False, **private)
 
-    def show(run_status: TrainingStatus | None, message: str = "") -> tuple:
-        if run_status is None:
+    def show(session: str | None, message: str = "") -> tuple:
+        run = service.training
+        if run is None:
             return (_progress_html(0, "No run yet."), gr.skip(), gr.skip(), message, gr.Timer(active=False),
                     gr.Button(interactive=False), gr.Button(interactive=False))
-        s = run_status
-        label = f"{s.fraction:.0%} · {s.phase} · {s.out}"
+        s: TrainingStatus = run.poll()
+        mine = run.owned_by(session)
+        label = f"{s.fraction:.0%} · {s.phase} · run {s.out.name}" + ("" if mine else " (another visitor's)")
         done = s.state == "finished" and s.checkpoint is not None
-        note = message or {"finished": f"Done: checkpoint {s.checkpoint}." if done else "Done.",
+        note = message or {"finished": f"Done: checkpoint {s.out.name}/{s.checkpoint.name}." if done else "Done.",
                            "failed": _warning("The run failed; see the console below."),
                            "cancelled": "Cancelled.", "running": "Training…"}[s.state]
         return (_progress_html(s.fraction, label), viz.training_figure(s.records), s.console, note,
-                gr.Timer(active=s.running), gr.Button(interactive=s.running), gr.Button(interactive=done))
+                gr.Timer(active=s.running), gr.Button(interactive=s.running and mine),
+                gr.Button(interactive=done and mine))
 
     outputs = [progress, curves, console, status, timer, cancel, use]
 
-    def begin(name: str, folder: str, e: int | None, b: int | None, rate: float | None, p: int | None) -> tuple:
+    def begin(name: str, folder: str, e: float | None, b: float | None, rate: float | None, p: float | None,
+              request: gr.Request) -> tuple:
+        session = request.session_hash
         try:
-            run = service.start_training(TrainingSettings(name, folder, e, b, rate, p))
+            run = service.start_training(TrainingSettings(name, folder, e, b, rate, p), session=session)
         except SdfnError as err:    # refused: the view keeps following the run there is, if any
-            return show(service.training.poll() if service.training else None, _warning(str(err)))
-        return show(run.poll(), f"Started: {run.out}")
+            return show(session, _warning(str(err)))
+        return show(session, f"Started run {run.out.name}.")
 
-    def poll() -> tuple:
-        run = service.training
-        return show(run.poll() if run else None)
+    def poll(request: gr.Request) -> tuple:
+        return show(request.session_hash)
 
-    def stop() -> tuple:
-        run = service.training
-        if run is not None:
-            run.cancel()
-        return poll()
-
-    def switch(progress_bar: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008  (Gradio injects it)
-        run = service.training
-        checkpoint = run.checkpoint() if run else None
-        if checkpoint is None:
-            return gr.skip(), _warning("No finished run with a checkpoint to use yet.")
-        progress_bar(0.1, desc="Loading the new model and bringing the catalog's index up to date…")
+    def stop(request: gr.Request) -> tuple:
         try:
-            message = service.use_checkpoint(checkpoint)
+            service.cancel_training(request.session_hash)
+        except SdfnError as err:
+            return show(request.session_hash, _warning(str(err)))
+        return show(request.session_hash)
+
+    def switch(request: gr.Request, progress_bar: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
+        progress_bar(0.1, desc="Loading the new model and building the catalog's index for it…")
+        try:
+            checkpoint, message = service.use_trained_model(request.session_hash)
         except SdfnError as err:
             return gr.skip(), _warning(str(err))
-        return _header_markdown(service), f"Now serving {checkpoint}. {message}"
+        return _header_markdown(service), f"Now serving {checkpoint.parent.name}/{checkpoint.name}. {message}"
 
     start.click(begin, [preset, catalog, epochs, batch, lr, pretrain], outputs, concurrency_id="train", **private)
     timer.tick(poll, None, outputs, queue=False, **private)
@@ -577,7 +594,8 @@ def api_endpoints(service: DemoService) -> None:
         reference = gr.Textbox(label="reference")
         image = gr.File(label="image", type="filepath")
         text = gr.Textbox(label="text")
-        k = gr.Number(10, precision=0, label="k")
+        # precision None: a fractional k reaches the handler and is refused there, never silently rounded
+        k = gr.Number(10, precision=None, label="k")
         category = gr.Textbox(label="category")
         split = gr.Textbox("val", label="split")
         answer = gr.JSON(label="answer")
@@ -587,12 +605,13 @@ def api_endpoints(service: DemoService) -> None:
     # defaults of None make the parameters optional for gradio_client (keyword calls may leave them out)
     def search(reference: str | None = None, image: str | None = None, text: str | None = None,
                k: float | None = None, category: str | None = None) -> dict:
-        """Rank catalog items for a reference (catalog id or image file) changed by a text. Returns
-        {"query", "results", "routing", "target"}; target: where the annotated answer of a known val/test
-        (reference, caption) pair landed, else null."""
+        """Rank catalog items for a reference (catalog id or image file) changed by a text; k: a whole number
+        from 1 to 1000 (default 10). Returns {"query", "results", "routing", "target"}; result images are named
+        relative to the catalog folder; target: where the annotated answer of a known val/test (reference,
+        caption) pair landed, else null."""
         try:
             ref = _api_reference(service, reference, image)
-            return service.search(ref, text or "", int(k if k is not None else 10), (category or "").strip() or None
+            return service.search(ref, text or "", 10 if k is None else k, (category or "").strip() or None
                                   ).to_json()
         except SdfnError as err:
             raise _api_error(err, image) from None
@@ -605,7 +624,10 @@ def api_endpoints(service: DemoService) -> None:
         except SdfnError as err:
             raise _api_error(err, image) from None
         cells = list(result.trace.cells) if result.trace is not None else []
-        return {"query": vars(result.query).copy(), "routing": trace_to_json(result.trace),
+        query = vars(result.query).copy()
+        if query.get("reference_image"):
+            query["reference_image"] = public_path(query["reference_image"], service.retriever.catalog.root)
+        return {"query": query, "routing": trace_to_json(result.trace),
                 "cell_usage": cell_usage(result.trace)[0].tolist() if result.trace is not None else None,
                 "modules": [{"name": c, "description": viz.cell_description(c)} for c in cells]}
 
@@ -632,7 +654,8 @@ def api_endpoints(service: DemoService) -> None:
         return stats.to_json() if stats is not None else {"mode": "static", "note": "this fusion has no routes"}
 
     def info() -> dict:
-        """What is served: checkpoint, model fingerprint, catalog, categories and index."""
+        """What is served: checkpoint and catalog (by folder name), the served model's fingerprint, categories
+        and index."""
         return service.describe()
 
     query_inputs = [reference, image, text]
@@ -642,8 +665,9 @@ def api_endpoints(service: DemoService) -> None:
                                      (suggestions, [reference], answer, "suggestions"),
                                      (route_statistics, [split], answer, "route_statistics"),
                                      (info, [], answer, "info")):
-        trigger.click(fn, inputs, output, api_name=name, api_description=fn.__doc__, concurrency_limit=4,
-                      concurrency_id="statistics" if name == "route_statistics" else "search")
+        group = {"search": "search", "route_statistics": "statistics"}.get(name, "route")
+        trigger.click(fn, inputs, output, api_name=name, api_description=fn.__doc__,
+                      concurrency_limit=SEARCH_CONCURRENCY if group == "search" else 4, concurrency_id=group)
 
 
 # ---- the app ------------------------------------------------------------------------------------------------
@@ -671,9 +695,12 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
 
 def launch(demo: gr.Blocks, service: DemoService, host: str = "127.0.0.1", port: int | None = None,
            **kwargs: Any) -> Any:
-    """Queue and serve the app. The catalog's folder may be served (result images live there); uploads are capped
-    at MAX_UPLOAD, far above any photo, so a huge file is refused before it is stored."""
+    """Queue and serve the app. Of the server's files only the served catalog images are handed out
+    (`service.images.folder`, never the catalog folder with its index and captions), besides Gradio's own upload
+    cache; uploads are capped at MAX_UPLOAD, far above any photo, so a huge file is refused before it is stored.
+    Search events run up to SEARCH_CONCURRENCY at once (they wait together for one batch), so the worker
+    threads are raised above that."""
     demo.queue(default_concurrency_limit=2)
+    kwargs.setdefault("max_threads", SEARCH_CONCURRENCY + 16)
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_UPLOAD,
-                       allowed_paths=[str(service.retriever.catalog.root)], footer_links=["api", "gradio"],
-                       **kwargs)
+                       allowed_paths=[str(service.images.folder)], footer_links=["api", "gradio"], **kwargs)

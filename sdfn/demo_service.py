@@ -1,6 +1,13 @@
 """What the demo needs around the retrieval engine, with no UI in it: browsing the catalog, caption suggestions and
-known targets from the catalog's annotations, searches with their ground truth, route statistics cached per model
-and catalog, switching to a new checkpoint while searches keep being answered, and one background training run.
+known targets from the catalog's annotations, searches (concurrent ones answered in batches) with their ground
+truth, route statistics cached per model and catalog, the catalog images the web server may hand out, and
+switching to a new checkpoint while searches keep being answered. The background training run and what a visitor
+may ask of it live in sdfn.demo_training.
+
+The service serves one (model, index) snapshot at a time: a `Retriever` opens everything it needs when it is made,
+every call reads `self._retriever` once and uses only that object, and `use_checkpoint` makes a whole new
+Retriever (its index built beside the old one and published atomically) before swapping it in. So an answer and
+the fingerprint `/info` reports always come from the same snapshot, whatever is rebuilt on disk meanwhile.
 
     service = DemoService(checkpoint=None, catalog=None)   # as Retriever: shipped model, default synthetic catalog
     service.load()
@@ -11,34 +18,43 @@ and catalog, switching to a new checkpoint while searches keep being answered, a
 from __future__ import annotations
 
 import atexit
-import json
+import hashlib
+import logging
 import os
 import random
-import re
-import signal
-import subprocess
-import sys
+import secrets
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from sdfn.data.base import open_dataset
-from sdfn.data.images import load_image
+from sdfn.data.images import load_image, load_model_image
+from sdfn.demo_batching import Batcher
+from sdfn.demo_training import TrainingPolicy, TrainingRun, TrainingSettings, whole_number
 from sdfn.encode import ImageFeatureTable
 from sdfn.errors import ConfigError, DataError
 from sdfn.evaluate import join_captions
+from sdfn.fsio import atomic_write_bytes
+from sdfn.paths import sdfn_home
 from sdfn.retrieval import Retriever, SearchResult
 from sdfn.routes import RouteStatistics, route_statistics
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
+
 GENERIC_CHANGES = ("is red and has longer sleeves", "is darker and has no pattern", "is shorter and more fitted",
                    "has a v-neck and a belt", "is striped instead of plain", "is looser and lighter in color")
 KNOWN_TARGET_SPLITS = ("val", "test")   # train pairs are what the model learnt from: no honest check there
+MAX_K = 1000                            # results one search may ask for (the Search view's slider stops at 100)
+SERVED_IMAGE_SIDE = 512                 # catalog images larger than this are served as thumbnails
+BROWSER_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
+MAX_BATCH = 64
 _STRIP = " .?,!;:"
 
 
@@ -127,9 +143,30 @@ class TargetCheck:
 class SearchOutcome:
     result: SearchResult
     target: TargetCheck | None
+    catalog_root: Path | None = None   # image paths in to_json() are relative to it
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.result.to_json(), "target": self.target.to_json() if self.target else None}
+        """The engine's JSON plus the target check; image paths relative to the catalog folder (the server's own
+        folders are not the client's business: an image outside the catalog, or an upload, is named by its file
+        name)."""
+        answer = {**self.result.to_json(), "target": self.target.to_json() if self.target else None}
+        for item in answer["results"]:
+            item["image"] = public_path(item["image"], self.catalog_root)
+        query = answer["query"]
+        if query.get("reference_image"):
+            query["reference_image"] = public_path(query["reference_image"], self.catalog_root)
+        return answer
+
+
+def public_path(path: str | Path, root: Path | None) -> str:
+    """`path` as an API answer names it: relative to `root` (posix) when inside it, else the file name alone."""
+    path = Path(path)
+    if root is not None and path.is_absolute():
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.name if path.is_absolute() else path.as_posix()
 
 
 @dataclass
@@ -140,61 +177,157 @@ class Page:
     total: int
 
 
+# ---- the images the web server may hand out ---------------------------------------------------------------------
+
+class ServedImages:
+    """The catalog images a visitor may fetch, and nothing else, in one folder of their own.
+
+    The web server is allowed to serve only this folder (never the catalog's: it also holds the index, the
+    manifest, caption files with the test split's targets, and whatever else was left there). An item's image
+    is placed here the first time it is shown: hard-linked (or copied) when it is a small browser image, else
+    as a PNG thumbnail with its long side SERVED_IMAGE_SIDE. Catalog images outside the catalog folder
+    (`sdfn catalog build --images ~/photos`) are served the same way. Entries are named by a hash of the source
+    path, size and mtime, so a changed image gets a new entry and no name comes from the catalog's text.
+    """
+
+    def __init__(self, folder: Path | str | None = None, max_side: int = SERVED_IMAGE_SIDE):
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="sdfn-demo-images-")
+            atexit.register(shutil.rmtree, folder, True)
+        self.folder = Path(folder).resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_side = max_side
+
+    def path(self, source: Path | str) -> Path:
+        """The served copy of the image file `source` (made now if it is not there yet)."""
+        source = Path(source)
+        try:
+            stat = source.stat()
+        except OSError as err:
+            raise DataError(f"catalog image {source.name} cannot be read ({err.strerror}); "
+                            "check the catalog's image files.") from err
+        key = hashlib.sha256(f"{source.resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}".encode()).hexdigest()[:24]
+        suffix = source.suffix.lower() if source.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".gif") \
+            else ".png"
+        for done in (self.folder / f"{key}{suffix}", self.folder / f"{key}.thumb.png"):
+            if done.is_file():
+                return done
+        return self._publish(source, key, suffix)
+
+    def _publish(self, source: Path, key: str, suffix: str) -> Path:
+        try:
+            with Image.open(source) as probe:
+                as_is = probe.format in BROWSER_FORMATS and max(probe.size) <= self.max_side
+        except (OSError, ValueError, SyntaxError):
+            as_is = False
+        if as_is:
+            target = self.folder / f"{key}{suffix}"
+            staged = self.folder / f".{key}.{secrets.token_hex(4)}"
+            try:
+                os.link(source, staged)
+                os.replace(staged, target)
+            except OSError:
+                staged.unlink(missing_ok=True)
+                atomic_write_bytes(target, source.read_bytes())
+            return target
+        target = self.folder / f"{key}.thumb.png"
+        thumbnail = load_image(source, max_side=self.max_side)   # ImageError names the file
+        buffer = _png_bytes(thumbnail)
+        atomic_write_bytes(target, buffer)
+        return target
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=False)
+    return out.getvalue()
+
+
 # ---- the service -------------------------------------------------------------------------------------------
 
 class DemoService:
     """One retriever shared by every visitor (swapped whole when the model changes), plus what the demo shows
-    around it. Thread-safe: Gradio calls it from many worker threads."""
+    around it. Thread-safe: Gradio calls it from many worker threads; searches from all of them are answered in
+    batches (sdfn.demo_batching).
+
+    runs: where training runs go (default SDFN_HOME/runs); train_root: a folder whose catalogs visitors may also
+    train on (default: only the served catalog); images: the folder of served images (default: a new temporary
+    folder, removed at exit).
+    """
 
     def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
-                 threads: int | None = None, progress: bool = True, runs: Path | str | None = None):
+                 threads: int | None = None, progress: bool = True, runs: Path | str | None = None,
+                 train_root: Path | str | None = None, images: Path | str | None = None,
+                 max_batch: int = MAX_BATCH):
         self.threads, self.progress = threads, progress
-        self.runs = Path(runs) if runs is not None else REPO_ROOT / "runs"
-        self._retriever = Retriever(checkpoint, catalog, threads=threads, progress=progress)
+        self.runs = Path(runs).resolve() if runs is not None else sdfn_home() / "runs"
+        self.train_root = Path(train_root) if train_root is not None else None
+        self._checkpoint, self._catalog = checkpoint, catalog
+        self._retriever: Retriever | None = None
         self._lock = threading.Lock()
         self._captions: Captions | None = None
         self._statistics: dict[tuple[str, str, str], RouteStatistics | None] = {}
         self._statistics_lock = threading.Lock()
         self._training: TrainingRun | None = None
+        self._policy: TrainingPolicy | None = None
+        self.images = ServedImages(images)
+        self._batcher: Batcher[dict, SearchResult] = Batcher(self._search_batch, max_batch, name="search")
 
     # the engine ---------------------------------------------------------------------------------------------
 
     @property
     def retriever(self) -> Retriever:
+        """The snapshot being served now (load() first)."""
+        if self._retriever is None:
+            raise ConfigError("DemoService.load() has not been called yet.")
         return self._retriever
 
     def load(self) -> DemoService:
         """Load model, catalog and index (generating the default catalog, building the index when needed)."""
-        self._retriever.load()
+        with self._lock:
+            if self._retriever is None:
+                self._retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
+                                            progress=self.progress).load()
+                self._policy = TrainingPolicy([self._retriever.catalog.root], self.train_root)
         self.captions()
         return self
 
+    @property
+    def training_policy(self) -> TrainingPolicy:
+        self.retriever   # noqa: B018  (raises when not loaded)
+        return self._policy
+
     def captions(self) -> Captions:
         with self._lock:
-            root = self._retriever.catalog.root
+            root = self.retriever.catalog.root
             if self._captions is None or self._captions.root != root:
                 self._captions = Captions(root)
             return self._captions
 
     def describe(self) -> dict[str, Any]:
-        """What is being served: model, catalog and index, for the page header and the API."""
-        retriever = self._retriever
+        """What is being served: model, catalog and index, for the page header and the API. Paths are relative
+        (the checkpoint by its folder name, the catalog by its folder name); the fingerprint is the served
+        model's own, from the same snapshot that answers searches."""
+        retriever = self.retriever
         manifest = retriever.index.manifest
         checkpoint = retriever.checkpoint
-        return {"checkpoint": str(checkpoint) if checkpoint is not None else "assets/sdfn-tiny (shipped)",
+        return {"checkpoint": checkpoint.name if checkpoint is not None else "sdfn-tiny (shipped)",
                 "backbone": manifest["model"]["backbone"], "fusion": manifest["model"]["fusion"],
-                "router": retriever.model.cfg.fusion.router, "model_fingerprint": manifest["model"]["fingerprint"],
-                "catalog": str(retriever.catalog.root), "items": len(retriever.index),
+                "router": retriever.model.cfg.fusion.router, "model_fingerprint": retriever.model.fingerprint(),
+                "index_fingerprint": manifest["model"]["fingerprint"],
+                "catalog": retriever.catalog.root.name, "items": len(retriever.index),
                 "categories": retriever.catalog.category_counts(), "index": retriever.index.index_type,
                 "index_status": retriever.index_status.message if retriever.index_status else ""}
 
     def categories(self) -> dict[str, int]:
-        return self._retriever.catalog.category_counts()
+        return self.retriever.catalog.category_counts()
 
     def browse(self, category: str | None = None, seed: int | None = None, page: int = 1,
                per_page: int = 12) -> Page:
         """One page of catalog items, of one category or all, in catalog order or shuffled by `seed`."""
-        catalog = self._retriever.catalog
+        catalog = self.retriever.catalog
         rows = catalog.rows_in_category(category) if category else range(len(catalog))
         ids = [catalog.rows[r]["id"] for r in rows]
         if seed is not None:
@@ -205,31 +338,44 @@ class DemoService:
 
     def item(self, item_id: str) -> tuple[Path, dict[str, str]]:
         """An item's image file and metadata; an unknown id is an error naming close matches."""
-        catalog = self._retriever.catalog
+        catalog = self.retriever.catalog
         row = catalog.find(item_id)
         return catalog.image_path(row), catalog.metadata(row)
+
+    def served_image(self, item_id: str) -> Path:
+        """The file the web server hands out for a catalog item's image (see ServedImages)."""
+        return self.images.path(self.item(item_id)[0])
 
     def check_upload(self, path: Path | str) -> Image.Image:
         """Decode an uploaded file as the engine will (size checked before decoding): a PIL image, or an
         ImageError that names the file and what is wrong with it."""
-        return load_image(path, max_side=512)
+        return load_model_image(path, self.retriever.model.backbone.image_size)
 
     # searching ---------------------------------------------------------------------------------------------
 
     def search(self, reference: str | Path, text: str = "", k: int = 10, category: str | None = None) -> SearchOutcome:
-        """Search, and where (reference, text) is an annotated val/test pair, say where its target landed."""
-        result = self._retriever.search(reference, text, k=k, category=category)
+        """Search, and where (reference, text) is an annotated val/test pair, say where its target landed.
+
+        k must be a whole number from 1 to MAX_K (2.0 is 2; 2.5 and 1e300 are refused, as the Python API
+        refuses them). Concurrent calls are answered together in one batch."""
+        k = whole_number("k", k, 1, MAX_K)
+        retriever, result = self._batcher.submit({"reference": reference, "text": text, "k": k,
+                                                  "category": category})
         reference_id = reference if isinstance(reference, str) else None
         known = self.captions().known_target(reference_id, text)
         check = None
         if known is not None:
             ranks = [item.rank for item in result.items if item.id == known.target]
             check = TargetCheck(known.target, known.split, ranks[0] if ranks else None, len(result.items))
-        return SearchOutcome(result, check)
+        return SearchOutcome(result, check, retriever.catalog.root)
+
+    def _search_batch(self, queries: Sequence[dict]) -> list[tuple[Retriever, SearchResult]]:
+        retriever = self.retriever    # one snapshot for the whole batch
+        return [(retriever, r) for r in retriever.search_batch(list(queries))]
 
     def routes(self, reference: str | Path, texts: Sequence[str]) -> list[SearchResult]:
         """The router traces of several texts on one reference (one batch; results trimmed to one item)."""
-        return self._retriever.search_batch([{"reference": reference, "text": t, "k": 1} for t in texts])
+        return self.retriever.search_batch([{"reference": reference, "text": t, "k": 1} for t in texts])
 
     def route_statistics(self, split: str = "val") -> RouteStatistics | None:
         """Route usage over a split's annotated queries by kind of change; None for a static fusion.
@@ -237,7 +383,7 @@ class DemoService:
         Cached per model fingerprint + catalog fingerprint + split (it takes seconds); the references' features
         come from the index's feature cache, so no image is encoded again.
         """
-        retriever = self._retriever
+        retriever = self.retriever
         index = retriever.index
         key = (index.manifest["model"]["fingerprint"], index.manifest["catalog"]["fingerprint"], split)
         with self._statistics_lock:
@@ -254,7 +400,7 @@ class DemoService:
         except DataError as err:
             raise DataError(f"route statistics need the catalog's {split} captions: {err}") from err
         if not triplets:
-            raise DataError(f"no {split} query of catalog {root} has a searchable reference image; "
+            raise DataError(f"no {split} query of catalog {root.name} has a searchable reference image; "
                             "rebuild the index with `sdfn index`.")
         references = sorted({t.reference for t in triplets})
         table = ImageFeatureTable([dataset.image_path(r) for r in references],
@@ -262,12 +408,14 @@ class DemoService:
         return route_statistics(retriever.model, dataset, split, triplets=triplets, table=table)
 
     def use_checkpoint(self, checkpoint: Path | str) -> str:
-        """Serve another checkpoint on the same catalog. The new retriever is loaded (its index brought up to date
-        by the engine) before it replaces the old one, so searches are answered throughout."""
-        retriever = Retriever(checkpoint, self._retriever.catalog_path, threads=self.threads, progress=self.progress)
-        retriever.load()
+        """Serve another checkpoint on the same catalog. A whole new Retriever is made first (its index built in
+        a staging folder beside the old one and published atomically, never rewritten in place); searches keep
+        being answered by the old snapshot, which keeps its opened files, until the new one replaces it."""
+        old = self.retriever
+        retriever = Retriever(checkpoint, old.catalog_path, threads=self.threads, progress=self.progress).load()
         with self._lock:
             self._retriever = retriever
+        log.info("now serving %s (model %s)", checkpoint, retriever.model.fingerprint())
         return retriever.index_status.message if retriever.index_status else "model loaded"
 
     # training ------------------------------------------------------------------------------------------------
@@ -276,199 +424,37 @@ class DemoService:
     def training(self) -> TrainingRun | None:
         return self._training
 
-    def start_training(self, settings: TrainingSettings) -> TrainingRun:
-        """Start `python -m sdfn train` in the background; one run at a time."""
+    def start_training(self, settings: TrainingSettings, session: str | None = None) -> TrainingRun:
+        """Start `python -m sdfn train` in the background for `session` (its owner); one run at a time. The
+        settings are checked against the training policy first (catalogs, bounds): nothing is created for a
+        refused request."""
+        checked = self.training_policy.check(settings)
         with self._lock:
             if self._training is not None and self._training.poll().running:
-                raise ConfigError(f"a training run is already going ({self._training.out}); wait for it or "
-                                  "cancel it first.")
-            settings.check()
-            out = self.runs / time.strftime("demo-%Y%m%d-%H%M%S")
-            self._training = TrainingRun(settings, out)
+                raise ConfigError("a training run is already going; wait for it to finish"
+                                  + (" or cancel it first." if self._training.owned_by(session) else "."))
+            out = self.runs / (time.strftime("demo-%Y%m%d-%H%M%S-") + secrets.token_hex(3))
+            self._training = TrainingRun(checked, out, owner=session, cwd=sdfn_home())
             # the run has a session of its own, so stopping the demo would not stop it: end it on the way out
             atexit.register(self._training.cancel)
             return self._training
 
+    def cancel_training(self, session: str | None = None) -> TrainingRun | None:
+        """Cancel the current run; only the session that started it may."""
+        run = self._training
+        if run is None:
+            return None
+        if not run.owned_by(session):
+            raise ConfigError("this training run was started by another visitor: only they can cancel it.")
+        run.cancel()
+        return run
 
-# ---- background training ------------------------------------------------------------------------------------
-
-@dataclass
-class TrainingSettings:
-    """What the Train view asks for; everything else comes from the preset."""
-
-    preset: str
-    catalog: str
-    epochs: int
-    batch_size: int
-    lr: float
-    pretrain_epochs: int
-
-    def check(self) -> None:
-        """Refuse bad settings with a message naming the field and the accepted range."""
-        from sdfn.config import list_presets
-
-        if self.preset not in list_presets():
-            raise ConfigError(f"unknown preset '{self.preset}'; choose one of {', '.join(list_presets())}.")
-        for name, value, low, high in (("epochs", self.epochs, 1, 1000), ("batch size", self.batch_size, 2, 4096),
-                                       ("pre-training epochs", self.pretrain_epochs, 0, 1000)):
-            if value is None or int(value) != value or not low <= value <= high:
-                raise ConfigError(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-        if self.lr is None or not 0 < self.lr <= 1:
-            raise ConfigError(f"learning rate must be above 0 and at most 1, got {self.lr!r}.")
-        if not str(self.catalog).strip():
-            raise ConfigError("give the catalog folder to train on (the default is catalogs/synthetic).")
-        self._check_data()
-
-    def _check_data(self) -> None:
-        root = Path(self.catalog).expanduser()
-        synthesizes = _preset(self.preset).get("data", {}).get("synthesize", False)
-        if synthesizes and not root.exists():
-            return   # the preset generates the synthetic catalog there first
-        try:
-            open_dataset("fashioniq", root).triplets("train")
-        except DataError as err:
-            raise ConfigError(f"cannot train on {root}: {err}. Training needs a FashionIQ-format catalog with "
-                              "train captions, such as the synthetic one (`sdfn synth`).") from err
-
-    def command(self, out: Path) -> list[str]:
-        overrides = [f"optim.epochs={int(self.epochs)}", f"optim.batch_size={int(self.batch_size)}",
-                     f"optim.lr={float(self.lr)}", f"pretrain.epochs={int(self.pretrain_epochs)}",
-                     f"data.root={Path(self.catalog).expanduser().resolve()}"]
-        return [sys.executable, "-m", "sdfn", "train", "--config", self.preset, "--out", str(out), *overrides]
-
-
-def _preset(name: str) -> dict:
-    from sdfn.config import PRESET_DIR
-
-    return json.loads((PRESET_DIR / f"{name}.json").read_text())
-
-
-def preset_defaults(name: str) -> dict[str, Any]:
-    """The Train view's fields as the preset sets them."""
-    from sdfn.config import load_config
-
-    cfg = load_config(name)
-    return {"catalog": cfg.data.root, "epochs": cfg.optim.epochs, "batch_size": cfg.optim.batch_size,
-            "lr": cfg.optim.lr, "pretrain_epochs": cfg.pretrain.epochs}
-
-
-@dataclass
-class TrainingStatus:
-    state: str                      # running | finished | failed | cancelled
-    out: Path
-    fraction: float                 # 0..1, over stage 1 and stage 2 epochs
-    phase: str                      # what the run is doing now, in words
-    records: list[dict] = field(default_factory=list)
-    console: str = ""               # the last lines the run printed
-    checkpoint: Path | None = None  # best/ (else last/) once one is written
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-
-_TQDM = re.compile(r"(stage 1 )?epoch (\d+)/(\d+):\s+(\d+)%")
-
-
-class TrainingRun:
-    """One `python -m sdfn train` subprocess: its folder (log.jsonl, best/, last/), its console output in
-    OUT/console.log. A subprocess, not a thread: cancelling is terminating it, and its CPU use cannot stall the
-    server's searches (it is left one core fewer than the machine has)."""
-
-    def __init__(self, settings: TrainingSettings, out: Path):
-        self.settings, self.out = settings, out
-        out.mkdir(parents=True, exist_ok=True)
-        self.console_path = out / "console.log"
-        self.cancelled = False
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cores - 1))}
-        with self.console_path.open("wb") as console:
-            # a session of its own: cancelling signals the run and its data-loading workers, and nothing else
-            self.process = subprocess.Popen(settings.command(out), stdout=console, stderr=subprocess.STDOUT,
-                                            cwd=REPO_ROOT, env=env, start_new_session=True)
-
-    def cancel(self) -> None:
-        if self.process.poll() is None:
-            self.cancelled = True
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-
-    def records(self) -> list[dict]:
-        """log.jsonl as far as it is written (a line being written is skipped until complete)."""
-        path = self.out / "log.jsonl"
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
-
-    def console(self, lines: int = 12) -> str:
-        """The run's last printed lines; progress bars redraw with carriage returns, so each redraw is a line."""
-        if not self.console_path.is_file():
-            return ""
-        with self.console_path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 20_000))
-            text = handle.read().decode("utf-8", errors="replace")
-        kept: list[str] = []
-        for part in (p.strip() for p in re.split(r"[\r\n]+", text)):
-            if not part:
-                continue
-            # a progress bar's redraw replaces its previous state ("epoch 2/5:  40%|...")
-            if "|" in part and kept and "|" in kept[-1] and kept[-1].split(":", 1)[0] == part.split(":", 1)[0]:
-                kept[-1] = part
-            else:
-                kept.append(part)
-        return "\n".join(kept[-lines:])
-
-    def checkpoint(self) -> Path | None:
-        for name in ("best", "last"):
-            if (self.out / name / "sdfn_config.json").is_file():
-                return self.out / name
-        return None
-
-    def poll(self) -> TrainingStatus:
-        code = self.process.poll()
-        state = "running" if code is None else "cancelled" if self.cancelled else "finished" if code == 0 \
-            else "failed"
-        records, console = self.records(), self.console()
-        fraction, phase = self._progress(records, console)
-        if state == "finished":
-            fraction, phase = 1.0, "finished"
-        elif state == "failed":
-            phase = f"failed (exit code {code}); the last lines it printed are below"
-        elif state == "cancelled":
-            phase = "cancelled"
-        return TrainingStatus(state, self.out, fraction, phase, records, console, self.checkpoint())
-
-    def _progress(self, records: list[dict], console: str) -> tuple[float, str]:
-        """Done epochs over all epochs (stage 1 from the progress bar, stage 2 from log.jsonl)."""
-        s = self.settings
-        stage1_done, phase = 0.0, "starting (loading data and model)"
-        matches = _TQDM.findall(console)
-        if matches:
-            stage1, epoch, total, percent = matches[-1]
-            if stage1:
-                stage1_done = int(epoch) - 1 + int(percent) / 100
-                phase = f"stage 1 (backbone pre-training): epoch {epoch}/{total}"
-            else:
-                stage1_done = s.pretrain_epochs
-                phase = f"epoch {epoch}/{total}"
-        epochs = [r for r in records if r.get("event") == "epoch"]
-        steps = [r for r in records if r.get("event") == "step"]
-        stage2_done = float(len(epochs))
-        if epochs and steps and steps[-1]["step"] > epochs[-1]["step"]:
-            per_epoch = epochs[-1]["step"] / len(epochs)
-            stage2_done += min(0.99, (steps[-1]["step"] - epochs[-1]["step"]) / max(1.0, per_epoch))
-        if records:
-            stage1_done = s.pretrain_epochs
-        total = s.pretrain_epochs + s.epochs
-        return min(1.0, (stage1_done + stage2_done) / max(1, total)), phase
-
+    def use_trained_model(self, session: str | None = None) -> tuple[Path, str]:
+        """Serve the current run's checkpoint (see use_checkpoint); only the session that started the run may."""
+        run = self._training
+        checkpoint = run.checkpoint() if run is not None else None
+        if run is None or checkpoint is None or run.poll().running:
+            raise ConfigError("no finished run with a checkpoint to use yet.")
+        if not run.owned_by(session):
+            raise ConfigError("this model was trained by another visitor: only they can switch the demo to it.")
+        return checkpoint, self.use_checkpoint(checkpoint)

@@ -1,27 +1,36 @@
-"""The Gradio demo, served in-process and driven through gradio_client: named endpoints answer correctly, bad input
-gets a readable message (never a stack trace), concurrent searches are all answered as sequential ones, training
-runs in the background and its model can be served, and demo.py listens where Hugging Face Spaces expects."""
+"""The Gradio demo, served in-process and driven through gradio_client and raw HTTP: named endpoints answer
+correctly, bad input gets a readable message (never a stack trace), concurrent searches are all answered as
+sequential ones, the server serves one (model, index) snapshot whatever is rebuilt on disk, only catalog images are
+downloadable, the Train view's handlers refuse hostile raw queue requests, training runs in the background and its
+model can be served, and demo.py listens where Hugging Face Spaces expects."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
+import socket
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from helpers import png_1bit
 
-from sdfn.demo_app import route_outputs
-from sdfn.demo_service import DemoService, TrainingSettings
+from sdfn.catalog import build_catalog
+from sdfn.demo_app import build_demo, launch, route_outputs
+from sdfn.demo_service import DemoService
+from sdfn.demo_training import TrainingSettings
 from sdfn.errors import ConfigError
 from sdfn.evaluate import join_captions
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
+from sdfn.retrieval import Retriever
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,6 +65,65 @@ def refused(client: Client, api_name: str, *args) -> str:
     message = str(caught.value)
     assert "Traceback" not in message and 'File "' not in message
     return message
+
+
+class RawClient:
+    """A client that ignores the API docs: POST /gradio_api/queue/join by fn_index with a session hash of its
+    own, and the answer read from the SSE stream (/gradio_api/queue/data), as any script could."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.session = uuid.uuid4().hex
+        self.config = httpx.get(f"{self.url}/config", timeout=30).json()
+
+    def fn_index(self, elem_id: str, event: str) -> int:
+        """The fn_index of the handler that `event` on the component with `elem_id` triggers."""
+        ids = {c["id"] for c in self.config["components"] if c.get("props", {}).get("elem_id") == elem_id}
+        found = [d["id"] for d in self.config["dependencies"] if any(t[0] in ids and t[1] == event
+                                                                      for t in d["targets"])]
+        assert len(found) == 1, (elem_id, event, found)
+        return found[0]
+
+    def call(self, fn_index: int, data: list, event_data: dict | None = None) -> dict:
+        """The process_completed message: {"success": bool, "output": {"data": [...]} or {"error": ...}}."""
+        joined = httpx.post(f"{self.url}/gradio_api/queue/join", timeout=30, json={
+            "data": data, "fn_index": fn_index, "session_hash": self.session, "event_data": event_data,
+            "trigger_id": None})
+        assert joined.status_code == 200, joined.text
+        event_id = joined.json()["event_id"]
+        with httpx.stream("GET", f"{self.url}/gradio_api/queue/data", params={"session_hash": self.session},
+                          timeout=120) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                message = json.loads(line[5:])
+                if message.get("event_id") == event_id and message.get("msg") == "process_completed":
+                    return message
+        raise AssertionError("the queue closed the stream without completing the event")
+
+    def status_text(self, answer: dict) -> str:
+        """The Train view's status markdown (the 4th output) or the error a refused event carries."""
+        assert "Traceback" not in json.dumps(answer)
+        if not answer["success"]:
+            return str(answer["output"].get("error"))
+        status = answer["output"]["data"][3]
+        return status if isinstance(status, str) else json.dumps(status)
+
+
+def serve(service: DemoService) -> tuple[object, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo = build_demo(service)
+    _, url, _ = launch(demo, service, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    return demo, url
+
+
+def other_checkpoint(folder: Path) -> Path:
+    """A random-init model with other weights than the tiny checkpoint (backbone included)."""
+    torch.manual_seed(1)
+    ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16))).save(folder)
+    return folder
 
 
 def a_known_pair(catalog: Path) -> dict:
@@ -124,6 +192,18 @@ def test_route_statistics_by_kind_of_change(client, service):
 def test_info(client, service):
     info = client.predict(api_name="/info")
     assert info["items"] == len(service.retriever.index) and info["fusion"] == "sdfn"
+    assert info["model_fingerprint"] == service.retriever.model.fingerprint()
+    # no server folder in the answer: the catalog and the checkpoint by their folder names
+    assert info["catalog"] == "catalog" and info["checkpoint"] == "sdfn" and "/" not in json.dumps(info)
+
+
+def test_answers_name_paths_relative_to_the_catalog(client, catalog):
+    answer = search(client, "dress-000004", text="is red", k=3)
+    assert answer["query"]["reference_image"] == "images/dress-000004.png"
+    assert all(r["image"] == f"images/{r['id']}.png" for r in answer["results"])
+    route = client.predict("dress-000004", None, "is red", api_name="/route")
+    assert route["query"]["reference_image"] == "images/dress-000004.png"
+    assert str(catalog) not in json.dumps(answer) + json.dumps(route)
 
 
 def test_static_fusion_says_it_has_no_route(tiny_checkpoint, catalog, tmp_path):
@@ -172,6 +252,13 @@ def test_bad_k_and_category(client):
     assert "categories" in refused(client, "/search", "dress-000004", None, "is red", 5, "hats").lower()
 
 
+def test_k_must_be_a_whole_number_in_range(client):
+    huge = refused(client, "/search", "dress-000004", None, "is red", 1e300, "")
+    assert "k must be a whole number from 1 to 1,000" in huge and "1e+300" in huge
+    assert "k must be a whole number" in refused(client, "/search", "dress-000004", None, "is red", 2.7, "")
+    assert len(search(client, "dress-000004", text="is red", k=3.0)["results"]) == 3   # 3.0 is a whole number
+
+
 # ---- concurrency -----------------------------------------------------------------------------------------------
 
 def test_concurrent_searches_all_answered_as_sequential(client, service):
@@ -186,6 +273,111 @@ def test_concurrent_searches_all_answered_as_sequential(client, service):
     for seq, con in zip(sequential, concurrent, strict=True):
         assert [r["id"] for r in con["results"]] == [r["id"] for r in seq["results"]]
         assert [r["score"] for r in con["results"]] == pytest.approx([r["score"] for r in seq["results"]], abs=1e-5)
+
+
+# ---- one snapshot: what answers is what /info names ------------------------------------------------------------
+
+def test_index_rebuilt_from_outside_does_not_change_the_answers(small_catalog, tiny_checkpoint, tmp_path):
+    """A demo serves one (model, index) snapshot: rebuilding its catalog's index with another model (as
+    `sdfn index --catalog ... --checkpoint OTHER` does) changes neither its answers nor what /info reports."""
+    shutil.copytree(small_catalog, tmp_path / "catalog", ignore=shutil.ignore_patterns("index"))
+    expected = Retriever(tiny_checkpoint, tmp_path / "catalog", threads=1, progress=False).search(
+        "dress-000001", "is red", k=5)      # builds the index for the tiny model; the demo then opens it
+    service = DemoService(tiny_checkpoint, tmp_path / "catalog", threads=1, progress=False,
+                          runs=tmp_path / "runs").load()
+    demo, url = serve(service)
+    try:
+        client = Client(url, verbose=False)
+        served = client.predict(api_name="/info")["model_fingerprint"]
+        # before the demo's first search (a lazy server would read the cached features only now)
+        other = Retriever(other_checkpoint(tmp_path / "other"), tmp_path / "catalog", threads=1,
+                          progress=False).load()   # rebuilds CATALOG/index for the other model
+        assert other.model.fingerprint() != served and other.index_status.action != "reused"
+        after = search(client, "dress-000001", text="is red", k=5)
+        assert [r["id"] for r in after["results"]] == [i.id for i in expected.items]
+        assert [r["score"] for r in after["results"]] == pytest.approx([i.score for i in expected.items], abs=1e-5)
+        assert client.predict(api_name="/info")["model_fingerprint"] == served
+    finally:
+        demo.close()
+
+
+# ---- what the web server hands out ----------------------------------------------------------------------------
+
+def test_only_catalog_images_are_downloadable(served_demo, catalog):
+    service, url = served_demo
+    leftover = catalog / ".index.tmp-leftover"                       # as a killed index build leaves one
+    leftover.mkdir(exist_ok=True)
+    (leftover / "manifest.json").write_text("{}")
+    secret = [catalog / "catalog.csv", catalog / "index" / "manifest.json", leftover / "manifest.json",
+              catalog / "captions" / "cap.dress.test.json", *sorted((catalog / "index").glob("*.safetensors"))[:1],
+              catalog / "images" / "dress-000004.png"]   # served only as its copy among the served images
+    for path in secret:
+        assert path.is_file(), path
+        assert httpx.get(f"{url}gradio_api/file={path}").status_code == 403, path
+    served = service.served_image("dress-000004")
+    fetched = httpx.get(f"{url}gradio_api/file={served}")
+    assert fetched.status_code == 200
+    assert fetched.content == (catalog / "images" / "dress-000004.png").read_bytes()
+    assert {p.suffix for p in service.images.folder.iterdir()} <= {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+    shutil.rmtree(leftover)
+
+
+def test_catalog_images_outside_the_catalog_folder_show_in_the_search_view(small_catalog, tiny_checkpoint,
+                                                                            tmp_path):
+    """`sdfn catalog build --images ~/photos --out catalogs/photos`: the images stay outside the catalog folder;
+    picking one and searching shows the reference and the results (Gradio refused those paths before)."""
+    photos = tmp_path / "photos"
+    for category in ("dress", "shirt"):
+        (photos / category).mkdir(parents=True)
+        for i in range(6):
+            shutil.copy(small_catalog / "images" / f"{category}-{i:06d}.png", photos / category / f"{i}.png")
+    build_catalog(photos, tmp_path / "catalogs" / "photos", progress=False)
+    service = DemoService(tiny_checkpoint, tmp_path / "catalogs" / "photos", threads=1, progress=False,
+                          runs=tmp_path / "runs").load()
+    demo, url = serve(service)
+    try:
+        raw = RawClient(url)
+        picked = raw.call(raw.fn_index("catalog-browser", "select"), [None], {"index": 2, "value": None,
+                                                                               "selected": True})
+        assert picked["success"], picked
+        assert "Picked dress/2.png" in json.dumps(picked["output"]["data"])
+        found = raw.call(raw.fn_index("search-button", "click"), [None, "is red", 4, "all"])
+        assert found["success"], found
+        gallery = found["output"]["data"][0]["value"]
+        assert len(gallery) == 4
+        for entry in gallery:
+            image = httpx.get(f"{url}gradio_api/file={entry['image']['path']}")
+            assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+    finally:
+        demo.close()
+
+
+# ---- hostile clients: the Train view's handlers through the raw queue --------------------------------------------
+
+def test_train_handlers_refuse_hostile_queue_requests(served_demo, catalog, tmp_path):
+    service, url = served_demo
+    attacker, owner = RawClient(url), RawClient(url)
+    start, cancel = attacker.fn_index("train-start", "click"), attacker.fn_index("train-cancel", "click")
+
+    def begin(client: RawClient, folder: str, epochs: float = 1) -> str:
+        return client.status_text(client.call(start, ["tiny-synthetic", folder, epochs, 32, 1e-3, 0]))
+
+    outside = tmp_path / "evil_target" / "sub" / "catalog"
+    for folder in (str(outside), "~/evil_target", "../evil_target", str(catalog / "index")):
+        assert "is not one this server trains on" in begin(attacker, folder)
+    assert not (tmp_path / "evil_target").exists() and service.training is None
+    assert "epochs must be a whole number from 1 to 20, got 1000" in begin(attacker, str(catalog), 1000)
+    assert "epochs must be" in begin(attacker, "catalog", 2.5)
+    assert service.training is None
+
+    assert "Started run" in begin(owner, "catalog", 20)            # the served catalog, by its listed name
+    run = service.training
+    assert run is not None and run.settings.catalog_path == catalog and run.out.parent == service.runs
+    assert "another visitor" in attacker.status_text(attacker.call(cancel, []))
+    assert run.poll().running
+    assert "already going" in begin(attacker, "catalog")
+    owner.status_text(owner.call(cancel, []))
+    assert run.poll().state == "cancelled"
 
 
 # ---- training in the background -------------------------------------------------------------------------------
@@ -203,14 +395,18 @@ def test_training_runs_in_the_background_and_its_model_is_served(service, catalo
     assert status.state == "finished", status.console
     assert status.fraction == 1.0 and status.checkpoint is not None
     assert any(r.get("event") == "epoch" and "val" in r for r in status.records)
-    before = service.describe()["model_fingerprint"]
+    before, old = service.describe()["model_fingerprint"], service.retriever
+    answered = [i.id for i in old.search("dress-000004", "is red", k=5).items]
     service.use_checkpoint(status.checkpoint)
     assert service.describe()["model_fingerprint"] != before
+    assert service.describe()["model_fingerprint"] == service.retriever.model.fingerprint()
     assert len(service.search("dress-000004", "is red", k=3).result.items) == 3
+    # the new index was built beside the old snapshot, not under it: the old one answers as before
+    assert [i.id for i in old.search("dress-000004", "is red", k=5).items] == answered
 
 
 def test_cancel_stops_the_run(service, catalog):
-    run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 50, 32, 1e-3, 0))
+    run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 20, 32, 1e-3, 0))
     run.cancel()
     assert run.poll().state == "cancelled"
 

@@ -1,0 +1,302 @@
+"""The demo's background training: what a visitor may ask for (`TrainingPolicy`), and the `python -m sdfn train`
+subprocess that runs it (`TrainingRun`).
+
+The Train view's handlers answer raw `POST /gradio_api/queue/join` requests too (hidden from the API docs is not
+closed), so nothing a client sends is trusted:
+
+- the catalog is one the server was started with, or an existing FashionIQ-format catalog inside a folder the
+  server was told to allow (`TrainingPolicy.root`); anything else is refused before anything is created;
+- the output folder is always the server's own (RUNS/demo-<time>-<random>), never a client's;
+- epochs, stage-1 epochs, batch size, learning rate and the stage-1 catalog's size are bounded;
+- a run belongs to the browser session that started it: only that session may cancel it or serve its model.
+
+    policy = TrainingPolicy(catalogs=[Path("catalogs/synthetic")])
+    settings = policy.check(TrainingSettings("tiny-synthetic", "synthetic", epochs=2, batch_size=64, lr=1e-3,
+                                             pretrain_epochs=0))
+    run = TrainingRun(settings, out=Path("runs/demo-1"), owner=session_hash)
+    run.poll()          # TrainingStatus: state, progress, log records, console tail, checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sdfn.data.base import open_dataset
+from sdfn.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+MAX_EPOCHS = 20                      # a 6k-item catalog: about a minute an epoch on 2 cores
+MAX_PRETRAIN_EPOCHS = 3
+MIN_BATCH, MAX_BATCH = 2, 512
+MAX_PRETRAIN_ITEMS_PER_CATEGORY = 1000   # the stage-1 catalog a demo run may generate (the preset's is 3000)
+
+
+# ---- what a visitor asks for, and what the server allows ----------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """What the Train view asks for; everything else comes from the preset. `catalog` is what the client sent
+    (a catalog's name in the Train view's list, or a path); `TrainingPolicy.check` resolves it."""
+
+    preset: str
+    catalog: str
+    epochs: int
+    batch_size: int
+    lr: float
+    pretrain_epochs: int
+    catalog_path: Path | None = None     # set by TrainingPolicy.check: the allowed folder it resolved to
+
+    def command(self, out: Path) -> list[str]:
+        if self.catalog_path is None:
+            raise ConfigError("training settings must pass TrainingPolicy.check before a run starts.")
+        preset = _preset(self.preset)
+        stage1_items = int(preset.get("pretrain", {}).get("synth_items_per_category", 0) or 0)
+        overrides = [f"optim.epochs={int(self.epochs)}", f"optim.batch_size={int(self.batch_size)}",
+                     f"optim.lr={float(self.lr)}", f"pretrain.epochs={int(self.pretrain_epochs)}",
+                     f"data.root={self.catalog_path}", "data.synthesize=false"]
+        if stage1_items > MAX_PRETRAIN_ITEMS_PER_CATEGORY:
+            overrides.append(f"pretrain.synth_items_per_category={MAX_PRETRAIN_ITEMS_PER_CATEGORY}")
+        return [sys.executable, "-m", "sdfn", "train", "--config", self.preset, "--out", str(out), *overrides]
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    """Which catalogs a demo visitor may train on and how much: the catalogs the server was started with
+    (`catalogs`), and any existing catalog inside `root` when one is configured."""
+
+    catalogs: Sequence[Path]
+    root: Path | None = None
+    max_epochs: int = MAX_EPOCHS
+    max_pretrain_epochs: int = MAX_PRETRAIN_EPOCHS
+    max_batch_size: int = MAX_BATCH
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "catalogs", tuple(Path(c).resolve() for c in self.catalogs))
+        if self.root is not None:
+            object.__setattr__(self, "root", Path(self.root).resolve())
+
+    def choices(self) -> list[str]:
+        """The names the Train view lists: each allowed catalog's folder name (unique), else its path."""
+        names = [c.name for c in self.catalogs]
+        return [n if names.count(n) == 1 else str(c) for n, c in zip(names, self.catalogs, strict=True)]
+
+    def describe(self) -> str:
+        where = f"; or a catalog folder inside {self.root.name}/" if self.root is not None else ""
+        return f"{', '.join(self.choices())}{where}"
+
+    def catalog(self, asked: str | None) -> Path:
+        """The allowed catalog folder `asked` names, or a ConfigError. Nothing is created or expanded (no `~`):
+        a name from `choices()`, an allowed folder's path, or a path inside `root` that already holds a catalog."""
+        text = str(asked or "").strip()
+        if not text:
+            raise ConfigError(f"choose a catalog to train on: {self.describe()}.")
+        for name, path in zip(self.choices(), self.catalogs, strict=True):
+            if text == name:
+                return path
+        candidate = Path(text)
+        if not candidate.is_absolute():
+            candidate = (self.root / candidate) if self.root is not None else None
+        found = None
+        if candidate is not None and "\x00" not in text:
+            try:
+                found = candidate.resolve(strict=True)
+            except (OSError, RuntimeError):
+                found = None
+        inside = found is not None and (found in self.catalogs or (
+            self.root is not None and found != self.root and found.is_relative_to(self.root)))
+        if inside and (found / "catalog.csv").is_file():
+            return found
+        raise ConfigError(f"catalog '{text}' is not one this server trains on; choose one of: {self.describe()}.")
+
+    def check(self, settings: TrainingSettings) -> TrainingSettings:
+        """Refuse bad settings with a message naming the field and the accepted range; returns the settings with
+        the catalog resolved to its allowed folder."""
+        from sdfn.config import list_presets
+
+        presets = list_presets()
+        if settings.preset not in presets:
+            raise ConfigError(f"unknown preset '{settings.preset}'; choose one of {', '.join(presets)}.")
+        for name, value, low, high in (("epochs", settings.epochs, 1, self.max_epochs),
+                                       ("batch size", settings.batch_size, MIN_BATCH, self.max_batch_size),
+                                       ("stage-1 epochs", settings.pretrain_epochs, 0, self.max_pretrain_epochs)):
+            whole_number(name, value, low, high)
+        lr = settings.lr
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not 0 < lr <= 1:
+            raise ConfigError(f"learning rate must be above 0 and at most 1, got {lr!r}.")
+        root = self.catalog(settings.catalog)
+        try:
+            open_dataset("fashioniq", root).triplets("train")
+        except DataError as err:
+            raise ConfigError(f"cannot train on catalog {root.name}: {err}. Training needs a FashionIQ-format "
+                              "catalog with train captions, such as the synthetic one (`sdfn synth`).") from err
+        return replace(settings, epochs=int(settings.epochs), batch_size=int(settings.batch_size),
+                       pretrain_epochs=int(settings.pretrain_epochs), lr=float(lr), catalog_path=root)
+
+
+def whole_number(name: str, value: Any, low: int, high: int) -> int:
+    """`value` as an int when it is a whole number from `low` to `high` (2.0 is 2; 2.5, 1e300, NaN, True and
+    text are refused with a message naming `name` and the range)."""
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) \
+        and float(value).is_integer() and low <= value <= high
+    if not ok:
+        raise ConfigError(f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}.")
+    return int(value)
+
+
+def _preset(name: str) -> dict:
+    from sdfn.config import PRESET_DIR, list_presets
+
+    if name not in list_presets():
+        raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(list_presets())}.")
+    return json.loads((PRESET_DIR / f"{name}.json").read_text())
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """The Train view's fields as the preset sets them, within the demo's bounds."""
+    from sdfn.config import load_config
+
+    _preset(name)   # a known preset name, never a file path from a client
+    cfg = load_config(name)
+    return {"epochs": min(cfg.optim.epochs, MAX_EPOCHS), "batch_size": min(cfg.optim.batch_size, MAX_BATCH),
+            "lr": cfg.optim.lr, "pretrain_epochs": min(cfg.pretrain.epochs, MAX_PRETRAIN_EPOCHS)}
+
+
+# ---- the run ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainingStatus:
+    state: str                      # running | finished | failed | cancelled
+    out: Path
+    fraction: float                 # 0..1, over stage 1 and stage 2 epochs
+    phase: str                      # what the run is doing now, in words
+    records: list[dict] = field(default_factory=list)
+    console: str = ""               # the last lines the run printed
+    checkpoint: Path | None = None  # best/ (else last/) once one is written
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+_TQDM = re.compile(r"(stage 1 )?epoch (\d+)/(\d+):\s+(\d+)%")
+
+
+class TrainingRun:
+    """One `python -m sdfn train` subprocess: its folder (log.jsonl, best/, last/), its console output in
+    OUT/console.log, and its owner (the session that started it). A subprocess, not a thread: cancelling is
+    terminating it, and its CPU use cannot stall the server's searches (it is left one core fewer than the
+    machine has)."""
+
+    def __init__(self, settings: TrainingSettings, out: Path, owner: str | None = None, cwd: Path | None = None):
+        self.settings, self.out, self.owner = settings, out, owner
+        command = settings.command(out)
+        out.mkdir(parents=True, exist_ok=False)
+        self.console_path = out / "console.log"
+        self.cancelled = False
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cores - 1))}
+        with self.console_path.open("wb") as console:
+            # a session of its own: cancelling signals the run and its data-loading workers, and nothing else
+            self.process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                            start_new_session=True)
+        log.info("training run started in %s (pid %d)", out, self.process.pid)
+
+    def owned_by(self, session: str | None) -> bool:
+        return self.owner is None or (session is not None and session == self.owner)
+
+    def cancel(self) -> None:
+        if self.process.poll() is None:
+            self.cancelled = True
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def records(self) -> list[dict]:
+        """log.jsonl as far as it is written (a line being written is skipped until complete)."""
+        path = self.out / "log.jsonl"
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def console(self, lines: int = 12) -> str:
+        """The run's last printed lines; progress bars redraw with carriage returns, so each redraw is a line."""
+        if not self.console_path.is_file():
+            return ""
+        with self.console_path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 20_000))
+            text = handle.read().decode("utf-8", errors="replace")
+        kept: list[str] = []
+        for part in (p.strip() for p in re.split(r"[\r\n]+", text)):
+            if not part:
+                continue
+            # a progress bar's redraw replaces its previous state ("epoch 2/5:  40%|...")
+            if "|" in part and kept and "|" in kept[-1] and kept[-1].split(":", 1)[0] == part.split(":", 1)[0]:
+                kept[-1] = part
+            else:
+                kept.append(part)
+        return "\n".join(kept[-lines:])
+
+    def checkpoint(self) -> Path | None:
+        for name in ("best", "last"):
+            if (self.out / name / "sdfn_config.json").is_file():
+                return self.out / name
+        return None
+
+    def poll(self) -> TrainingStatus:
+        code = self.process.poll()
+        state = "running" if code is None else "cancelled" if self.cancelled else "finished" if code == 0 \
+            else "failed"
+        records, console = self.records(), self.console()
+        fraction, phase = self._progress(records, console)
+        if state == "finished":
+            fraction, phase = 1.0, "finished"
+        elif state == "failed":
+            phase = f"failed (exit code {code}); the last lines it printed are below"
+        elif state == "cancelled":
+            phase = "cancelled"
+        return TrainingStatus(state, self.out, fraction, phase, records, console, self.checkpoint())
+
+    def _progress(self, records: list[dict], console: str) -> tuple[float, str]:
+        """Done epochs over all epochs (stage 1 from the progress bar, stage 2 from log.jsonl)."""
+        s = self.settings
+        stage1_done, phase = 0.0, "starting (loading data and model)"
+        matches = _TQDM.findall(console)
+        if matches:
+            stage1, epoch, total, percent = matches[-1]
+            if stage1:
+                stage1_done = int(epoch) - 1 + int(percent) / 100
+                phase = f"stage 1 (backbone pre-training): epoch {epoch}/{total}"
+            else:
+                stage1_done = s.pretrain_epochs
+                phase = f"epoch {epoch}/{total}"
+        epochs = [r for r in records if r.get("event") == "epoch"]
+        steps = [r for r in records if r.get("event") == "step"]
+        stage2_done = float(len(epochs))
+        if epochs and steps and steps[-1]["step"] > epochs[-1]["step"]:
+            per_epoch = epochs[-1]["step"] / len(epochs)
+            stage2_done += min(0.99, (steps[-1]["step"] - epochs[-1]["step"]) / max(1.0, per_epoch))
+        if records:
+            stage1_done = s.pretrain_epochs
+        total = s.pretrain_epochs + s.epochs
+        return min(1.0, (stage1_done + stage2_done) / max(1, total)), phase
