@@ -8,25 +8,34 @@ The built index lives beside the table, in CATALOG/index/ (see sdfn.index).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import hashlib
+import io
+import logging
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from sdfn.data.images import load_image
 from sdfn.errors import ConfigError, DataError, ImageError
+from sdfn.fsio import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 CATALOG_FILE = "catalog.csv"
 UNREADABLE_FILE = "unreadable.txt"
 REQUIRED_COLUMNS = ("id", "image", "category")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# Image formats sdfn does not read; named in the skipped-files report so that a user knows to convert them.
+OTHER_IMAGE_EXTENSIONS = (".svg", ".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".ico")
 UNKNOWN_CATEGORY = "unknown"
 METADATA_KEYS = ("id", "file", "filename", "image")  # how a metadata CSV may name the image it describes
 _SHOWN = 10  # rows named in one error message before "... and N more"
@@ -53,6 +62,7 @@ class Catalog:
     def __init__(self, root: Path, columns: list[str], rows: list[dict[str, str]], keys: list[ItemKey]):
         self.root, self.columns, self.rows, self.keys = root, columns, rows, keys
         self.row_of = {row["id"]: i for i, row in enumerate(rows)}
+        self._external: list[Path] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -62,7 +72,30 @@ class Catalog:
         return [row["id"] for row in self.rows]
 
     def image_path(self, row: int) -> Path:
+        """The image file as an absolute path (the catalog root is resolved): what a server reads or serves."""
         return resolve_image(self.root, self.rows[row]["image"])
+
+    def image_name(self, row: int) -> str:
+        """The image as users and JSON answers see it: a path relative to the catalog folder ('images/a.png';
+        '../photos/a.jpg' for an image outside it), never an absolute path of this machine."""
+        image = self.rows[row]["image"]
+        if not Path(image).is_absolute():
+            return Path(image).as_posix()
+        try:
+            return Path(os.path.relpath(image, self.root)).as_posix()
+        except ValueError:  # another drive (Windows)
+            return Path(image).name
+
+    def external_image_folders(self) -> list[Path]:
+        """The folders outside the catalog folder that hold catalog images (resolved, none inside another): what a
+        server must allow, besides the catalog's own images, to serve every result image."""
+        if self._external is None:
+            folders = sorted({self.image_path(r).resolve().parent for r in range(len(self.rows))
+                              if Path(self.rows[r]["image"]).is_absolute()
+                              and not self.image_path(r).resolve().is_relative_to(self.root)})
+            self._external = [f for i, f in enumerate(folders)
+                              if not any(f.is_relative_to(g) for g in folders[:i])]
+        return list(self._external)
 
     def metadata(self, row: int) -> dict[str, str]:
         """Every column but id and image: category, title, attributes, whatever the table holds."""
@@ -179,23 +212,86 @@ def _item_keys(root: Path, table: Path, rows: list[dict[str, str]]) -> list[Item
 
 @dataclass
 class BuildReport:
-    """What `build_catalog` wrote: the catalog, how many items, and each unreadable file with its reason."""
+    """What `build_catalog` wrote: the catalog, how many items, each unreadable file and each skipped file or
+    folder with its reason, metadata rows that matched no image, and whether the images stay outside the catalog
+    folder (catalog.csv then names them by absolute path)."""
 
     catalog: Path
     items: int
     unreadable: list[tuple[Path, str]]
     unmatched_metadata: list[str]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    images: Path | None = None
+    outside: int = 0
+
+    def lines(self, examples: int = 5) -> list[str]:
+        """What to tell the user, one line per kind of news."""
+        lines = [f"{self.items} items in {self.catalog / CATALOG_FILE}"]
+        if self.unreadable:
+            shown = ", ".join(p.name for p, _ in self.unreadable[:examples])
+            lines.append(f"{len(self.unreadable)} unreadable image(s) left out ({shown}"
+                         f"{', ...' if len(self.unreadable) > examples else ''}), listed with the reasons in "
+                         f"{self.catalog / UNREADABLE_FILE}")
+        if self.skipped:
+            lines.append(summarize_skipped(self.skipped, self.images or self.catalog, examples))
+        if self.outside:
+            lines.append(f"{self.outside} image(s) stay in {self.images}, outside the catalog folder: catalog.csv "
+                         "names them by absolute path, so moving them breaks the catalog; the demo serves them "
+                         "from there")
+        if self.unmatched_metadata:
+            shown = ", ".join(self.unmatched_metadata[:examples])
+            lines.append(f"{len(self.unmatched_metadata)} metadata row(s) match no image: {shown}"
+                         + (", ..." if len(self.unmatched_metadata) > examples else ""))
+        return lines
 
 
-def find_images(images: Path) -> list[Path]:
-    """Image files under `images` (recursive, sorted, hidden files and folders skipped)."""
-    found = []
+def find_images(images: Path, catalog: Path | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Image files under `images` (recursive, sorted) and every file or folder left out, with the reason.
+
+    The files of `catalog` (its table, unreadable.txt, its index and staging folders), when it lies under
+    `images`, are neither images nor news: they are passed over without a word."""
+    own = {catalog / CATALOG_FILE, catalog / UNREADABLE_FILE, catalog / "index"} if catalog is not None else set()
+    found, skipped = [], []
     for dirpath, dirnames, filenames in os.walk(images):
         here = Path(dirpath)
+        if here == catalog:
+            dirnames[:] = [d for d in dirnames if not d.startswith(".index.") and here / d not in own]
+        skipped += [(here / d, "hidden folder, not searched") for d in sorted(dirnames) if d.startswith(".")]
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [here / f for f in sorted(filenames)
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+        for name in sorted(filenames):
+            if here / name in own or (here == catalog and name.startswith(f".{CATALOG_FILE}.")):
+                continue
+            why = _skip_reason(name)
+            if why:
+                skipped.append((here / name, why))
+            else:
+                found.append(here / name)
+    return sorted(found), sorted(skipped)
+
+
+def _skip_reason(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if name.startswith("."):
+        return "hidden file"
+    if suffix in IMAGE_EXTENSIONS:
+        return ""
+    if suffix == ".svg":
+        return "SVG is a vector format sdfn does not read (convert it to png)"
+    if suffix in OTHER_IMAGE_EXTENSIONS:
+        return f"{suffix[1:].upper()} is an image format sdfn does not read (convert it to png or jpg)"
+    return f"not an image file sdfn reads ({', '.join(e[1:] for e in IMAGE_EXTENSIONS)})"
+
+
+def summarize_skipped(skipped: list[tuple[Path, str]], root: Path, examples: int = 3) -> str:
+    """'N file(s) skipped: reason (count, e.g. a, b); ...', naming files relative to `root`."""
+    by_reason: dict[str, list[Path]] = {}
+    for path, why in skipped:
+        by_reason.setdefault(why, []).append(path)
+    parts = []
+    for why, paths in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(p.relative_to(root).as_posix() for p in paths[:examples])
+        parts.append(f"{why}: {len(paths)} ({shown}{', ...' if len(paths) > examples else ''})")
+    return f"{len(skipped)} file(s) or folder(s) skipped: " + "; ".join(parts)
 
 
 def read_metadata(path: Path) -> tuple[str, list[dict[str, str]]]:
@@ -257,31 +353,69 @@ def build_catalog(images: Path | str, out: Path | str, metadata: Path | str | No
 
     Ids are the images' paths relative to `images` (unique and stable while files keep their names).
     Category: the metadata CSV's `category` column (joined on id or file name), else the first
-    sub-folder, else "unknown". Images that cannot be decoded are left out, passed to `report` by name
-    and listed in OUT/unreadable.txt. Image paths are stored relative to `out` when the images are
-    inside it, absolute otherwise.
+    sub-folder, else "unknown". Images that cannot be decoded are left out, passed to `report` (default: a
+    logged warning) by name and listed in OUT/unreadable.txt; files that are not jpg/jpeg/png/webp (an SVG, a
+    text file) and hidden ones are skipped and reported by reason with examples (`BuildReport.skipped`).
+    Image paths are stored relative to `out` when the images are inside it, absolute otherwise (the catalog
+    then depends on them staying where they are). An `out` that cannot be written fails before any image is
+    decoded; catalog.csv and unreadable.txt are written atomically.
     """
     images, out = Path(images).resolve(), Path(out).resolve()
     _check_build_arguments(images, out, replace)
-    paths = find_images(images)
+    created = _check_writable(out)
+    try:
+        return _build(images, out, metadata, progress, report or log.warning)
+    except BaseException:
+        if created:
+            _remove_if_empty(out)
+        raise
+
+
+def _build(images: Path, out: Path, metadata: Path | str | None, progress: bool,
+           report: Callable[[str], None]) -> BuildReport:
+    paths, skipped = find_images(images, catalog=out)
+    if skipped:
+        report(summarize_skipped(skipped, images))
     if not paths:
-        raise DataError(f"no images (*{', *'.join(IMAGE_EXTENSIONS)}) found under {images}.")
+        raise DataError(f"no images (*{', *'.join(IMAGE_EXTENSIONS)}) found under {images}"
+                        + (f"; {summarize_skipped(skipped, images)}." if skipped else "."))
     ids = [p.relative_to(images).as_posix() for p in paths]
     key, meta_rows = read_metadata(Path(metadata)) if metadata is not None else ("id", [])
     joined, unmatched = _match_metadata(ids, key, meta_rows)
     problems = check_images(paths, progress)
     unreadable = [(p, why) for p, why in zip(paths, problems, strict=True) if why]
     for _, why in unreadable:  # each reason starts with the file's path
-        (report or print)(f"unreadable, left out: {why}")
+        report(f"unreadable, left out: {why}")
     extra = sorted({c for row in joined.values() for c in row if c != "category"})
     rows = [_catalog_row(item_id, path, out, joined.get(item_id, {}), extra)
             for item_id, path, why in zip(ids, paths, problems, strict=True) if not why]
     if not rows:
         raise DataError(f"none of the {len(paths)} images under {images} could be read; see the messages above.")
-    out.mkdir(parents=True, exist_ok=True)
     _write_unreadable(out / UNREADABLE_FILE, unreadable)
     _write_table(out / CATALOG_FILE, [*REQUIRED_COLUMNS, *extra], rows)
-    return BuildReport(out, len(rows), unreadable, unmatched)
+    outside = sum(Path(row["image"]).is_absolute() for row in rows)
+    return BuildReport(out, len(rows), unreadable, unmatched, skipped, images, outside)
+
+
+def _check_writable(out: Path) -> bool:
+    """Create `out` if needed and check, before any image is decoded, that files can be written in it.
+    Whether `out` was created here."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        if created:
+            _remove_if_empty(out)
+        raise DataError(f"cannot write the catalog into {out} ({err.strerror}); choose a folder you can write "
+                        "with --out.") from err
+    return created
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        folder.rmdir()
 
 
 def _check_build_arguments(images: Path, out: Path, replace: bool) -> None:
@@ -302,16 +436,15 @@ def _catalog_row(item_id: str, path: Path, out: Path, meta: dict[str, str], extr
 
 def _write_unreadable(path: Path, unreadable: list[tuple[Path, str]]) -> None:
     if unreadable:
-        path.write_text("".join(f"{p}\t{why}\n" for p, why in unreadable), encoding="utf-8")
+        atomic_write_text(path, "".join(f"{p}\t{why}\n" for p, why in unreadable))
     else:
         path.unlink(missing_ok=True)
 
 
 def _write_table(path: Path, columns: list[str], rows: list[dict[str, str]]) -> None:
-    """Written to a temporary name and renamed, so a reader never sees half a table."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
+    """Written atomically (fsio), so a reader never sees half a table."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import sdfn.catalog as sdfn_catalog
 from sdfn.catalog import build_catalog, open_catalog
 from sdfn.cli import main
 from sdfn.errors import ConfigError, DataError
@@ -45,6 +47,8 @@ def photos(tmp_path) -> Path:
     good = save(root / "shirts" / "cut.png", (1, 2, 3), size=(300, 300)).read_bytes()
     (root / "shirts" / "cut.png").write_bytes(good[: len(good) // 2])
     (root / "notes.txt").write_text("ignored: not an image extension")
+    (root / "dresses" / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>')
+    (root / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     return root
 
 
@@ -153,8 +157,18 @@ def test_build_joins_metadata_on_file_name(photos, tmp_path):
 
 def test_build_keeps_images_inside_the_catalog_relative(tmp_path):
     save(tmp_path / "cat" / "images" / "a.png")
-    build_catalog(tmp_path / "cat" / "images", tmp_path / "cat", progress=False)
+    report = build_catalog(tmp_path / "cat" / "images", tmp_path / "cat", progress=False)
     assert read_csv(tmp_path / "cat" / "catalog.csv")[0]["image"] == "images/a.png"
+    assert report.outside == 0 and not any("outside" in line for line in report.lines())
+
+
+def test_rebuilding_a_catalog_from_its_own_folder_ignores_its_own_files(tmp_path):
+    save(tmp_path / "cat" / "a.png")
+    build_catalog(tmp_path / "cat", tmp_path / "cat", progress=False)
+    (tmp_path / "cat" / "index").mkdir()
+    (tmp_path / "cat" / "index" / "manifest.json").write_text("{}")
+    report = build_catalog(tmp_path / "cat", tmp_path / "cat", replace=True, progress=False)
+    assert report.items == 1 and report.skipped == []
 
 
 def test_build_refuses_to_overwrite_a_catalog_without_replace(photos, tmp_path):
@@ -176,3 +190,72 @@ def test_cli_catalog_build_prints_unreadable_files(photos, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "broken.jpg" in out and "cut.png" in out
     assert "4 items" in out and "2 unreadable image(s) left out" in out
+    assert "3 file(s) or folder(s) skipped" in out and "dresses/logo.svg" in out and "notes.txt" in out
+
+
+def test_build_reports_skipped_files_with_their_reasons(photos, tmp_path):
+    messages = []
+    report = build_catalog(photos, tmp_path / "cat", progress=False, report=messages.append)
+    reasons = {p.name: why for p, why in report.skipped}
+    assert set(reasons) == {"logo.svg", "notes.txt", ".DS_Store"}
+    assert "SVG is a vector format" in reasons["logo.svg"] and "convert it to png" in reasons["logo.svg"]
+    assert "not an image file" in reasons["notes.txt"] and reasons[".DS_Store"] == "hidden file"
+    summary = next(m for m in messages if "skipped" in m)
+    assert summary.startswith("3 file(s) or folder(s) skipped:") and "(dresses/logo.svg)" in summary
+
+
+def test_folder_of_svgs_only_says_what_it_skipped(tmp_path):
+    for i in range(5):
+        (tmp_path / "icons").mkdir(exist_ok=True)
+        (tmp_path / "icons" / f"i{i}.svg").write_text("<svg/>")
+    with pytest.raises(DataError, match=r"no images .* 5 file\(s\) or folder\(s\) skipped: SVG is a vector format.*"
+                                        r"\(i0\.svg, i1\.svg, i2\.svg, \.\.\.\)"):
+        build_catalog(tmp_path / "icons", tmp_path / "cat", progress=False)
+
+
+def test_unwritable_output_fails_before_any_image_is_decoded(photos, tmp_path, monkeypatch):
+    """Tests may run as root, whom file modes do not stop: the refused write is simulated in the probe's place."""
+    decoded = []
+    monkeypatch.setattr(sdfn_catalog, "check_images", lambda paths, progress: decoded.append(paths) or [])
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(sdfn_catalog.tempfile, "TemporaryFile", refused)
+    with pytest.raises(DataError, match=r"cannot write the catalog into .*cat \(Read-only file system\); choose a "
+                                        r"folder you can write with --out"):
+        build_catalog(photos, tmp_path / "cat", progress=False)
+    assert decoded == [] and not (tmp_path / "cat").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_fails_up_front(photos, tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    try:
+        with pytest.raises(DataError, match=r"cannot write the catalog into"):
+            build_catalog(photos, out, progress=False)
+    finally:
+        out.chmod(0o700)
+
+
+def test_images_outside_the_catalog_folder_are_named_for_server_and_user(photos, tmp_path):
+    report = build_catalog(photos, tmp_path / "cats" / "mine", progress=False, report=lambda _: None)
+    assert report.outside == 4 and any("outside the catalog folder" in line for line in report.lines())
+    catalog = open_catalog(tmp_path / "cats" / "mine")
+    row = catalog.find("dresses/red.jpg")
+    assert catalog.image_path(row) == (photos / "dresses" / "red.jpg").resolve()  # absolute: for the server
+    assert catalog.image_name(row) == "../../photos/dresses/red.jpg"              # relative: for users and JSON
+    assert catalog.external_image_folders() == [photos.resolve()]
+
+
+def test_images_inside_the_catalog_are_named_relative(small_catalog):
+    catalog = open_catalog(small_catalog)
+    assert catalog.image_name(0) == catalog.rows[0]["image"] and not catalog.image_name(0).startswith("/")
+    assert catalog.image_path(0).is_absolute() and catalog.external_image_folders() == []
+
+
+def test_build_writes_no_partial_files(photos, tmp_path):
+    build_catalog(photos, tmp_path / "cat", progress=False, report=lambda _: None)
+    assert sorted(p.name for p in (tmp_path / "cat").iterdir()) == ["catalog.csv", "unreadable.txt"]
