@@ -16,12 +16,15 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.factory import parse_model_name
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 from sdfn.errors import CheckpointError, ConfigError
+from sdfn.weights import INDEX_SUFFIX, load_tensors
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+BACKBONE_WEIGHTS = "open_clip_model"      # open_clip_model.safetensors, or its shards (sdfn.weights)
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
@@ -79,16 +82,26 @@ def _apply_projection(x: torch.Tensor, proj: nn.Module | torch.Tensor | None) ->
 
 
 def create_open_clip(cfg: BackboneConfig, load_weights: bool = True) -> nn.Module:
-    """Build the open_clip model named by `cfg`, with a message that says what to do when it fails."""
+    """Build the open_clip model named by `cfg`, with a message that says what to do when it fails. A `local-dir:`
+    folder whose weights are sdfn shards (an sdfn checkpoint, see sdfn.weights) is read by sdfn, not open_clip."""
+    schema, identifier = parse_model_name(cfg.model)
+    sharded = schema == "local-dir" and (Path(identifier) / f"{BACKBONE_WEIGHTS}{INDEX_SUFFIX}").is_file()
     try:
-        return open_clip.create_model(cfg.model, pretrained=cfg.pretrained if load_weights else None,
-                                      load_weights=load_weights)
+        model = open_clip.create_model(cfg.model, pretrained=cfg.pretrained if load_weights else None,
+                                       load_weights=load_weights and not sharded)
     except (RuntimeError, FileNotFoundError, ValueError) as err:
         hint = ("No network here: pretrained tags and hf-hub ids need their weights in the local cache "
                 "(HF_HOME) or a weights file given as pretrained=/path/to/file.safetensors. "
                 f"Known architectures include: {', '.join(open_clip.list_models()[:8])}, ... and sdfn-tiny.")
         raise ConfigError(f"cannot create the open_clip backbone '{cfg.model}' "
                           f"(pretrained={cfg.pretrained!r}): {err}. {hint}") from err
+    if load_weights and sharded:
+        try:
+            model.load_state_dict(load_tensors(Path(identifier), BACKBONE_WEIGHTS), strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"the weights in {identifier} do not match its open_clip_config.json "
+                                  f"({err.args[0].splitlines()[0]}); copy the folder again whole.") from err
+    return model
 
 
 class Backbone(nn.Module):

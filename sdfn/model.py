@@ -24,7 +24,15 @@ import torch
 from open_clip.factory import _get_hf_config, parse_model_name
 from torch import nn
 
-from sdfn.backbone import MODEL_CONFIG_DIR, Backbone, BackboneConfig, ImageFeatures, TextFeatures, check_local_dir
+from sdfn.backbone import (
+    BACKBONE_WEIGHTS,
+    MODEL_CONFIG_DIR,
+    Backbone,
+    BackboneConfig,
+    ImageFeatures,
+    TextFeatures,
+    check_local_dir,
+)
 from sdfn.errors import CheckpointError
 from sdfn.fsio import publish_folder, staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "sdfn-checkpoint"
 FORMAT_VERSION = 2          # 2: the stored fingerprint is that of the weights as written, and load() checks it
-BACKBONE_FILES, HEAD_FILES = "open_clip_model", "fusion"
+BACKBONE_FILES, HEAD_FILES = BACKBONE_WEIGHTS, "fusion"
 
 
 @dataclass
