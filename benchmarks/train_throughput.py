@@ -28,7 +28,7 @@ from benchmarks.results import markdown_table, write_section  # noqa: E402
 from sdfn.backbone import ImageFeatures, TextFeatures  # noqa: E402
 from sdfn.config import load_config  # noqa: E402
 from sdfn.data.synth import generate_catalog  # noqa: E402
-from sdfn.train import Dist, TrainBatch, Trainer  # noqa: E402
+from sdfn.training import Dist, TrainBatch, Trainer  # noqa: E402
 
 GOAL = 0.8            # SDFN at least 0.8x the sum baseline's throughput on GPU
 GPU_ANCHOR = 2100     # measured plain composed step on an H100, triplets/s (issue #3)

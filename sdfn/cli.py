@@ -38,7 +38,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from sdfn.config import load_config
-    from sdfn.train import config_from_run, run_training
+    from sdfn.training import config_from_run, run_training
 
     if args.config is None and args.resume is None:
         raise ConfigError("give --config PRESET_OR_FILE (presets: see `sdfn train --list-presets`) or --resume DIR")

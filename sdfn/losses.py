@@ -1,11 +1,26 @@
-"""Training objectives: batch-based classification and Self Path Distillation."""
+"""Every training objective, in one place.
+
+- Stage 1 (backbone pre-training): CLIP's image-text contrastive loss, which is open_clip's `ClipLoss`
+  (`image_text_contrastive`), plus the attribute classifiers' cross-entropy (`attribute_loss`).
+- Stage 2 (composition): batch-based classification of each query over the targets with a learnable
+  temperature (`BatchClassificationLoss`, held by the model as `model.criterion` so that checkpoints carry the
+  temperature), and Self Path Distillation of the router's paths (`SelfPathDistillation`, `spd_ramp`).
+
+Across ranks (torchrun) the negatives are the whole global batch, as in open_clip: each rank gathers every
+rank's embeddings, with gradient (`local_loss=True, gather_with_grad=True`), and classifies its own queries over
+all of them. Each rank's loss is the mean over its own queries, so DistributedDataParallel's gradient average
+is exactly the gradient of the single-process loss on the global batch.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 from torch import nn
 
 from sdfn.fusion.base import RouterTrace
@@ -13,32 +28,59 @@ from sdfn.fusion.base import RouterTrace
 MAX_LOGIT_SCALE = 100.0   # CLIP's clamp: temperature never below 0.01
 
 
-class BatchClassificationLoss(nn.Module):
-    """InfoNCE over the in-batch targets with a learnable temperature.
+def image_text_contrastive(rank: int = 0, world: int = 1) -> ClipLoss:
+    """CLIP's symmetric InfoNCE between image and text embeddings; call it with (image, text, logit_scale)."""
+    return ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world)
 
-    When two queries of a batch share a target image, that image is not a negative for either of them.
-    """
+
+def attribute_loss(logits: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of per-label classifiers: logits[j] [B, C_j] against labels[:, j] ([B, A] class
+    indices, -100 where a label does not apply); labels that apply to no sample of the batch are left out."""
+    losses = [F.cross_entropy(x, labels[:, j], ignore_index=-100) for j, x in enumerate(logits)
+              if (labels[:, j] >= 0).any()]
+    return torch.stack(losses).sum()
+
+
+class BatchClassificationLoss(nn.Module):
+    """InfoNCE of each query over the batch's targets (every rank's, see the module docstring), with a learnable
+    temperature. Queries that share a target image do not count it as each other's negative."""
 
     def __init__(self, init_temperature: float = 0.07):
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / init_temperature)))
+        self.rank, self.world = 0, 1
+
+    def distribute(self, rank: int, world: int) -> None:
+        """Take the negatives from all `world` ranks' batches (this process being `rank`); every rank must then
+        call the loss with the same number of queries."""
+        self.rank, self.world = rank, world
 
     def scale(self) -> torch.Tensor:
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     def forward(self, query: torch.Tensor, target: torch.Tensor,
                 target_keys: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.scale() * query @ target.T                      # [B, B]
+        """query, target: [B, E] unit vectors, target i being query i's; target_keys: [B] ids of the target images."""
         labels = torch.arange(len(query), device=query.device)
+        if self.world > 1:
+            target = torch.cat(torch.distributed.nn.all_gather(target))            # [W*B, E]
+            labels = labels + self.rank * len(query)
+            if target_keys is not None:
+                gathered = [torch.empty_like(target_keys) for _ in range(self.world)]
+                dist.all_gather(gathered, target_keys)
+                keys = torch.cat(gathered)
+        elif target_keys is not None:
+            keys = target_keys
+        logits = self.scale() * query @ target.T                                  # [B, W*B]
         if target_keys is not None:
-            same = target_keys[:, None] == target_keys[None, :]
-            same.fill_diagonal_(False)
+            same = target_keys[:, None] == keys[None, :]
+            same[torch.arange(len(query), device=query.device), labels] = False
             logits = logits.masked_fill(same, float("-inf"))
         return F.cross_entropy(logits, labels)
 
-
     def over_gallery(self, query: torch.Tensor, gallery: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Classification of each query over a whole gallery of targets [G, E]; labels index the gallery."""
+        """Classification of each query over a whole gallery of targets [G, E]; labels index the gallery. Every rank
+        holds the whole gallery, so nothing is gathered."""
         return F.cross_entropy(self.scale() * query @ gallery.T, labels)
 
 

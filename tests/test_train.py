@@ -20,8 +20,8 @@ from sdfn.config import load_config
 from sdfn.errors import CheckpointError, ConfigError, DataError
 from sdfn.fusion import list_fusions
 from sdfn.model import ComposedRetrievalModel, ModelConfig
-from sdfn.pretrain import read_catalog
-from sdfn.train import Trainer, run_training, selection_score
+from sdfn.training import Trainer, run_training, selection_score
+from sdfn.training.pretrain import read_catalog
 
 SMALL = ["model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
          "data.synthesize=false", "optim.batch_size=16", "optim.num_workers=0", "log_every=1"]

@@ -5,12 +5,13 @@ with generated absolute descriptions ("a navy striped long-sleeve shirt with a v
 every time), plus one auxiliary classifier per attribute on each embedding. The labels come free with
 the generator, and they stop the contrastive loss from settling on colour alone: without them shape
 attributes (category, neckline, sleeve) stay near chance.
+
+Stage 1 runs in one process (rank 0 under torchrun; the other ranks wait for it).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -28,9 +30,15 @@ from sdfn.config import TrainConfig
 from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, NOT_APPLICABLE, describe_item
 from sdfn.data.images import load_image
 from sdfn.errors import DataError
-from sdfn.model import open_clip_config, replace_folder
+from sdfn.fsio import atomic_write_text, staging_folder
+from sdfn.losses import MAX_LOGIT_SCALE, attribute_loss, image_text_contrastive
+from sdfn.model import open_clip_config
+from sdfn.training.distributed import Dist
+from sdfn.training.optim import param_groups, warmup_cosine_schedule
+from sdfn.training.runlog import RunLog
 
 LABELS = {"category": CATEGORIES, **ATTRIBUTES}
+SUMMARY = "stage1.json"      # written last into the stage-1 folder, which is published whole
 
 
 def read_catalog(root: Path, split: str) -> pd.DataFrame:
@@ -82,19 +90,9 @@ class AttributeHeads(nn.Module):
         super().__init__()
         self.heads = nn.ModuleList(nn.Linear(dim, len(values)) for values in LABELS.values())
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed cross-entropy over the applicable labels (each weighs as much as the contrastive loss), and
-        [A] accuracies."""
-        losses, accs = [], []
-        for j, head in enumerate(self.heads):
-            logits, y = head(x), labels[:, j]
-            valid = y >= 0
-            if valid.any():
-                losses.append(F.cross_entropy(logits[valid], y[valid]))
-                accs.append((logits[valid].argmax(-1) == y[valid]).float().mean())
-            else:
-                accs.append(torch.tensor(float("nan")))
-        return torch.stack(losses).sum(), torch.stack(accs)
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per label, its class logits [B, C_label] (`sdfn.losses.attribute_loss` scores them)."""
+        return [head(x) for head in self.heads]
 
 
 class Augment:
@@ -137,10 +135,10 @@ def descriptions(rows: pd.DataFrame, index: list[int], rng: random.Random) -> li
     return texts
 
 
-def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = True) -> dict:
-    """Train the backbone named in cfg.model.backbone; write it to `out` as an open_clip local-dir folder."""
-    if not dist_info.main:
-        return {}
+def run_pretraining(cfg: TrainConfig, out: Path, dist_info: Dist, progress: bool = True) -> dict:
+    """Train the backbone named in cfg.model.backbone; write it to `out` as an open_clip local-dir folder.
+
+    Progress goes to the run's log.jsonl (beside `out`) while it runs."""
     p = cfg.pretrain
     root = Path(p.catalog or cfg.data.root)
     device = dist_info.device
@@ -163,18 +161,16 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
     # The fusion network reads the patch tokens, which the contrastive loss reaches only through the class
     # token; a head on their mean teaches them the attributes directly.
     token_heads = AttributeHeads(backbone.image_token_dim).to(device)
-    params = [*clip.parameters(), *image_heads.parameters(), *text_heads.parameters(), *token_heads.parameters()]
-    decay = [q for q in params if q.ndim >= 2]
-    no_decay = [q for q in params if q.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": p.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=p.lr)
+    heads = nn.ModuleDict({"image": image_heads, "text": text_heads, "tokens": token_heads})
+    optimizer = torch.optim.AdamW(param_groups({"backbone": (clip.named_parameters(), p.lr),
+                                                "heads": (heads.named_parameters(), p.lr)}, p.weight_decay))
+    params = [q for group in optimizer.param_groups for q in group["params"]]
     steps_per_epoch = max(1, len(train_rows) // p.batch_size)
-    total, warmup = steps_per_epoch * p.epochs, max(1, int(p.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else
-        0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
+    scheduler = warmup_cosine_schedule(optimizer, steps_per_epoch, p.epochs, p.warmup_epochs)
+    contrastive_loss = image_text_contrastive()
     g = torch.Generator().manual_seed(cfg.seed)
     out.parent.mkdir(parents=True, exist_ok=True)
+    run_log = RunLog(out.parent / "log.jsonl")
     log = []
     start = time.time()
     for epoch in range(p.epochs):
@@ -188,15 +184,14 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
             labels = train_labels[index].to(device)
             features = backbone.encode_image(images)
             img, txt = features.pooled, clip.encode_text(tokens)
-            logits = clip.logit_scale.exp().clamp(max=100) * F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T
-            target = torch.arange(len(index), device=device)
-            contrastive = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+            contrastive = contrastive_loss(F.normalize(img, dim=-1), F.normalize(txt, dim=-1),
+                                           clip.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE))
             loss = contrastive
             if p.attribute_heads:
-                img_attr, _ = image_heads(img, labels)
-                txt_attr, _ = text_heads(txt, labels)
-                tok_attr, _ = token_heads(features.tokens.mean(dim=1), labels)
-                loss = loss + p.attribute_weight * (img_attr + txt_attr + tok_attr) / 3
+                # each label's cross-entropy weighs as much as the contrastive loss
+                labelled = (attribute_loss(image_heads(img), labels) + attribute_loss(text_heads(txt), labels)
+                            + attribute_loss(token_heads(features.tokens.mean(dim=1)), labels))
+                loss = loss + p.attribute_weight * labelled / 3
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
@@ -206,8 +201,7 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info, progress: bool = Tru
         record = {"event": "stage1-epoch", "epoch": epoch + 1, "loss": loss.item(),
                   "contrastive": contrastive.item(), "seconds": time.time() - start}
         log.append(record)
-        with (out.parent / "log.jsonl").open("a") as f:        # progress is visible while stage 1 runs
-            f.write(json.dumps(record) + "\n")
+        run_log.append(record)
     metrics = probe_attributes(backbone, image_heads, token_heads, augment, val_images, val_labels, device)
     summary = {"stage": 1, "epochs": p.epochs, "train_images": len(train_rows), "seconds": time.time() - start,
                "images_per_s": p.epochs * steps_per_epoch * p.batch_size / (time.time() - start),
@@ -238,12 +232,10 @@ def probe_attributes(backbone: Backbone, heads: AttributeHeads, token_heads: Att
 
 
 def save_backbone(backbone: Backbone, out: Path, summary: dict) -> None:
-    from safetensors.torch import save_file
-
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "open_clip_config.json").write_text(json.dumps(open_clip_config(backbone), indent=2))
-    save_file({k: v.detach().cpu().contiguous() for k, v in backbone.clip.state_dict().items()},
-              str(tmp / "open_clip_model.safetensors"))
-    (tmp / "stage1.json").write_text(json.dumps(summary, indent=2))
-    replace_folder(tmp, out)
+    """`out` as an open_clip `local-dir:` folder (one safetensors file, which open_clip reads) and stage1.json,
+    published whole; a folder left by an interrupted save is removed."""
+    with staging_folder(out) as tmp:
+        atomic_write_text(tmp / "open_clip_config.json", json.dumps(open_clip_config(backbone), indent=2))
+        save_file({k: v.detach().cpu().contiguous() for k, v in backbone.clip.state_dict().items()},
+                  str(tmp / "open_clip_model.safetensors"))
+        atomic_write_text(tmp / SUMMARY, json.dumps(summary, indent=2))
