@@ -233,7 +233,7 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
 
 def _results_gallery(service: DemoService, outcome: SearchOutcome) -> list[tuple[str, str]]:
     target = outcome.target.target if outcome.target else None
-    return [(str(service.images.path(item.image)),
+    return [(str(service.images.path(item.file)),
              ("✓ target · " if item.id == target else "") + f"#{item.rank} · {item.score:.3f}")
             for item in outcome.result.items]
 

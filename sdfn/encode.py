@@ -1,7 +1,10 @@
-"""Batched feature extraction: images -> backbone features, with failures reported per file, never dropped."""
+"""Batched feature extraction and query composition: images -> backbone features (failures reported per file,
+never dropped), and (reference features, texts) -> composed query vectors and router traces, in batches.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,9 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from sdfn.backbone import ImageFeatures
-from sdfn.data.images import load_image
+from sdfn.data.images import load_model_image
 from sdfn.errors import ImageError
 from sdfn.evaluate import EncodeResult
+from sdfn.fusion import RouterTrace
 from sdfn.model import ComposedRetrievalModel
 
 
@@ -28,8 +32,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            # Decoding straight to a few times the model's input keeps 4k uploads cheap.
-            image = load_image(self.paths[i], max_side=max(256, 4 * max(self.image_size)))
+            image = load_model_image(self.paths[i], self.image_size)
             return i, self.preprocess(image), ""
         except ImageError as err:
             return i, torch.zeros(3, *self.image_size), str(err)
@@ -108,18 +111,63 @@ class ModelQueryEncoder:
                for chunk in feats.pooled.split(4096)]
         return EncodeResult(torch.cat(out) if out else torch.zeros(0, self.model.backbone.embed_dim), failed)
 
-    @torch.no_grad()
     def encode_queries(self, reference_paths: Sequence[Path], texts: Sequence[str]) -> EncodeResult:
         feats, failed = self._features(reference_paths)
-        was_training = self.model.training
-        self.model.eval()
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            part = feats[start:start + self.batch_size].to(self.model.device, dtype=torch.float32)
-            text = self.model.encode_texts(list(texts[start:start + self.batch_size]))
-            out.append(self.model.compose(part, text).query.cpu())
-        self.model.train(was_training)
-        return EncodeResult(torch.cat(out) if out else torch.zeros(0, self.model.backbone.embed_dim), failed)
+        queries, _ = compose_queries(self.model, feats, texts, self.batch_size)
+        return EncodeResult(queries, failed)
+
+
+@torch.no_grad()
+def compose_queries(model: ComposedRetrievalModel, references: ImageFeatures, texts: Sequence[str] | torch.Tensor,
+                    batch_size: int = 128,
+                    timings: dict[str, float] | None = None) -> tuple[torch.Tensor, RouterTrace | None]:
+    """Composed query vectors [Q, E] (float32, on the CPU) of `references[i]` changed by `texts[i]`, and their
+    router traces concatenated (None for a static fusion), computed `batch_size` queries at a time in eval mode.
+
+    The one batch loop over the fusion: evaluation, search and route statistics all compose through it.
+    `texts` are strings, or token ids [Q, L] already made by `model.backbone.tokenize` (so a caller that
+    tokenised to inspect the text does not tokenise again). `timings`, when given, gains the milliseconds
+    spent encoding texts ("encode_text") and fusing ("fuse").
+    """
+    if references.pooled.shape[0] != len(texts):
+        raise ValueError(f"compose_queries: {references.pooled.shape[0]} references for {len(texts)} texts")
+    was_training = model.training
+    model.eval()
+    queries, traces = [], []
+    spent = {"encode_text": 0.0, "fuse": 0.0}
+    try:
+        for start in range(0, len(texts), batch_size):
+            clock = time.perf_counter()
+            chunk = texts[start:start + batch_size]
+            if isinstance(chunk, torch.Tensor):
+                text = model.backbone.encode_text(chunk.to(model.device))
+            else:
+                text = model.encode_texts(list(chunk))
+            middle = time.perf_counter()
+            image = references[start:start + batch_size].to(model.device, dtype=torch.float32)
+            out = model.compose(image, text)
+            queries.append(out.query.float().cpu())
+            if out.trace is not None:
+                traces.append(out.trace)
+            spent["encode_text"] += 1000 * (middle - clock)
+            spent["fuse"] += 1000 * (time.perf_counter() - middle)
+    finally:
+        model.train(was_training)
+    if timings is not None:
+        for stage, ms in spent.items():
+            timings[stage] = timings.get(stage, 0.0) + ms
+    vectors = torch.cat(queries) if queries else torch.zeros(0, model.backbone.embed_dim)
+    return vectors, (_cat_traces(traces) if traces else None)
+
+
+def _cat_traces(traces: list[RouterTrace]) -> RouterTrace:
+    def cat(get):
+        parts = [get(t) for t in traces]
+        return None if parts[0] is None else [torch.cat(layer) for layer in zip(*parts, strict=True)]
+
+    first = traces[0]
+    return RouterTrace(first.mode, first.cells, cat(lambda t: t.weights), cat(lambda t: t.incoming),
+                       cat(lambda t: t.image), cat(lambda t: t.text))
 
 
 def _merge(a: ImageFeatureTable, b: ImageFeatureTable) -> ImageFeatureTable:

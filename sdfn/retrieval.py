@@ -9,18 +9,22 @@
     result.to_json()                         # {"query": ..., "results": [...], "routing": ...}
 
 The path through it is the one training and evaluation take: reference features (from the index's
-feature cache for a catalog item, else decoded and encoded) and text features -> fusion network
-(router trace) -> query vector -> FAISS -> catalog rows. One `Retriever` may serve many threads: it
-loads lazily under a lock, runs the model in eval mode under `torch.inference_mode`, and searches with
-per-call FAISS parameters, so concurrent searches answer exactly as sequential ones.
+feature cache for a catalog item, else decoded by `sdfn.data.images.load_model_image` and encoded) and
+text features -> fusion network (router trace, `sdfn.encode.compose_queries`) -> query vector -> FAISS ->
+catalog rows. A `Retriever` opens its (model, catalog, index) snapshot at construction and never reads
+the index folder again. One `Retriever` may serve many threads: it runs the model in eval mode under
+`torch.inference_mode` and searches with per-call FAISS parameters, so concurrent searches answer exactly
+as sequential ones. Results name images relative to the catalog folder (`ResultItem.image`); the file
+itself is `ResultItem.file`, which JSON answers leave out.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-import sys
-import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +36,16 @@ from PIL import Image
 
 from sdfn.backbone import ImageFeatures
 from sdfn.catalog import IMAGE_EXTENSIONS, Catalog, open_catalog
-from sdfn.data.images import load_image
-from sdfn.errors import ConfigError, DataError
+from sdfn.data.images import load_model_image
+from sdfn.encode import compose_queries
+from sdfn.errors import CheckpointError, ConfigError, DataError
 from sdfn.fusion import RouterTrace
 from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
 from sdfn.paths import default_catalog
 from sdfn.routes import strongest_paths
 
+log = logging.getLogger(__name__)
 UPLOADED = "uploaded image"
 STAGES = ("preprocess", "encode_image", "encode_text", "fuse", "search")
 Reference = str | Path | Image.Image | bytes
@@ -52,7 +58,8 @@ class ResultItem:
     rank: int
     id: str
     score: float
-    image: Path
+    image: str                 # relative to the catalog folder (posix); the file name for one kept outside it
+    file: Path                 # the image file itself, for this process (not part of the JSON answer)
     metadata: dict[str, str]   # every catalog column but id and image (category, title, attributes, ...)
 
     def to_json(self) -> dict[str, Any]:
@@ -65,7 +72,7 @@ class QueryInfo:
     """What was asked and what was actually searched, with notes wherever the two differ."""
 
     reference: str                 # the catalog item id, or "uploaded image"
-    reference_image: str | None    # the reference's image file (None for an in-memory image)
+    reference_image: str | None    # catalog item: its image relative to the catalog; a file: its name; else None
     text: str                      # as given
     text_used: str                 # what the model read: stripped, truncated to its context; '' for image-only
     mode: str                      # "composed" or "image-only"
@@ -102,7 +109,7 @@ class SearchResult:
         columns = ["rank", "score", "id", "category"] + (["title"] if any("title" in i.metadata for i in self.items)
                                                          else ["image"])
         rows = [[str(i.rank), f"{i.score:.4f}", i.id, i.metadata.get("category", ""),
-                 i.metadata.get("title", "") if columns[-1] == "title" else str(i.image)] for i in self.items]
+                 i.metadata.get("title", "") if columns[-1] == "title" else i.image] for i in self.items]
         widths = [max(len(c), *(len(r[j]) for r in rows)) if rows else len(c) for j, c in enumerate(columns)]
         lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -141,6 +148,19 @@ def strongest_path(trace: RouterTrace) -> list[str]:
 
 # ---- the engine ------------------------------------------------------------------------------------
 
+MAX_K = 1000  # results one search may return (the demo's API allows the same)
+
+
+def check_k(k: Any) -> int:
+    """`k` as an int when it is a whole number from 1 to MAX_K (2.0 is 2; 2.5, 1e300, NaN, True and text are
+    refused with a message naming k and the range)."""
+    ok = not isinstance(k, bool) and isinstance(k, int | float | np.integer | np.floating) \
+        and math.isfinite(k) and float(k).is_integer() and 1 <= k <= MAX_K
+    if not ok:
+        raise ConfigError(f"k must be a whole number from 1 to {MAX_K:,}, got {k!r}.")
+    return int(k)
+
+
 @dataclass
 class _Query:
     """One validated query, its reference resolved: a catalog item (row in the index) or preprocessed pixels."""
@@ -148,13 +168,14 @@ class _Query:
     info: QueryInfo
     index_row: int | None = None        # catalog reference: its row in the index / feature cache
     pixels: torch.Tensor | None = None  # uploaded reference: [3, H, W] preprocessed
+    tokens: torch.Tensor | None = None  # composed query: the text's token ids [L], tokenised once
     k: int = 0                          # after clamping
 
 
 class Retriever:
-    """Composed retrieval over a catalog. Loads the checkpoint, the catalog and its index on first use.
+    """Composed retrieval over a catalog: one (model, catalog, index) snapshot, opened at construction.
 
-    checkpoint: a checkpoint folder (default: the shipped assets/sdfn-tiny);
+    checkpoint: a checkpoint folder (default: the shipped sdfn-tiny);
     catalog: a catalog folder (default: sdfn.paths.default_catalog(), i.e. SDFN_HOME/catalogs/synthetic, the
     checkout's catalogs/synthetic, or ~/.cache/sdfn/catalogs/synthetic; generated with seed 0 when missing);
     index_type: auto | flat | hnsw | ivfpq (sdfn.index); fp16: float16 vector storage; both left as None keep
@@ -162,6 +183,11 @@ class Retriever:
     threads: torch threads (default: torch's, capped at the cores this process may use). torch and FAISS share
     one OpenMP runtime, so this also sets FAISS's threads. On a busy machine, 1 thread gives steadier
     latency for small models (see benchmarks/latency.py --threads).
+
+    Construction loads the model and the catalog and opens the index (building or updating it first when it is
+    missing or stale): everything a search reads is in memory or memory-mapped from then on, so an index that
+    another process rebuilds later (another model, say) does not change what this retriever answers. An index
+    whose model fingerprint is not this model's is refused. To serve another model, make a new Retriever.
     """
 
     def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
@@ -171,38 +197,38 @@ class Retriever:
         self.catalog_path = Path(catalog).resolve() if catalog is not None else default_catalog()
         self.device, self.index_type, self.fp16 = device, index_type, fp16
         self.progress, self.threads = progress, threads
-        self.index_status: IndexStatus | None = None
-        self._lock = threading.Lock()
-        self._model: ComposedRetrievalModel | None = None
-        self._index: CatalogIndex | None = None
-
-    # lazy loading -----------------------------------------------------------------------------------
+        _set_threads(threads)
+        model = ComposedRetrievalModel.load(self.checkpoint, device=device).eval()
+        catalog_ = _open_or_generate(self.catalog_path, progress)
+        index, status = open_index(catalog_, model, index_type, fp16, progress=progress)
+        self.index_status: IndexStatus = status
+        log.info("%s", status.message)
+        if index.manifest["model"]["fingerprint"] != model.fingerprint():
+            raise CheckpointError(
+                f"the index of catalog {catalog_.root} was built by another model (fingerprint "
+                f"{index.manifest['model']['fingerprint']}) than {self.checkpoint or 'the shipped model'} "
+                f"(fingerprint {model.fingerprint()}); run `sdfn index --catalog {catalog_.root}` with this "
+                f"checkpoint, or open the catalog with the model that built its index.")
+        self.model: ComposedRetrievalModel = model
+        self.index: CatalogIndex = index
+        self.catalog: Catalog = catalog_
+        # Index row -> catalog row, and the searchable items per category, once (not per query or result).
+        self._catalog_row = np.array([catalog_.row_of[i] for i in index.ids], dtype=np.int64)
+        self._category_size = Counter(catalog_.rows[r]["category"] for r in self._catalog_row.tolist())
 
     def load(self) -> Retriever:
-        """Load model, catalog and index now (the first search does it otherwise); safe from many threads."""
-        with self._lock:
-            if self._index is None:
-                _set_threads(self.threads)
-                model = ComposedRetrievalModel.load(self.checkpoint, device=self.device).eval()
-                catalog = _open_or_generate(self.catalog_path, self.progress)
-                index, self.index_status = open_index(catalog, model, self.index_type, self.fp16,
-                                                      progress=self.progress)
-                if self.progress:
-                    print(f"sdfn: {self.index_status.message}", file=sys.stderr)
-                self._model, self._index = model, index
+        """Everything is open since construction; kept so that `Retriever(...).load()` still reads naturally."""
         return self
 
     @property
-    def model(self) -> ComposedRetrievalModel:
-        return self.load()._model
+    def fingerprint(self) -> str:
+        """Fingerprint of the model whose index this retriever searches (the snapshot it serves)."""
+        return self.index.manifest["model"]["fingerprint"]
 
-    @property
-    def index(self) -> CatalogIndex:
-        return self.load()._index
-
-    @property
-    def catalog(self) -> Catalog:
-        return self.index.catalog
+    def decode_image(self, source: str | Path | bytes | Image.Image) -> Image.Image:
+        """An image decoded as a search decodes an uploaded reference (sdfn.data.images.load_model_image at
+        this model's input size): a bounded RGB PIL image, or an ImageError naming the file and the problem."""
+        return load_model_image(source, self.model.backbone.image_size)
 
     # searching -------------------------------------------------------------------------------------
 
@@ -210,20 +236,27 @@ class Retriever:
                exclude_reference: bool = True) -> SearchResult:
         """Rank catalog items for `reference` (item id, image path, PIL image or image bytes) changed by `text`.
 
-        Empty or whitespace text searches with the reference alone ("more like this"). k larger than the
-        catalog (or category) returns all of it; the result's notes say so, and when text was truncated.
+        Empty or whitespace text searches with the reference alone ("more like this"). k is a whole number
+        from 1 to MAX_K; k larger than the catalog (or category) returns all of it; the result's notes say so,
+        and when text was truncated.
         """
-        return self.search_batch([{"reference": reference, "text": text, "k": k, "category": category,
-                                   "exclude_reference": exclude_reference}])[0]
+        clock = time.perf_counter()
+        return self._run([self._prepare(reference, text, k, category, exclude_reference)], clock)[0]
 
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[SearchResult]:
         """Many searches at once (keys as `search`'s arguments); images and texts are encoded in batches."""
-        self.load()
-        if not queries:
-            return []
-        timings = dict.fromkeys(STAGES, 0.0)
         clock = time.perf_counter()
-        prepared = [self._prepare(i, q) for i, q in enumerate(queries)]
+        prepared = []
+        for position, query in enumerate(queries):
+            unknown = set(query) - _QUERY_KEYS
+            if unknown or "reference" not in query:
+                raise ConfigError(f"query {position}: give 'reference' and optionally text, k, category, "
+                                  f"exclude_reference (unknown keys: {', '.join(sorted(unknown)) or 'none'})")
+            prepared.append(self._prepare(**query))
+        return self._run(prepared, clock) if prepared else []
+
+    def _run(self, prepared: list[_Query], clock: float) -> list[SearchResult]:
+        timings = dict.fromkeys(STAGES, 0.0)
         timings["preprocess"] = _ms_since(clock)
         with torch.inference_mode():
             clock = time.perf_counter()
@@ -238,47 +271,42 @@ class Retriever:
             result.timings_ms = dict(timings)
         return results
 
-    def _prepare(self, position: int, query: dict[str, Any]) -> _Query:
-        unknown = set(query) - {"reference", "text", "k", "category", "exclude_reference"}
-        if unknown or "reference" not in query:
-            raise ConfigError(f"query {position}: give 'reference' and optionally text, k, category, "
-                              f"exclude_reference (unknown keys: {', '.join(sorted(unknown)) or 'none'})")
-        text, k = query.get("text", "") or "", query.get("k", 10)
-        category, exclude = query.get("category"), bool(query.get("exclude_reference", True))
+    def _prepare(self, reference: Reference, text: str | None = "", k: int = 10, category: str | None = None,
+                 exclude_reference: bool = True) -> _Query:
+        text = text or ""
         if not isinstance(text, str):
             raise ConfigError(f"text must be a string, got {type(text).__name__}")
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ConfigError(f"k must be a whole number of at least 1, got {k!r}")
-        q = self._resolve_reference(query["reference"])
-        q.info.text, q.info.k, q.info.category, q.info.exclude_reference = text, int(k), category, exclude
+        k = check_k(k)
+        q = self._resolve_reference(reference)
+        q.info.text, q.info.k, q.info.category = text, k, category
+        q.info.exclude_reference = bool(exclude_reference)
         self._prepare_text(q)
         q.k = self._clamp_k(q)
         return q
 
     def _resolve_reference(self, reference: Reference) -> _Query:
-        index = self.index
-        size = self.model.backbone.image_size
-        max_side = max(256, 4 * max(size))  # as sdfn.encode decodes catalog images
-        if isinstance(reference, Image.Image):
-            return _Query(_info(UPLOADED, None), pixels=self._pixels(_bounded_rgb(reference, max_side)))
-        if isinstance(reference, bytes | bytearray):
-            return _Query(_info(UPLOADED, None), pixels=self._pixels(load_image(bytes(reference), max_side=max_side)))
-        if isinstance(reference, str) and reference in index.catalog.row_of:
+        index, catalog = self.index, self.catalog
+        if isinstance(reference, str | Path) and str(reference).strip() in ("", "."):
+            raise ConfigError(f"empty reference {str(reference)!r}: give a catalog item id (e.g. {catalog.ids[0]}), "
+                              f"the path of an image file, a PIL image or image bytes")
+        if isinstance(reference, Image.Image | bytes | bytearray):
+            source = bytes(reference) if isinstance(reference, bytearray) else reference
+            return _Query(_info(UPLOADED, None), pixels=self._pixels(source))
+        if isinstance(reference, str) and reference in catalog.row_of:
             if reference in index.unreadable:
                 raise DataError(f"catalog item '{reference}' is not searchable: {index.unreadable[reference]}. "
-                                f"Fix the file, then run `sdfn index --catalog {index.catalog.root}`.")
-            image = str(index.catalog.image_path(index.catalog.row_of[reference]))
+                                f"Fix the file, then run `sdfn index --catalog {catalog.root}`.")
+            image = public_image(catalog, catalog.row_of[reference])
             return _Query(_info(reference, image), index_row=index.row_of[reference])
         if isinstance(reference, Path) or (isinstance(reference, str) and _looks_like_path(reference)):
-            image = load_image(reference, max_side=max_side)
-            return _Query(_info(UPLOADED, str(reference)), pixels=self._pixels(image))
+            return _Query(_info(UPLOADED, Path(reference).name), pixels=self._pixels(reference))
         if isinstance(reference, str):
-            index.catalog.find(reference)  # raises: unknown id, with close matches and where ids come from
+            catalog.find(reference)  # raises: unknown id, with close matches and where ids come from
         raise ConfigError(f"reference must be a catalog item id, an image path, a PIL image or image bytes; "
                           f"got {type(reference).__name__}")
 
-    def _pixels(self, image: Image.Image) -> torch.Tensor:
-        return self.model.backbone.preprocess(image)
+    def _pixels(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
+        return self.model.backbone.preprocess(self.decode_image(source))
 
     def _prepare_text(self, q: _Query) -> None:
         info = q.info
@@ -289,10 +317,13 @@ class Retriever:
             return
         info.mode, info.text_used = "composed", stripped
         backbone = self.model.backbone
+        q.tokens = backbone.tokenize([stripped])[0]
+        if int(q.tokens[-1]) == 0:  # padding left over: the text fits, with its start and end tokens
+            return
         encode = getattr(backbone.tokenizer, "encode", None)
         if encode is None:  # a Hugging Face tokenizer: no word-piece view, so no truncation report
             return
-        pieces = encode(stripped)
+        pieces = encode(stripped)  # only for a text that fills the context: was it cut, and where?
         room = backbone.context_length - 2  # start and end tokens take two places
         if len(pieces) > room:
             info.text_used = backbone.tokenizer.decode(pieces[:room]).strip()
@@ -300,17 +331,19 @@ class Retriever:
                               f"including start and end; the text had {len(pieces)})")
 
     def _clamp_k(self, q: _Query) -> int:
-        info, index = q.info, self.index
+        info, catalog = q.info, self.catalog
         excluded = info.exclude_reference and q.index_row is not None
         if info.category is None:
-            available, where = len(index), "the catalog"
+            available, where = len(self.index), "the catalog"
         else:
-            available, where = index.category_count(info.category), f"category '{info.category}'"
+            where = f"category '{info.category}'"
+            if info.category not in self._category_size:
+                catalog.rows_in_category(info.category)  # raises, listing the categories, when it has no items
+                raise DataError(f"{where} has no searchable items (its images could not be read; see "
+                                f"{self.index.folder / 'unreadable.txt'}).")
+            available = self._category_size[info.category]
             if excluded:
-                excluded = index.catalog.rows[index.catalog.row_of[info.reference]]["category"] == info.category
-            if available == 0:
-                raise DataError(f"category '{info.category}' has no searchable items (its images could not be read; "
-                                f"see {index.folder / 'unreadable.txt'}).")
+                excluded = catalog.rows[catalog.row_of[info.reference]]["category"] == info.category
         available -= int(excluded)
         if available < 1:
             raise DataError(f"nothing to return: {where} holds only the reference itself; search with "
@@ -344,16 +377,13 @@ class Retriever:
         composed = [i for i, q in enumerate(prepared) if q.info.mode == "composed"]
         alone = [i for i, q in enumerate(prepared) if q.info.mode == "image-only"]
         if composed:
-            clock = time.perf_counter()
-            text = model.encode_texts([prepared[i].info.text_used for i in composed])
-            timings["encode_text"] = _ms_since(clock)
-            clock = time.perf_counter()
-            out = model.compose(references[torch.tensor(composed)].to(model.device), text)
-            vectors[composed] = out.query.float().cpu()
-            if out.trace is not None:
+            tokens = torch.stack([prepared[i].tokens for i in composed])
+            queries, trace = compose_queries(model, references[torch.tensor(composed)], tokens,
+                                             batch_size=len(composed), timings=timings)
+            vectors[composed] = queries
+            if trace is not None:
                 for j, i in enumerate(composed):
-                    traces[i] = out.trace[j:j + 1]
-            timings["fuse"] = _ms_since(clock)
+                    traces[i] = trace[j:j + 1]
         if alone:
             clock = time.perf_counter()
             vectors[alone] = model.embed_target(references.pooled[torch.tensor(alone)].to(model.device)).float().cpu()
@@ -361,17 +391,33 @@ class Retriever:
         return vectors.numpy(), traces
 
     def _rank(self, q: _Query, vector: np.ndarray, trace: RouterTrace | None) -> SearchResult:
-        index, catalog = self.index, self.index.catalog
+        index, catalog = self.index, self.catalog
         drop = q.index_row if q.info.exclude_reference else None
         scores, rows = index.search(vector, q.k + (drop is not None), category=q.info.category)
         items = []
-        for score, row in zip(scores[0], rows[0], strict=True):
+        for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True):
             if row < 0 or row == drop or len(items) == q.k:
                 continue
-            catalog_row = catalog.row_of[index.ids[row]]
-            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), catalog.image_path(catalog_row),
-                                    catalog.metadata(catalog_row)))
+            at = int(self._catalog_row[row])
+            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), public_image(catalog, at),
+                                    catalog.image_path(at), catalog.metadata(at)))
         return SearchResult(q.info, items, trace)
+
+
+_QUERY_KEYS = {"reference", "text", "k", "category", "exclude_reference"}
+
+
+def public_image(catalog: Catalog, row: int) -> str:
+    """A catalog row's image as results name it: relative to the catalog folder (posix), or, for an image kept
+    outside the catalog, its file name alone (never a folder of the server)."""
+    stored = catalog.rows[row]["image"]
+    path = Path(stored)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.relative_to(catalog.root).as_posix()
+    except ValueError:
+        return path.name
 
 
 def _info(reference: str, image: str | None) -> QueryInfo:
@@ -382,15 +428,6 @@ def _info(reference: str, image: str | None) -> QueryInfo:
 def _looks_like_path(reference: str) -> bool:
     return os.sep in reference or "/" in reference or Path(reference).suffix.lower() in IMAGE_EXTENSIONS \
         or Path(reference).exists()
-
-
-def _bounded_rgb(image: Image.Image, max_side: int) -> Image.Image:
-    """An in-memory upload as RGB with its long side at most `max_side` (what load_image gives for files)."""
-    image = image.convert("RGB")
-    if max(image.size) > max_side:
-        image = image.copy()
-        image.thumbnail((max_side, max_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    return image
 
 
 def _ms_since(start: float) -> float:
@@ -411,7 +448,6 @@ def _open_or_generate(path: Path, progress: bool) -> Catalog:
     if path == default_catalog() and not (path / "catalog.csv").is_file():
         from sdfn.data.synth import generate_catalog
 
-        if progress:
-            print(f"sdfn: generating the synthetic catalog in {path} (once)", file=sys.stderr)
+        log.info("generating the synthetic catalog in %s (once)", path)
         generate_catalog(path, seed=0, progress=progress)
     return open_catalog(path)

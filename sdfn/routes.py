@@ -12,7 +12,8 @@ import torch
 
 from sdfn.data.attributes import KINDS_OF_CHANGE
 from sdfn.data.base import RetrievalDataset, Triplet
-from sdfn.encode import ImageFeatureTable, extract_image_features
+from sdfn.encode import ImageFeatureTable, compose_queries, extract_image_features
+from sdfn.errors import DataError
 from sdfn.evaluate import join_captions
 from sdfn.fusion import RouterTrace
 from sdfn.model import ComposedRetrievalModel
@@ -99,7 +100,6 @@ class RouteStatistics:
                 "distinct_strongest_paths": self.distinct_strongest_paths, "top_path_share": self.top_path_share}
 
 
-@torch.no_grad()
 def collect_traces(model: ComposedRetrievalModel, dataset: RetrievalDataset, triplets: Sequence[Triplet],
                    table: ImageFeatureTable | None = None,
                    batch_size: int = 256) -> tuple[RouterTrace, list[int]] | None:
@@ -112,26 +112,12 @@ def collect_traces(model: ComposedRetrievalModel, dataset: RetrievalDataset, tri
         table = extract_image_features(model, sorted(set(paths)))
     features, failed = table.rows(paths)
     keep = [i for i in range(len(triplets)) if i not in failed]
-    was_training = model.training
-    model.eval()
-    traces = []
-    for start in range(0, len(keep), batch_size):
-        rows = keep[start:start + batch_size]
-        text = model.encode_texts([join_captions(triplets[i].captions) for i in rows])
-        image = features[torch.tensor(rows)].to(model.device, torch.float32)
-        traces.append(model.compose(image, text).trace)
-    model.train(was_training)
-    return _cat_traces(traces), keep
-
-
-def _cat_traces(traces: list[RouterTrace]) -> RouterTrace:
-    def cat(get):
-        parts = [get(t) for t in traces]
-        return None if parts[0] is None else [torch.cat(layer) for layer in zip(*parts, strict=True)]
-
-    first = traces[0]
-    return RouterTrace(first.mode, first.cells, cat(lambda t: t.weights), cat(lambda t: t.incoming),
-                       cat(lambda t: t.image), cat(lambda t: t.text))
+    if not keep:
+        raise DataError(f"no reference image of the {len(triplets)} queries could be read, so there is no route "
+                        f"to show; first failure: {next(iter(failed.values()), 'no queries')}")
+    texts = [join_captions(triplets[i].captions) for i in keep]
+    _, trace = compose_queries(model, features[torch.tensor(keep)], texts, batch_size)
+    return trace, keep
 
 
 def _stats(kind: str, trace: RouterTrace, index: torch.Tensor) -> KindStats:

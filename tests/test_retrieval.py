@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import png_1bit
@@ -15,7 +18,7 @@ from PIL import Image
 
 from sdfn import Retriever
 from sdfn.cli import main
-from sdfn.errors import ConfigError, DataError, ImageError
+from sdfn.errors import CheckpointError, ConfigError, DataError, ImageError
 from sdfn.fusion import FusionConfig
 from sdfn.model import ComposedRetrievalModel, ModelConfig
 
@@ -37,7 +40,7 @@ def catalog(small_catalog, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def retriever(checkpoint, catalog) -> Retriever:
-    return Retriever(checkpoint, catalog, progress=False).load()
+    return Retriever(checkpoint, catalog, progress=False)
 
 
 def ids(result) -> list[str]:
@@ -53,17 +56,28 @@ def test_search_by_catalog_id(retriever):
     assert scores == sorted(scores, reverse=True)
     assert "dress-000004" not in ids(result)
     first = result.items[0]
-    assert first.image.is_file() and {"category", "title", "color"} <= set(first.metadata)
+    assert first.file.is_file() and first.file == catalog_file(retriever, first.image)
+    assert not Path(first.image).is_absolute() and first.image.startswith("images/")
+    assert {"category", "title", "color"} <= set(first.metadata)
     assert result.query.reference == "dress-000004" and result.query.mode == "composed" and result.query.notes == []
     assert result.trace is not None and result.trace.weights[0].shape[0] == 1
     assert set(result.timings_ms) >= {"preprocess", "encode_image", "encode_text", "fuse", "search", "total"}
 
 
+def catalog_file(retriever, image: str) -> Path:
+    return retriever.catalog.root / image
+
+
 def test_json_shape(retriever):
-    data = json.loads(json.dumps(retriever.search("shirt-000002", "is darker", k=3).to_json()))
+    text = json.dumps(retriever.search("shirt-000002", "is darker", k=3).to_json())
+    assert str(retriever.catalog.root) not in text  # no folder of the server in an answer
+    data = json.loads(text)
     assert set(data) == {"query", "results", "routing"}
     assert data["query"]["reference"] == "shirt-000002" and data["query"]["text_used"] == "is darker"
+    assert data["query"]["reference_image"] == "images/shirt-000002.png"
     assert list(data["results"][0])[:4] == ["rank", "id", "score", "image"]
+    assert "file" not in data["results"][0]
+    assert all(catalog_file(retriever, r["image"]).is_file() for r in data["results"])
     assert "title" in data["results"][0] and "category" in data["results"][0]
     routing = data["routing"]
     assert routing["mode"] == "msr" and len(routing["layers"]) == 3 and len(routing["strongest_path"]) == 3
@@ -103,7 +117,7 @@ def test_search_batch_matches_single_searches(retriever, catalog):
 
 
 def test_concurrent_searches_answer_as_sequential_ones(checkpoint, catalog):
-    retriever = Retriever(checkpoint, catalog, progress=False)  # not loaded: the threads race to load it
+    retriever = Retriever(checkpoint, catalog, progress=False)
     queries = [(f"{c}-{i:06d}", text) for c in ("dress", "shirt", "skirt", "toptee")
                for i, text in enumerate(["is red", "", "has long sleeves and a belt"])]
 
@@ -151,10 +165,18 @@ def test_bad_reference_files_are_named(retriever, tmp_path, name, data, message)
         retriever.search(path, "is red")
 
 
-def test_huge_image_is_downscaled_and_searched(retriever, tmp_path):
-    path = tmp_path / "huge.png"
-    path.write_bytes(png_1bit(10_000, 10_000))
+def test_large_image_is_downscaled_and_searched(retriever, tmp_path):
+    path = tmp_path / "large.png"
+    path.write_bytes(png_1bit(7_000, 7_000))  # 49 MP: under the cap
     assert len(retriever.search(path, "is red", k=3).items) == 3
+
+
+def test_huge_upload_is_refused_before_decoding(retriever, tmp_path):
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_1bit(12_000, 12_000))  # 144 MP in a few hundred KB
+    with pytest.raises(ImageError, match=r"huge\.png: refused to decode: .*12000x12000 = 144,000,000 pixels, over "
+                                         r"the limit of 50,000,000"):
+        retriever.search(path, "is red")
 
 
 def test_decompression_bomb_is_refused(retriever, tmp_path):
@@ -186,10 +208,24 @@ def test_emoji_and_non_latin_text(retriever, text):
     assert len(result.items) == 3 and result.query.mode == "composed"
 
 
-@pytest.mark.parametrize("k", [0, -3, 2.5, True])
-def test_bad_k_is_an_error(retriever, k):
-    with pytest.raises(ConfigError, match=r"k must be a whole number of at least 1"):
+@pytest.mark.parametrize("k", [0, -3, 2.5, 2.7, True, 1e300, float("nan"), float("inf"), 1001, "3"])
+def test_bad_k_is_an_error_naming_the_range(retriever, k):
+    with pytest.raises(ConfigError, match=r"^k must be a whole number from 1 to 1,000, got "):
         retriever.search("dress-000001", "is red", k=k)
+    with pytest.raises(ConfigError, match=r"^k must be a whole number from 1 to 1,000"):
+        retriever.search_batch([{"reference": "dress-000001", "k": k}])
+
+
+def test_whole_float_k_is_accepted_as_the_api_accepts_it(retriever):
+    assert len(retriever.search("dress-000001", "is red", k=3.0).items) == 3
+    assert retriever.search("dress-000001", "is red", k=np.int64(2)).query.k == 2
+
+
+@pytest.mark.parametrize("reference", ["", "   ", Path("")])
+def test_empty_reference_says_what_to_give(retriever, reference):
+    with pytest.raises(ConfigError, match=r"empty reference .*: give a catalog item id \(e\.g\. dress-000000\), the "
+                                          r"path of an image file, a PIL image or image bytes"):
+        retriever.search(reference, "is red")
 
 
 def test_k_larger_than_catalog_or_category_is_clamped(retriever):
@@ -205,12 +241,98 @@ def test_empty_category_lists_categories_with_counts(retriever):
         retriever.search("dress-000001", "is red", category="hats")
 
 
+def _exif_rotated_rgba(path: Path) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated 90 degrees clockwise
+    image = Image.open(path).convert("RGBA").resize((160, 96))
+    image.putalpha(Image.linear_gradient("L").resize((160, 96)))
+    image.save(path.parent / "rotated.png", exif=exif.tobytes())
+    return path.parent / "rotated.png"
+
+
+def test_pil_image_file_and_bytes_are_one_query(retriever, catalog, tmp_path):
+    """An upload gives the same answer as a file, bytes or a PIL image (EXIF rotation and alpha included)."""
+    shutil.copy(catalog / "images" / "toptee-000004.png", tmp_path / "toptee.png")
+    path = _exif_rotated_rgba(tmp_path / "toptee.png")
+    answers = [retriever.search(ref, "is blue", k=5) for ref in (path, path.read_bytes(), Image.open(path))]
+    assert ids(answers[0]) == ids(answers[1]) == ids(answers[2])
+    assert [i.score for i in answers[0].items] == [i.score for i in answers[1].items] == \
+        [i.score for i in answers[2].items]
+    assert answers[0].query.reference_image == "rotated.png" and answers[2].query.reference_image is None
+
+
+def test_text_is_tokenised_once_per_query(retriever, monkeypatch):
+    tokenizer = retriever.model.backbone.tokenizer
+    calls = []
+    encode = tokenizer.encode  # the word-piece (BPE) step, which `tokenize` runs on every text
+    monkeypatch.setattr(tokenizer, "encode", lambda text: calls.append(text) or encode(text))
+    retriever.search("dress-000002", "is red", k=2)
+    assert calls == ["is red"]
+    calls.clear()
+    long = retriever.search("dress-000002", " ".join(["has very long sleeves"] * 20), k=2)
+    assert len(calls) == 2 and any("truncated" in n for n in long.query.notes)  # a long text is counted once more
+
+
+def test_snapshot_survives_a_rebuild_by_another_process(checkpoint, catalog, tmp_path):
+    """A running retriever keeps answering from the (model, index) it opened when another process rebuilds the
+    catalog's index with another model (issue 12: it read the new features against its old vectors)."""
+    copy = tmp_path / "catalog"
+    shutil.copytree(catalog, copy)
+    serving = Retriever(checkpoint, copy, progress=False)
+    before = serving.search("dress-000000", "is red", k=5)
+    fingerprint = serving.fingerprint
+    assert fingerprint == serving.model.fingerprint()
+    torch.manual_seed(7)
+    ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16))).save(tmp_path / "b")
+    done = subprocess.run([sys.executable, "-m", "sdfn", "index", "--catalog", str(copy), "--checkpoint",
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((copy / "index" / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] != fingerprint  # the folder now holds the other model's index
+    after = serving.search("dress-000000", "is red", k=5)
+    assert ids(after) == ids(before) and [i.score for i in after.items] == [i.score for i in before.items]
+    assert serving.fingerprint == fingerprint
+    fresh = Retriever(tmp_path / "b", copy, progress=False)  # a new retriever opens the new snapshot
+    assert fresh.fingerprint == manifest["model"]["fingerprint"] and fresh.index_status.action == "reused"
+
+
+def test_index_of_another_model_is_refused(checkpoint, catalog, tmp_path, monkeypatch):
+    """Should the index opened not belong to the model (any way it came about), the retriever refuses it."""
+    import sdfn.retrieval
+
+    copy = tmp_path / "catalog"
+    shutil.copytree(catalog, copy)
+    torch.manual_seed(9)
+    ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16))).save(tmp_path / "b")
+    other = Retriever(tmp_path / "b", copy, progress=False)
+    monkeypatch.setattr(sdfn.retrieval, "open_index", lambda *args, **kwargs: (other.index, other.index_status))
+    with pytest.raises(CheckpointError, match=r"index of catalog .* was built by another model .*run `sdfn index "
+                                              r"--catalog"):
+        Retriever(checkpoint, copy, progress=False)
+
+
+def test_compose_queries_batches_give_the_same_vectors_and_traces(retriever):
+    from sdfn.encode import compose_queries
+
+    model = retriever.model
+    features = retriever.index.cache.features([0, 5, 9, 17, 30])
+    texts = ["is red", "has long sleeves", "", "is darker and shorter", "has a belt"]
+    one, trace_one = compose_queries(model, features, texts, batch_size=2)
+    all_, trace_all = compose_queries(model, features, texts, batch_size=128)
+    assert one.shape == (5, model.backbone.embed_dim)
+    assert torch.allclose(one, all_, atol=1e-5)
+    assert trace_one.weights[0].shape[0] == 5
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(trace_one.incoming, trace_all.incoming, strict=True))
+    with pytest.raises(ValueError, match="5 references for 4 texts"):
+        compose_queries(model, features, texts[:4])
+
+
 def test_index_of_another_model_is_rebuilt_on_open(catalog, tmp_path):
     copy = tmp_path / "catalog"
     shutil.copytree(catalog, copy)
     torch.manual_seed(5)
     ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16))).save(tmp_path / "b")
-    other = Retriever(tmp_path / "b", copy, progress=False).load()
+    other = Retriever(tmp_path / "b", copy, progress=False)
     assert other.index_status.action == "rebuilt" and "another model" in other.index_status.message
 
 
