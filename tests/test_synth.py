@@ -210,7 +210,7 @@ def test_asks_hold_on_a_large_sample_of_triplets():
     triplets = [t for group in sample_triplets(items, seed=7).values() for t in group]
     assert len(triplets) > 3000
     for triplet in triplets:
-        candidate, target = by_item[triplet.candidate], by_item[triplet.target]
+        candidate, target = by_item[triplet.reference], by_item[triplet.target]
         assert list(triplet.asks) == changed_attributes(candidate, target)
         for attribute, accepted in triplet.asks.items():
             assert target.attrs[attribute] in accepted and candidate.attrs[attribute] not in accepted, triplet
