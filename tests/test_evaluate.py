@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -79,16 +80,20 @@ class FakeEncoder:
         return EncodeResult(torch.stack(rows).float() if rows else torch.zeros(0, 16), failed)
 
 
+@functools.cache
+def integer_vector(key: str, dim: int = 16, bound: int = 200) -> np.ndarray:
+    """|score| <= 16 * 400 * 200 < 2**24 for a query (image + text) against an image: exact in float32."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).integers(-bound, bound + 1, dim).astype(np.float32)
+
+
 class IntegerEncoder:
     """Reads no file: random integer vectors keyed by image id (file stem) and query text, so every inner
     product is an exact integer in float32 whatever the summation order, and an independent implementation
     sees the very same scores (ties included)."""
 
-    dim, bound = 16, 200  # |score| <= 16 * 400 * 200 < 2**24: exact in float32
-
     def vector(self, key: str) -> np.ndarray:
-        seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-        return np.random.default_rng(seed).integers(-self.bound, self.bound + 1, self.dim).astype(np.float32)
+        return integer_vector(key)
 
     def query_vector(self, reference: str, text: str) -> np.ndarray:
         return self.vector(f"image:{reference}") + self.vector(f"text:{text}")
@@ -321,6 +326,49 @@ def test_single_captions_skip_real_empty_captions_and_say_so(caplog):
                       "other 4075",
                       "fashioniq val toptee: 2 of 3922 queries skipped (empty caption: 2); recall is over the "
                       "other 3920"]
+
+
+def clip4cir_fashioniq_val(category: str, encoder: IntegerEncoder) -> tuple[np.ndarray, dict[int, float]]:
+    """Ranks and R@10/R@50 of one category, written from CLIP4Cir's published FashionIQ validation
+    (compute_fiq_val_metrics) in numpy, independently of sdfn.evaluate: the gallery is every image of the
+    category's val split in file order, the reference stays in it, one query per triplet with the text
+    "<c1 stripped of '.?, ', capitalised> and <c2 stripped>", distances 1 - q.g sorted ascending, recall the
+    share of queries whose target is among the first K names. Where CLIP4Cir leaves two choices open, this
+    follows what sdfn documents: ties in gallery order (a stable sort) and an empty caption left out of the
+    text (CLIP4Cir's f-string would give " and c2")."""
+    entries = json.loads((FIXTURES / "fashioniq" / f"cap.{category}.val.json").read_text())
+    names = json.loads((FIXTURES / "fashioniq" / f"split.{category}.val.json").read_text())
+    gallery = np.stack([encoder.vector(f"image:{name}") for name in names])
+    texts = []
+    for entry in entries:
+        first, second = (c.strip(".?, ") for c in entry["captions"])
+        texts.append(f"{first.capitalize()} and {second}" if first and second else (first or second).capitalize())
+    queries = np.stack([encoder.query_vector(e["candidate"], t) for e, t in zip(entries, texts, strict=True)])
+    distances = 1 - queries @ gallery.T
+    position = {name: i for i, name in enumerate(names)}
+    assert len(position) == len(names)  # so comparing gallery positions is comparing CLIP4Cir's names
+    sorted_indices = np.argsort(distances, axis=1, kind="stable")
+    labels = sorted_indices == np.array([position[e["target"]] for e in entries])[:, None]
+    assert (labels.sum(axis=1) == 1).all()  # as CLIP4Cir asserts: every target is in the gallery once
+    ranks = labels.argmax(axis=1) + 1
+    return ranks, {k: 100.0 * float(np.mean(ranks <= k)) for k in (10, 50)}
+
+
+def test_fashioniq_recall_equals_an_independent_clip4cir_implementation():
+    encoder = IntegerEncoder()
+    report = evaluate(open_dataset("fashioniq", FIXTURES / "fashioniq"), "val", encoder,
+                      EvalProtocol.default_for("fashioniq"), return_rankings=True)
+    expected_recall = {}
+    for result in report.categories:
+        ranks, expected_recall[result.category] = clip4cir_fashioniq_val(result.category, encoder)
+        assert result.evaluated == result.queries == len(ranks) and not result.skipped
+        assert [r.rank for r in result.rankings] == ranks.tolist()
+        assert {k: result.recall[k] for k in (10, 50)} == expected_recall[result.category]
+    assert sum(len(c.rankings) for c in report.categories) == 6016
+    mean = {k: sum(r[k] for r in expected_recall.values()) / 3 for k in (10, 50)}
+    assert {k: report.mean_recall()[k] for k in (10, 50)} == mean
+    assert report.score() == (mean[10] + mean[50]) / 2
+    assert 0 < mean[10] < mean[50] < 100  # the random features leave room to get ranks wrong
 
 
 def test_nothing_evaluable_is_reported_not_hidden(tmp_path):
