@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
 import random
 import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+import sdfn.data.synth.writers as synth_writers
 from sdfn.cli import main
 from sdfn.data.attributes import (
     APPLIES,
@@ -23,6 +31,7 @@ from sdfn.data.attributes import (
     describe_item,
     satisfies,
 )
+from sdfn.data.base import open_dataset
 from sdfn.data.synth import (
     CATALOG_COLUMNS,
     MIN_ITEMS_PER_CATEGORY,
@@ -345,3 +354,122 @@ def test_one_split_is_the_same_as_in_the_full_catalog(tmp_path, catalog):
     with pytest.raises(ConfigError, match="splits.*'dev'"):
         generate_catalog(tmp_path / "bad", seed=0, items_per_category=ITEMS, workers=1, progress=False,
                          splits=("dev",))
+
+
+# ---- the catalog appears whole or not at all ---------------------------------------------------------
+
+def _staging_folders(parent: Path) -> list[Path]:
+    return [p for p in parent.iterdir() if p.name.startswith(".") and ".tmp-" in p.name]
+
+
+# Run in a subprocess: the same generation as the `catalog` fixture, with each image slowed down so that
+# the kill lands part-way through drawing (200 images take seconds instead of well under one).
+_SLOW_GENERATION = textwrap.dedent(f"""
+    import sys, time
+    import sdfn.data.synth.writers as writers
+    from sdfn.data.synth import generate_catalog
+    render = writers.render_item
+    def slow_render(*args):
+        time.sleep(0.05)
+        return render(*args)
+    writers.render_item = slow_render
+    generate_catalog(sys.argv[1], seed=0, items_per_category={ITEMS}, workers=1, progress=False)
+""")
+
+
+def test_a_generation_killed_part_way_leaves_nothing_and_the_next_run_gives_the_same_bytes(catalog, tmp_path):
+    """kill -9 while drawing (a stopped first `python demo.py`): no half-written catalog appears; the next run
+    removes the dead run's staging folder and writes what an uninterrupted run writes."""
+    out = tmp_path / "synthetic"
+    process = subprocess.Popen([sys.executable, "-c", _SLOW_GENERATION, str(out)])
+    try:
+        deadline = time.monotonic() + 120
+        while not any(len(list((s / "images").glob("*.png"))) >= 5 for s in _staging_folders(tmp_path)):
+            assert process.poll() is None, "the generating process ended before it could be killed"
+            assert time.monotonic() < deadline, "the generating process drew no images"
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert not out.exists(), "a killed generation must not leave a catalog folder behind"
+    assert _staging_folders(tmp_path), "expected the killed run's staging folder"
+
+    generate_catalog(out, seed=0, items_per_category=ITEMS, workers=1, progress=False)
+    assert _hashes(out) == _hashes(catalog)
+    assert not _staging_folders(tmp_path), "the dead run's staging folder must be removed"
+
+
+@pytest.mark.parametrize("splits", [SPLITS, ("val",)], ids=["all-splits", "val-remake"])
+def test_an_interrupted_or_failed_generation_leaves_no_folder(tmp_path, monkeypatch, splits):
+    """Ctrl-C (KeyboardInterrupt) or a full disk part-way, for a whole catalog and a `--splits` remake alike:
+    neither the output folder nor a staging folder remains; a full disk is a DataError naming the folder."""
+    out = tmp_path / "catalog"
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth_writers, "write_captions", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_catalog(out, items_per_category=ITEMS, workers=1, progress=False, splits=splits)
+    assert not out.exists() and not _staging_folders(tmp_path)
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.undo()
+    monkeypatch.setattr(synth_writers, "write_catalog_csv", disk_full)
+    with pytest.raises(DataError, match=rf"cannot write the catalog to {re.escape(str(out))}: No space left"):
+        generate_catalog(out, items_per_category=ITEMS, workers=1, progress=False, splits=splits)
+    assert not out.exists() and not _staging_folders(tmp_path)
+
+
+def test_a_folder_left_by_an_older_in_place_run_is_replaced_but_other_folders_are_kept(catalog, tmp_path):
+    """Before staging, a stopped run left images and split files in the output folder itself; such a folder
+    (only generated names, no catalog.csv) is regenerated without asking. Anything else is refused."""
+    leftover = tmp_path / "synthetic"
+    (leftover / "images").mkdir(parents=True)
+    (leftover / "image_splits").mkdir()
+    for name in sorted(p.name for p in (catalog / "images").iterdir())[:3]:
+        (leftover / "images" / name).write_bytes(b"half a png")
+    (leftover / "image_splits" / "split.dress.train.json").write_text('["dress-0', encoding="utf-8")
+    generate_catalog(leftover, seed=0, items_per_category=ITEMS, workers=1, progress=False)
+    assert _hashes(leftover) == _hashes(catalog)
+
+    mine = tmp_path / "photos"
+    (mine / "images").mkdir(parents=True)
+    (mine / "images" / "holiday.png").write_bytes(b"a user's photo")
+    with pytest.raises(DataError, match="is not empty.*does not look like an interrupted"):
+        generate_catalog(mine, seed=0, items_per_category=ITEMS, workers=1, progress=False)
+    assert (mine / "images" / "holiday.png").read_bytes() == b"a user's photo"
+
+
+@pytest.mark.parametrize("where", ["parent-is-a-file", "name-too-long"])
+def test_output_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys, where):
+    """An unwritable --out is a DataError naming the folder, and on the command line one `error:` line with
+    exit code 2. Tests run as root, where a read-only folder does not stop a write, so two folders no user
+    can create stand in: one under a regular file, and one whose name is longer than file systems allow."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "catalog" if where == "parent-is-a-file" else tmp_path / ("c" * 300)
+    with pytest.raises(DataError, match=re.escape(str(out))):
+        generate_catalog(out, items_per_category=MIN_ITEMS_PER_CATEGORY, workers=1, progress=False)
+    code = main(["synth", "--out", str(out), "--items-per-category", str(MIN_ITEMS_PER_CATEGORY), "--workers", "1",
+                 "--quiet"])
+    message = capsys.readouterr().err
+    assert code == 2
+    assert message.count("\n") == 1 and message.startswith("sdfn synth: error:") and str(tmp_path) in message
+    assert "Traceback" not in message and "choose" in message.lower()
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+# ---- the generated triplets are the readers' triplets ------------------------------------------------
+
+def test_sampled_triplets_equal_what_the_fashioniq_reader_reads_back(catalog):
+    """One Triplet type: the generator's triplets, with their source file and entry index, are exactly what
+    the FashionIQ reader parses from the written caption files."""
+    sampled = sample_triplets(sample_items(0, ITEMS), seed=0)
+    reader = open_dataset("fashioniq", catalog)
+    for (category, split), triplets in sampled.items():
+        assert reader.triplets(split, category) == triplets, (category, split)
+        assert [t.asks for t in reader.triplets(split, category)] == [t.asks for t in triplets]
