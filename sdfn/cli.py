@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import sys
 from pathlib import Path
 
-from sdfn.errors import ConfigError, SdfnError
+from sdfn.errors import CheckpointError, ConfigError, SdfnError
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
     from sdfn.data.synth import SPLITS, generate_catalog
 
+    check_writable(Path(args.out))
     splits = tuple(args.splits.split(",")) if args.splits else SPLITS
     summary = generate_catalog(Path(args.out), seed=args.seed, items_per_category=args.items_per_category,
                                workers=args.workers, progress=not args.quiet, splits=splits)
@@ -41,11 +44,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from sdfn.training import config_from_run, run_training
 
     if args.config is None and args.resume is None:
-        raise ConfigError("give --config PRESET_OR_FILE (presets: see `sdfn train --list-presets`) or --resume DIR")
+        raise ConfigError(f"give --config PRESET_OR_FILE (presets: {', '.join(list_presets())}) or --resume DIR")
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
     else:
-        cfg = config_from_run(_last_folder(Path(args.resume)))
+        cfg = config_from_run(_run_to_resume(Path(args.resume)))
         if args.overrides:
             from dataclasses import asdict
 
@@ -56,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 apply_override(data, item)
             cfg = from_dict(TrainConfig, data)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
+    check_writable(Path(args.resume) if args.resume else out)
     result = run_training(cfg, out, resume=Path(args.resume) if args.resume else None,
                           stop_after=args.stop_after, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -65,17 +69,22 @@ def _cmd_train(args: argparse.Namespace) -> None:
                  if best else ""))
 
 
-def _last_folder(path: Path) -> Path:
-    return path / "last" if (path / "last").is_dir() else path
+def _run_to_resume(path: Path) -> Path:
+    """The last/ checkpoint of a run folder (or the folder itself when it is one), with a clear error otherwise."""
+    folder = path / "last" if (path / "last").is_dir() else path
+    if not (folder / "train_config.json").is_file():
+        why = ("does not exist" if not path.exists()
+               else "is not a training run (no train_config.json in it or in last/)")
+        raise CheckpointError(f"cannot resume {path}: it {why}. Give the folder a run wrote (`sdfn train --out`, "
+                              "default runs/CONFIG_NAME), or start a new run with --config.")
+    return folder
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from sdfn.config import list_presets
-
     p = sub.add_parser("train", help="train SDFN or a baseline",
                        description="Train a composed-retrieval model. Multi-GPU: torchrun --nproc-per-node N "
                                    "-m sdfn train ...",
-                       epilog="overrides: dotted keys of the config, e.g. optim.epochs=5 fusion.name=combiner "
+                       epilog="overrides: dotted keys of the config, e.g. optim.epochs=5 model.fusion.name=combiner "
                               "model.fusion.router=shared spd.enabled=false data.root=/data/fashioniq")
     p.add_argument("--config", help=f"preset ({', '.join(list_presets())}) or a JSON config file")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
@@ -115,7 +124,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint: Recall@K under an explicit protocol",
                        description="Evaluate a checkpoint on FashionIQ, Shoes or Fashion200k (or a synthetic "
                                    "catalog, which is FashionIQ-format).")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped sdfn-tiny)")
     p.add_argument("--dataset", required=True, choices=["fashioniq", "shoes", "fashion200k"])
     p.add_argument("--data", required=True, help="data set root folder")
     p.add_argument("--split", default="val")
@@ -141,6 +150,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _cmd_catalog_build(args: argparse.Namespace) -> None:
     from sdfn.catalog import build_catalog
 
+    check_writable(Path(args.out))      # before decoding every image, not after
     report = build_catalog(Path(args.images), Path(args.out), metadata=Path(args.metadata) if args.metadata else None,
                            replace=args.replace, progress=not args.quiet)
     print(f"sdfn catalog build: {report.items} items in {report.catalog / 'catalog.csv'}"
@@ -188,7 +198,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
                                    "a stale one (catalog or model changed) is rebuilt, incrementally when items "
                                    "were only added.")
     p.add_argument("--catalog", required=True, help="catalog folder (with catalog.csv)")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped sdfn-tiny)")
     p.add_argument("--index-type", choices=INDEX_TYPES,
                    help=f"auto: flat below {FLAT_MAX_ITEMS:,} items, hnsw below {HNSW_MAX_ITEMS:,}, ivfpq above "
                         "(default: what the index was built with, else auto)")
@@ -227,11 +237,57 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--category", help="only items of this category")
     p.add_argument("--keep-reference", action="store_true", help="let the reference item appear in the results")
-    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped sdfn-tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", action="store_true", help='print {"query", "results", "routing"} as JSON')
     p.add_argument("--quiet", action="store_true", help="no progress bars or index messages")
     p.set_defaults(func=_cmd_search)
+
+
+def list_presets() -> list[str]:
+    from sdfn.config import list_presets as presets
+
+    return presets()
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before any work when `folder` (to be created, or written into) cannot be written: its nearest
+    existing ancestor must be a writable folder."""
+    probe = Path(os.path.abspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way (not a folder)", str(probe))
+    if not os.access(probe, os.W_OK):
+        code = errno.EROFS if os.statvfs(probe).f_flag & os.ST_RDONLY else errno.EACCES
+        raise PermissionError(code, os.strerror(code), str(probe))
+
+
+_WHAT_TO_DO = {
+    "search": "Searching builds or updates CATALOG/index when it is stale, so the catalog folder must be writable: "
+              "run `sdfn index --catalog CATALOG` where it is writable, or copy the catalog to a writable folder",
+    "index": "The index is written into the catalog folder (CATALOG/index): make it writable, or copy the catalog "
+             "to a writable folder",
+    "synth": "Choose an --out folder you can write to",
+    "train": "Choose an --out folder you can write to (default runs/CONFIG_NAME in the working folder)",
+    "catalog": "Choose an --out folder you can write to",
+    "eval": "Check the path",
+}
+
+
+def os_error_message(err: OSError, command: str) -> str:
+    """One line for a file system error: what failed, on which path, and what to do."""
+    path = err.filename if err.filename is not None else ""
+    where = f"{path}: " if path else ""
+    if isinstance(err, FileNotFoundError):
+        return f"{where}no such file or folder. Check the path (relative paths are from the working folder)."
+    return f"{where}{err.strerror or err}. {_WHAT_TO_DO.get(command, 'Check the path and its permissions')}."
+
+
+def configure_logging(quiet: bool = False) -> None:
+    """sdfn's own messages (named loggers under 'sdfn') to stderr; other libraries' only from warnings up."""
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    logging.getLogger("sdfn").setLevel(logging.WARNING if quiet else logging.INFO)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,13 +303,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every error a user can fix (SdfnError, and OSError: a missing file, a read-only or
+    full folder) ends with one `sdfn COMMAND: error: ...` line on stderr and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
+    configure_logging(quiet=getattr(args, "quiet", False))
     try:
         args.func(args)
     except SdfnError as err:
-        print(f"sdfn {args.command}: error: {err}", file=sys.stderr)
+        print(f"sdfn {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"sdfn {args.command}: error: {_one_line(os_error_message(err, args.command))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdfn {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":
