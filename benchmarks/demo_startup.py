@@ -12,7 +12,7 @@ is started in it three times as a user would:
 - warm: the same again with the catalog and its index on disk;
 - round trip: in the warm server, `--searches` sequential gradio_client searches (/search, k=10, a catalog
   reference with one of its annotated captions), after `WARMUP` unrecorded ones.
-Model: `--checkpoint`, else the shipped assets/sdfn-tiny, else a random-init sdfn-tiny (timings do not depend on
+Model: `--checkpoint`, else the shipped sdfn/assets/sdfn-tiny, else a random-init sdfn-tiny (timings do not depend on
 training). Goals: cold <= 60 s, warm <= 10 s, round trip p50 <= 300 ms.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results import markdown_table, write_section  # noqa: E402
+from sdfn.paths import SHIPPED_CHECKPOINT  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOALS_S = {"cold": 60.0, "warm": 10.0}
@@ -60,8 +61,8 @@ def checkpoint_for(args: argparse.Namespace, into: Path) -> tuple[Path | None, s
     """--checkpoint, else the clone's shipped model (None: demo.py's default), else a random-init sdfn-tiny."""
     if args.checkpoint:
         return Path(args.checkpoint).resolve(), f"--checkpoint {args.checkpoint}"
-    if (REPO / "assets" / "sdfn-tiny" / "sdfn_config.json").is_file():
-        return None, "shipped assets/sdfn-tiny"
+    if (SHIPPED_CHECKPOINT / "sdfn_config.json").is_file():
+        return None, "shipped sdfn/assets/sdfn-tiny"
     import torch
 
     from sdfn.config import load_config
@@ -70,7 +71,7 @@ def checkpoint_for(args: argparse.Namespace, into: Path) -> tuple[Path | None, s
     torch.manual_seed(0)
     folder = into / "random-sdfn-tiny"
     ComposedRetrievalModel(load_config("tiny-synthetic").model).save(folder)
-    return folder, "random-init sdfn-tiny (configs/tiny-synthetic.json's model; the shipped one is not there)"
+    return folder, "random-init sdfn-tiny (sdfn/configs/tiny-synthetic.json's model; the shipped one is not there)"
 
 
 def free_port() -> int:

@@ -6,9 +6,9 @@
 The catalog is the synthetic one with `--items-per-category` x 5 categories (default 2000: 10,000 real
 items, generated once into catalogs/bench/, git-ignored). Every model gets its own catalog folder over the
 same images (its own index); SDFN and the Combiner on one backbone share the backbone weights, so the
-second reuses the first's cached features. Models: `--checkpoint` (default: the shipped assets/sdfn-tiny,
-else a random-init sdfn-tiny with configs/tiny-synthetic.json's model) and its Combiner twin; ViT-B-32
-(random init, no download) with configs/fashioniq-vitb32.json's fusion and its Combiner twin. Timings do
+second reuses the first's cached features. Models: `--checkpoint` (default: the shipped sdfn/assets/sdfn-tiny,
+else a random-init sdfn-tiny with sdfn/configs/tiny-synthetic.json's model) and its Combiner twin; ViT-B-32
+(random init, no download) with sdfn/configs/fashioniq-vitb32.json's fusion and its Combiner twin. Timings do
 not depend on training. Stages are the Retriever's own (`SearchResult.timings_ms`); "end to end" is the
 wall time of `Retriever.search`. Queries: the catalog's own FashionIQ-style captions on random references,
 once with the reference as a catalog id (features from the index cache) and once as an uploaded image
@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
 from sdfn.backbone import BackboneConfig  # noqa: E402
 from sdfn.config import load_config  # noqa: E402
 from sdfn.data.synth import generate_catalog  # noqa: E402
@@ -181,8 +181,8 @@ def goal_lines(results: dict[tuple[str, str], dict], tiny: str, items: int) -> l
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="sdfn-tiny checkpoint (default: assets/sdfn-tiny if present, else "
-                                             "a random-init one with configs/tiny-synthetic.json's model)")
+    parser.add_argument("--checkpoint", help="sdfn-tiny checkpoint (default: the shipped sdfn/assets/sdfn-tiny, else "
+                                             "a random-init one with sdfn/configs/tiny-synthetic.json's model)")
     parser.add_argument("--items-per-category", type=int, default=2000, help="catalog size / 5 (default 2000)")
     parser.add_argument("--queries", type=int, default=200, help="timed queries per model and query kind")
     parser.add_argument("--throughput-images", type=int, default=2000, help="images for the indexing throughput")
@@ -221,7 +221,7 @@ def main() -> None:
     table = markdown_table(headers, table_rows(results))
     goals = goal_lines(results, "sdfn-tiny", items)
     summary = (f"Catalog: {items:,} real synthetic items (flat index), k={K}, {len(queries)} queries per row "
-               f"(captions of the catalog), torch threads {torch.get_num_threads()}, checkpoint {tiny}.\n\n{table}\n\n"
+               f"(captions of the catalog), torch threads {torch.get_num_threads()}, checkpoint {shown_path(tiny)}.\n\n{table}\n\n"
                + "\n".join(goals) +
                f"\n\nIndexing throughput (sdfn-tiny, decode + preprocess + encode, batch 128, {args.workers} "
                f"decoding workers): **{throughput:.0f} images/s** over {min(args.throughput_images, items)} images.")

@@ -1,4 +1,4 @@
-"""Ship a trained sdfn-tiny run as assets/sdfn-tiny: float16 weights, metrics, route analysis, model card.
+"""Ship a trained sdfn-tiny run as sdfn/assets/sdfn-tiny: float16 weights, metrics, route analysis, model card.
 
     python benchmarks/model_card.py --run runs/tiny-synthetic
 
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.quality import PROTOCOL, split_metrics  # noqa: E402
 from benchmarks.results import git_commit, machine, markdown_table  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
-from sdfn.model import ComposedRetrievalModel  # noqa: E402
+from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel  # noqa: E402
 from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -194,7 +194,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         f"common one is taken by {100 * stats.top_path_share:.0f}% of them. Mean route entropy "
         f"{stats.overall.entropy:.2f} nats (uniform: {torch.log(torch.tensor(float(len(stats.cells)))):.2f}).",
         "",
-        "![routes by kind of change](../../benchmarks/routes_by_change.png)",
+        "![routes by kind of change](../../../benchmarks/routes_by_change.png)",
         "",
         f"_Measured {time.strftime('%Y-%m-%d')} on {machine()}, commit {git_commit()}._",
     ]
@@ -204,7 +204,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished `sdfn train --config tiny-synthetic` run")
-    parser.add_argument("--out", type=Path, default=Path("assets/sdfn-tiny"))
+    parser.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
     parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
     parser.add_argument("--trained-on", default="this machine's 2 CPU cores",
                         help="where the recipe ran, for the card")

@@ -15,6 +15,17 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nLatest run of each script in `benchmarks/`; each script rewrites its own section.\n"
+REPO = RESULTS.parent.parent
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as a committed result names it: relative to the repository when inside it, else by its name only
+    (never a folder of the machine that ran the benchmark)."""
+    path = Path(path).resolve()
+    try:
+        return path.relative_to(REPO).as_posix()
+    except ValueError:
+        return path.name
 
 
 def machine() -> str:
