@@ -221,7 +221,8 @@ def main() -> None:
     table = markdown_table(headers, table_rows(results))
     goals = goal_lines(results, "sdfn-tiny", items)
     summary = (f"Catalog: {items:,} real synthetic items (flat index), k={K}, {len(queries)} queries per row "
-               f"(captions of the catalog), torch threads {torch.get_num_threads()}, checkpoint {shown_path(tiny)}.\n\n{table}\n\n"
+               f"(captions of the catalog), torch threads {torch.get_num_threads()}, "
+               f"checkpoint {shown_path(tiny)}.\n\n{table}\n\n"
                + "\n".join(goals) +
                f"\n\nIndexing throughput (sdfn-tiny, decode + preprocess + encode, batch 128, {args.workers} "
                f"decoding workers): **{throughput:.0f} images/s** over {min(args.throughput_images, items)} images.")
