@@ -444,6 +444,14 @@ def test_a_folder_left_by_an_older_in_place_run_is_replaced_but_other_folders_ar
     assert (mine / "images" / "holiday.png").read_bytes() == b"a user's photo"
 
 
+def test_output_that_is_a_link_to_an_empty_folder_gets_the_catalog_and_stays_a_link(tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "catalog").symlink_to("disk")
+    generate_catalog(tmp_path / "catalog", items_per_category=MIN_ITEMS_PER_CATEGORY, workers=1, progress=False)
+    assert (tmp_path / "catalog").is_symlink() and (tmp_path / "disk" / "catalog.csv").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalog", "disk"]
+
+
 @pytest.mark.parametrize("where", ["parent-is-a-file", "name-too-long"])
 def test_output_folder_that_cannot_be_made_is_one_error_line(tmp_path, capsys, where):
     """An unwritable --out is a DataError naming the folder, and on the command line one `error:` line with

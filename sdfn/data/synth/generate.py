@@ -49,8 +49,9 @@ def generate_catalog(out: Path | str, seed: int = 0, items_per_category: int = D
     catalog (everything is sampled first, every image has its own seed), so e.g. the val split of the
     default catalog can be remade in seconds to check a model against its recorded figures.
     """
-    out = Path(out)
-    _check_arguments(out, items_per_category, workers, splits)
+    given = Path(out)
+    _check_arguments(items_per_category, workers, splits)
+    out = _output_folder(given)
     replaces_leftover = out.is_dir() and any(out.iterdir())
     items = sample_items(seed, items_per_category)
     triplets = sample_triplets(items, seed)
@@ -65,10 +66,10 @@ def generate_catalog(out: Path | str, seed: int = 0, items_per_category: int = D
                         f"can write to (--out) or free space there") from err
     if replaces_leftover:
         log.warning("replaced the incomplete catalog an interrupted run left in %s", out)
-    return CatalogSummary(out, len(items), sum(len(t) for t in triplets.values()))
+    return CatalogSummary(given, len(items), sum(len(t) for t in triplets.values()))
 
 
-def _check_arguments(out: Path, items_per_category: int, workers: int | None, splits: Sequence[str]) -> None:
+def _check_arguments(items_per_category: int, workers: int | None, splits: Sequence[str]) -> None:
     if items_per_category < MIN_ITEMS_PER_CATEGORY:
         raise ConfigError(
             f"--items-per-category {items_per_category} is too small: train, val and test each need at least "
@@ -79,19 +80,26 @@ def _check_arguments(out: Path, items_per_category: int, workers: int | None, sp
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
         raise ConfigError(f"splits {unknown or '(none)'}: choose from {', '.join(SPLITS)}")
+
+
+def _output_folder(given: Path) -> Path:
+    """The folder to publish the catalog as: `given`, or where it points when it is a link to a folder
+    (swapping a new folder in would replace the link itself). Refuses what cannot or must not be written."""
     try:
+        out = given.resolve() if given.is_symlink() else given
         existing = next(p for p in (out, *out.parents) if p.exists())
+        if existing == out and not out.is_dir():
+            raise DataError(f"output {out} is a file, not a folder; choose a new folder for the catalog")
+        if not existing.is_dir():
+            raise DataError(f"cannot create the output folder {out}: {existing} is a file, not a folder; "
+                            f"choose another folder for the catalog")
+        if out.is_dir() and any(out.iterdir()) and not _left_by_interrupted_run(out):
+            hint = "" if (out / "catalog.csv").exists() else " and does not look like an interrupted `sdfn synth`"
+            raise DataError(f"output folder {out} is not empty{hint}; delete it or choose a new folder")
     except OSError as err:
-        raise DataError(f"cannot use {out} as the output folder: {err.strerror or err}; choose another "
+        raise DataError(f"cannot use {given} as the output folder: {err.strerror or err}; choose another "
                         f"folder for the catalog") from err
-    if existing == out and not out.is_dir():
-        raise DataError(f"output {out} is a file, not a folder; choose a new folder for the catalog")
-    if not existing.is_dir():
-        raise DataError(f"cannot create the output folder {out}: {existing} is a file, not a folder; "
-                        f"choose another folder for the catalog")
-    if out.is_dir() and any(out.iterdir()) and not _left_by_interrupted_run(out):
-        hint = "" if (out / "catalog.csv").exists() else " and does not look like an interrupted `sdfn synth`"
-        raise DataError(f"output folder {out} is not empty{hint}; delete it or choose a new folder")
+    return out
 
 
 # What an older sdfn, which generated in place, had written when it was stopped: nothing but these.
