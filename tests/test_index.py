@@ -399,3 +399,23 @@ def test_encoded_and_unreadable_images_are_counted_apart(catalog_copy, model):
     assert status.action == "rebuilt" and status.encoded == 0 and status.failed == 1
     assert "0 image(s) encoded, 1 could not be read" in status.message
     assert "4 image(s) could not be read and are not searchable" in status.message
+
+
+def test_catalog_table_edit_without_image_changes_keeps_the_index(catalog_copy, model, count_encodings):
+    shard = catalog_copy / "index" / "features-00000.safetensors"
+    inode = shard.stat().st_ino
+    table = catalog_copy / "catalog.csv"
+    with table.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[3]["title"] = "a new title, and no new image"
+    with table.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused" and count_encodings == []
+    assert "catalog.csv changed but no image did: index kept" in status.message
+    assert manifest(catalog_copy)["catalog"]["fingerprint"] == open_catalog(catalog_copy).fingerprint()
+    assert shard.stat().st_ino == inode  # republished with hard links: nothing copied or rewritten
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert "index is up to date" in status.message
