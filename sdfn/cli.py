@@ -153,13 +153,8 @@ def _cmd_catalog_build(args: argparse.Namespace) -> None:
     check_writable(Path(args.out))      # before decoding every image, not after
     report = build_catalog(Path(args.images), Path(args.out), metadata=Path(args.metadata) if args.metadata else None,
                            replace=args.replace, progress=not args.quiet)
-    print(f"sdfn catalog build: {report.items} items in {report.catalog / 'catalog.csv'}"
-          + (f"; {len(report.unreadable)} unreadable image(s) left out, listed in {report.catalog / 'unreadable.txt'}"
-             if report.unreadable else ""))
-    if report.unmatched_metadata:
-        shown = ", ".join(report.unmatched_metadata[:5])
-        print(f"sdfn catalog build: {len(report.unmatched_metadata)} metadata row(s) match no image: {shown}"
-              + (", ..." if len(report.unmatched_metadata) > 5 else ""))
+    for line in report.lines():  # items; unreadable, skipped (an SVG, a text file) and outside images; metadata
+        print(f"sdfn catalog build: {line}")
 
 
 def _add_catalog(sub: argparse._SubParsersAction) -> None:
@@ -186,7 +181,8 @@ def _cmd_index(args: argparse.Namespace) -> None:
 
     model = ComposedRetrievalModel.load(Path(args.checkpoint) if args.checkpoint else None, device=args.device).eval()
     _, status = open_index(open_catalog(Path(args.catalog)), model, args.index_type, args.fp16,
-                           batch_size=args.batch_size, workers=args.workers, progress=not args.quiet)
+                           batch_size=args.batch_size, workers=args.workers, progress=not args.quiet,
+                           verify="full")  # every file's sha256 checked, not only those whose mtime changed
     print(f"sdfn index: {status.message}")
 
 
