@@ -2,8 +2,9 @@
 
     python demo.py [--host 127.0.0.1] [--port 7860] [--catalog DIR] [--checkpoint DIR]
 
-On a fresh clone it generates the default synthetic catalog (catalogs/synthetic, once), builds its index (cached
-on disk, so later starts only load it), loads the shipped model (assets/sdfn-tiny) and serves. On Hugging Face
+On a fresh clone it generates the default synthetic catalog (catalogs/synthetic, once; installed: under $SDFN_HOME
+or ~/.cache/sdfn, see catalogs/README.md), builds its index (cached on disk, so later starts only load it), loads
+the shipped model (sdfn/assets/sdfn-tiny) and serves. On Hugging Face
 Spaces (SPACE_ID is set) it listens on 0.0.0.0 and GRADIO_SERVER_PORT (default 7860), and training is off unless
 the Space sets SDFN_DEMO_TRAINING=1. The layout and handlers are in sdfn/demo_app.py.
 """
@@ -27,8 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None,
                         help="port (default: GRADIO_SERVER_PORT, else 7860 on Spaces, else the first free from 7860)")
     parser.add_argument("--catalog", default=None,
-                        help="catalog folder (default catalogs/synthetic, generated when missing)")
-    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped assets/sdfn-tiny)")
+                        help="catalog folder (default: SDFN_HOME/catalogs/synthetic, generated when missing)")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped sdfn-tiny)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for searches (default: all cores)")
     parser.add_argument("--no-training", action="store_true", help="hide the Train view's controls")
     return parser.parse_args(argv)
