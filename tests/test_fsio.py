@@ -1,0 +1,75 @@
+"""Crash-safe writes (sdfn.fsio): what a reader can observe while a folder is replaced, and what a killed writer
+leaves behind for the next one to clean."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from sdfn import fsio
+
+
+def test_a_published_folder_replaces_the_old_one_and_a_failed_one_leaves_nothing(tmp_path):
+    out = tmp_path / "out"
+    with fsio.staging_folder(out) as tmp:
+        (tmp / "a.txt").write_text("1")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    with pytest.raises(RuntimeError), fsio.staging_folder(out) as tmp:
+        (tmp / "b.txt").write_text("2")
+        raise RuntimeError("writer failed")
+    assert [p.name for p in out.iterdir()] == ["a.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_readers_always_find_a_whole_folder_while_it_is_replaced(tmp_path):
+    out = tmp_path / "out"
+    with fsio.staging_folder(out) as tmp:
+        (tmp / "v.txt").write_text("0")
+    stop, seen = threading.Event(), []
+
+    def read():
+        while not stop.is_set():
+            try:
+                seen.append((out / "v.txt").read_text())
+            except FileNotFoundError:
+                seen.append(None)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for i in range(1, 200):
+        with fsio.staging_folder(out) as tmp:
+            (tmp / "v.txt").write_text(str(i))
+    stop.set()
+    reader.join()
+    assert None not in seen, "a reader found no folder (or an empty one) during a replace"
+    assert (out / "v.txt").read_text() == "199"
+
+
+def test_staging_of_a_dead_writer_is_removed_and_a_live_writers_is_kept(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = tmp_path / f".out.tmp-{int(dead.stdout)}-0badc0de"
+    abandoned.mkdir()
+    live = tmp_path / f".out.tmp-{os.getpid()}-0123abcd"
+    live.mkdir()
+    removed = fsio.remove_abandoned_staging(tmp_path, "out")
+    assert removed == [abandoned] and live.is_dir() and not abandoned.exists()
+
+
+def test_a_reused_process_id_does_not_protect_an_old_staging_folder(tmp_path):
+    """After a restart the dead writer's id may belong to another live process (here: pid 1, started long after
+    the folder last changed). The folder's age tells them apart."""
+    old = tmp_path / ".out.tmp-1-0badc0de"
+    old.mkdir()
+    os.utime(old, (0, 0))
+    assert fsio.remove_abandoned_staging(tmp_path) == [old]
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "manifest.json"
+    fsio.atomic_write_text(path, "old")
+    fsio.atomic_write_text(path, "new")
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
