@@ -5,7 +5,8 @@ One mechanism for checkpoints, indexes, catalogs and run logs:
 - `atomic_write_text` / `atomic_write_bytes`: a sibling temporary file, fsynced, then `os.replace`.
 - `staging_folder(dst)`: a context manager that yields a new empty sibling folder; on a clean exit the folder
   is published in place of `dst` (`publish_folder`), on an exception it is removed. The staging name carries
-  the writer's process id, so a folder left by a killed writer is recognised and removed by the next writer
+  the writer's process id, so a folder left by a killed writer (no such process, or one started after the
+  folder last changed: a reused id) is recognised and removed by the next writer
   (`remove_abandoned_staging`), while a live writer's folder is left alone.
 - `publish_folder(src, dst)`: on Linux the two folders are swapped with one `renameat2(RENAME_EXCHANGE)`, so
   a reader always finds a complete `dst` (the old one or the new one); elsewhere it falls back to two renames.
@@ -55,7 +56,21 @@ def _staging_name(dst: Path, kind: str) -> Path:
     return dst.with_name(f".{dst.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def _pid_alive(pid: int) -> bool:
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (seconds since the epoch), or None where /proc cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        ticks = int(stat[stat.rindex(")") + 2:].split()[19])
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _writer_alive(pid: int, entry: Path) -> bool:
+    """Whether the process that made staging `entry` may still be writing it. A process with the same id that
+    started after the entry was last changed is another process (ids are reused, e.g. after a restart)."""
     if pid == os.getpid():
         return True
     try:
@@ -63,8 +78,13 @@ def _pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
-        return True
-    return True
+        pass
+    started = _process_start(pid)
+    try:
+        changed = entry.lstat().st_mtime
+    except FileNotFoundError:
+        return False
+    return started is None or started <= changed + 2.0
 
 
 def remove_abandoned_staging(parent: Path | str, name: str | None = None) -> list[Path]:
@@ -77,7 +97,7 @@ def remove_abandoned_staging(parent: Path | str, name: str | None = None) -> lis
         return removed
     for entry in parent.iterdir():
         m = _STAGING.match(entry.name)
-        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
+        if not m or (name is not None and m["name"] != name) or _writer_alive(int(m["pid"]), entry):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
