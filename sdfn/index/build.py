@@ -106,8 +106,6 @@ def open_index(catalog: Catalog, model: ComposedRetrievalModel, index_type: str 
             index, status = _update(folder, old, plan, vectors, catalog, model, settings)
     if removed:
         status.message += f"; removed {removed} temporary folder(s) left by an interrupted index build"
-    if old.problems:
-        log.warning("%s: %s", folder, "; ".join(old.problems))
     return index, status
 
 
