@@ -50,6 +50,15 @@ def machine() -> str:
     return text
 
 
+def load_note() -> str:
+    """", load average 7.9 at the end": other work sharing the cores slows timings, so the stamp says how busy
+    the machine was (the benchmark itself counts too)."""
+    try:
+        return f", load average {os.getloadavg()[0]:.1f} at the end"
+    except OSError:
+        return ""
+
+
 def command() -> str:
     return "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]) if sys.argv else ""
 
@@ -70,7 +79,7 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the section `name` of the results file with `body`, stamped with date/machine/command."""
-    stamp = (f"_{_dt.date.today().isoformat()} · {machine()} · commit {git_commit()}_  \n"
+    stamp = (f"_{_dt.date.today().isoformat()} · {machine()}{load_note()} · commit {git_commit()}_  \n"
              f"Command: `{command()}`\n")
     block = f"<!-- {name}:start -->\n## {title}\n\n{stamp}\n{body.strip()}\n<!-- {name}:end -->\n"
     text = path.read_text() if path.is_file() else HEADER

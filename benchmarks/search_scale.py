@@ -1,6 +1,6 @@
 """How vector search scales with the catalog: exact (flat) against HNSW and IVF-PQ, built by sdfn.index.
 
-    python benchmarks/search_scale.py                                  # 10k, 100k, 1M (the recorded numbers)
+    python benchmarks/search_scale.py                                  # 10k, 100k and the goal size 1M
     python benchmarks/search_scale.py --sizes 10000,50000 --queries 100 --no-record   # a quick check
 
 Vectors are clustered and L2-normalised like sdfn-tiny's (dim 256): clusters of ~200 items whose members
@@ -102,6 +102,9 @@ def bench_size(n: int, methods: list[str], n_queries: int, seed: int) -> list[li
     return rows
 
 
+HEADERS = ["vectors", "index", "search setting", "build s", "MiB", "p50 ms", "p95 ms", "recall@50"]
+
+
 def goal_line(rows: list[list]) -> str:
     goal = f"Goal at {GOAL_SIZE:,} (p50 <= {GOAL_P50_MS} ms at recall@50 >= {GOAL_RECALL})"
     at_goal = [r for r in rows if int(r[0].replace(",", "")) == GOAL_SIZE]
@@ -112,6 +115,16 @@ def goal_line(rows: list[list]) -> str:
         return f"{goal}: **not met**."
     best = min(meeting, key=lambda r: float(r[5]))
     return f"{goal}: **met** by {best[1]} {best[2]}: p50 {best[5]} ms, recall@50 {best[7]}."
+
+
+def section_body(rows: list[list], queries: int, build_threads: int) -> str:
+    """The RESULTS.md section: set-up, the table of `rows` (HEADERS), the goal verdict, the automatic choice."""
+    return (f"dim {DIM}, clustered unit vectors (clusters of {CLUSTER_SIZE}), {queries} single queries per "
+            f"setting on one OpenMP thread (builds on {build_threads}), k={K}; recall@50 against exact search.\n\n"
+            f"{markdown_table(HEADERS, rows)}\n\n{goal_line(rows)}\n\n"
+            f"Automatic choice in sdfn/index: flat below {sdfn_index.FLAT_MAX_ITEMS:,} items, HNSW "
+            f"(M={sdfn_index.HNSW_M}, efSearch={sdfn_index.HNSW_EF_SEARCH}) below "
+            f"{sdfn_index.HNSW_MAX_ITEMS:,}, IVF-PQ (nprobe={sdfn_index.IVF_NPROBE}) above.")
 
 
 def main() -> None:
@@ -125,19 +138,11 @@ def main() -> None:
     args = parser.parse_args()
     methods = args.methods.split(",")
     print(f"faiss {faiss.__version__}: builds on {faiss.omp_get_max_threads()} OpenMP threads, queries on 1")
-    headers = ["vectors", "index", "search setting", "build s", "MiB", "p50 ms", "p95 ms", "recall@50"]
-    print(" | ".join(headers))
+    print(" | ".join(HEADERS))
     rows = [r for n in (int(s) for s in args.sizes.split(",")) for r in bench_size(n, methods, args.queries, args.seed)]
-    table = markdown_table(headers, rows)
-    body = (f"dim {DIM}, clustered unit vectors (clusters of {CLUSTER_SIZE}), {args.queries} single queries per "
-            f"setting on one OpenMP thread (builds on {faiss.omp_get_max_threads()}), k={K}; recall@50 against "
-            "exact search.\n\n{table}\n\n{goal_line(rows)}\n\n"
-            f"Automatic choice in sdfn/index.py: flat below {sdfn_index.FLAT_MAX_ITEMS:,} items, HNSW "
-            f"(M={sdfn_index.HNSW_M}, efSearch={sdfn_index.HNSW_EF_SEARCH}) below "
-            f"{sdfn_index.HNSW_MAX_ITEMS:,}, IVF-PQ (nprobe={sdfn_index.IVF_NPROBE}) above.")
+    body = section_body(rows, args.queries, faiss.omp_get_max_threads())
     print()
-    print(table)
-    print(goal_line(rows))
+    print(body)
     if not args.no_record:
         write_section("search_scale", "Search scaling: exact vs approximate (benchmarks/search_scale.py)", body)
 
