@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from sdfn.backbone import ImageFeatures, TextFeatures
 from sdfn.config import TrainConfig
 from sdfn.data.base import RetrievalDataset, Triplet, open_dataset
-from sdfn.data.images import load_image
+from sdfn.data.images import load_model_image
 from sdfn.encode import ImageFeatureTable, extract_image_features
 from sdfn.errors import ConfigError, DataError, ImageError
 from sdfn.evaluate import join_captions
@@ -92,8 +92,8 @@ def training_text(triplet: Triplet, rng: random.Random) -> str:
 class TripletImages(Dataset):
     """Reference and target images of triplets, for training with an unfrozen image tower."""
 
-    def __init__(self, dataset: RetrievalDataset, triplets: list[Triplet], preprocess):
-        self.dataset, self.triplets, self.preprocess = dataset, triplets, preprocess
+    def __init__(self, dataset: RetrievalDataset, triplets: list[Triplet], preprocess, image_size: tuple[int, int]):
+        self.dataset, self.triplets, self.preprocess, self.image_size = dataset, triplets, preprocess, image_size
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -101,16 +101,18 @@ class TripletImages(Dataset):
     def __getitem__(self, i: int):
         t = self.triplets[i]
         try:
-            return (self.preprocess(load_image(self.dataset.image_path(t.reference))),
-                    self.preprocess(load_image(self.dataset.image_path(t.target))))
+            return (self.preprocess(load_model_image(self.dataset.image_path(t.reference), self.image_size)),
+                    self.preprocess(load_model_image(self.dataset.image_path(t.target), self.image_size)))
         except ImageError as err:
             raise DataError(f"training triplet {t.source} entry {t.index}: {err}") from err
 
 
-def image_loader(dataset: RetrievalDataset, triplets: list[Triplet], preprocess, batches: list[list[int]],
-                 workers: int, pin_memory: bool) -> DataLoader:
-    """Decodes the reference and target images of `batches` (indices into `triplets`) in worker processes, in order."""
-    return DataLoader(TripletImages(dataset, triplets, preprocess), batch_sampler=batches, num_workers=workers,
+def image_loader(dataset: RetrievalDataset, triplets: list[Triplet], preprocess, image_size: tuple[int, int],
+                 batches: list[list[int]], workers: int, pin_memory: bool) -> DataLoader:
+    """Decodes the reference and target images of `batches` (indices into `triplets`) in worker processes, in order,
+    as search decodes them (sdfn.data.images.load_model_image at the model's input size `image_size`)."""
+    return DataLoader(TripletImages(dataset, triplets, preprocess, image_size), batch_sampler=batches,
+                      num_workers=workers,
                       pin_memory=pin_memory, persistent_workers=False)
 
 

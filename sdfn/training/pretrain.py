@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from sdfn.backbone import Backbone
 from sdfn.config import TrainConfig
 from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, NOT_APPLICABLE, describe_item
-from sdfn.data.images import load_image
+from sdfn.data.images import load_model_image
 from sdfn.errors import DataError
 from sdfn.fsio import atomic_write_text, staging_folder
 from sdfn.losses import MAX_LOGIT_SCALE, attribute_loss, image_text_contrastive
@@ -73,7 +73,7 @@ class _Decode(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image = load_image(self.paths[i]).resize((self.size, self.size), resample=3)   # bicubic
+        image = load_model_image(self.paths[i], self.size).resize((self.size, self.size), resample=3)   # bicubic
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 

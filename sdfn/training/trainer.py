@@ -122,7 +122,8 @@ class Trainer:
 
     def _image_loader(self, batches: list[list[int]], triplets: list[Triplet] | None = None,
                       workers: int | None = None):
-        return image_loader(self.dataset, triplets or self.triplets, self.model.backbone.preprocess, batches,
+        return image_loader(self.dataset, triplets or self.triplets, self.model.backbone.preprocess,
+                            self.model.backbone.image_size, batches,
                             self.cfg.optim.num_workers if workers is None else workers, self.device.type == "cuda")
 
     def _forward(self, batch: TrainBatch):
