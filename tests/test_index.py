@@ -319,12 +319,14 @@ def _garble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name,encoded", [("features-00000.safetensors", 200), ("vectors.faiss", 0)])
+@pytest.mark.parametrize("name,encoded", [("features-00000.safetensors", 200), ("vectors.faiss", 0),
+                                          ("manifest.json", 200)])
 @pytest.mark.parametrize("damage", [_truncate, _garble, Path.unlink], ids=["truncated", "garbled", "missing"])
 def test_damaged_file_is_named_and_rebuilt_when_opened(catalog_copy, model, name, encoded, damage):
     damage(catalog_copy / "index" / name)
     index, status = open_index(open_catalog(catalog_copy), model, progress=False)
-    assert status.action == "rebuilt" and f"index/{name} is damaged" in status.message
+    said = "is missing" if damage is Path.unlink and name == "manifest.json" else "is damaged"
+    assert status.action == "rebuilt" and f"index rebuilt because index/{name} {said}" in status.message
     assert status.encoded == encoded  # a damaged vectors.faiss keeps the intact feature cache
     _, rows = index.search(_vector(index, "skirt-000011"), 1)
     assert index.ids[rows[0, 0]] == "skirt-000011"

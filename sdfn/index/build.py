@@ -210,7 +210,7 @@ def _update(folder: Path, old: OldIndex, plan: Plan, vectors: faiss.Index | None
                         f" ({plan.reason or 'items were added'}) but cannot be written ({err.strerror}: "
                         f"{err.filename}); make the folder writable (or free space) and run `sdfn index --catalog "
                         f"{catalog.root}`, or copy the catalog to a folder you can write.") from err
-    return index, _status(plan, old.manifest, encoded, failed, manifest, folder)
+    return index, _status(plan, old, encoded, failed, manifest, folder)
 
 
 def _open_cache(folder: Path, shards: list[dict]) -> FeatureCache:
@@ -218,7 +218,7 @@ def _open_cache(folder: Path, shards: list[dict]) -> FeatureCache:
                              [s["file"] for s in shards])
 
 
-def _status(plan: Plan, old: dict | None, encoded: int, failed: int, manifest: dict, folder: Path) -> IndexStatus:
+def _status(plan: Plan, old: OldIndex, encoded: int, failed: int, manifest: dict, folder: Path) -> IndexStatus:
     images = f"{encoded} image(s) encoded" + (f", {failed} could not be read" if failed else "")
     unsearchable = len(manifest["unreadable"])
     tail = (f"; {unsearchable} image(s) could not be read and are not searchable (listed in "
@@ -226,7 +226,7 @@ def _status(plan: Plan, old: dict | None, encoded: int, failed: int, manifest: d
     if plan.action == "append":
         return IndexStatus("appended", encoded, f"catalog gained {len(plan.encode)} item(s): {images} and appended "
                                                 f"({describe(manifest)}){tail}", failed)
-    verb = "built" if old is None else "rebuilt"
+    verb = "rebuilt" if old.pin.exists else "built"
     return IndexStatus(verb, encoded, f"index {verb} because {plan.reason} ({describe(manifest)}); {images}{tail}",
                        failed)
 

@@ -87,13 +87,13 @@ class PinnedFolder:
 
 def load_manifest(pin: PinnedFolder) -> tuple[dict | None, str]:
     """(manifest, '') when the pinned folder holds an index manifest this sdfn reads; else (None, why not)."""
-    path = pin.folder / MANIFEST_FILE
+    path = f"{pin.folder.name}/{MANIFEST_FILE}"  # named relative to the catalog, like every damaged file
     if not pin.exists:
         return None, "there was no index yet"
     try:
         manifest = json.loads(pin.read_bytes(MANIFEST_FILE))
     except FileNotFoundError:
-        return None, f"{pin.folder} had no {MANIFEST_FILE}"
+        return None, f"{path} is missing"
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return None, f"{path} is damaged (not readable JSON: {err})"
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
