@@ -286,7 +286,8 @@ class Retriever:
 
     def _resolve_reference(self, reference: Reference) -> _Query:
         index, catalog = self.index, self.catalog
-        if isinstance(reference, str | Path) and str(reference).strip() in ("", "."):
+        if (isinstance(reference, str) and not reference.strip()) or (isinstance(reference, Path) and
+                                                                      str(reference) == "."):  # Path("") is "."
             raise ConfigError(f"empty reference {str(reference)!r}: give a catalog item id (e.g. {catalog.ids[0]}), "
                               f"the path of an image file, a PIL image or image bytes")
         if isinstance(reference, Image.Image | bytes | bytearray):
