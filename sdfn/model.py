@@ -34,7 +34,7 @@ from sdfn.backbone import (
     check_local_dir,
 )
 from sdfn.errors import CheckpointError
-from sdfn.fsio import publish_folder, staging_folder, tensors_fingerprint
+from sdfn.fsio import staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
 from sdfn.paths import SHIPPED_CHECKPOINT
@@ -340,7 +340,3 @@ def refuse_if_different(expect: ModelConfig, saved: ModelConfig, folder: Path) -
         raise CheckpointError(f"checkpoint {folder} was trained with another model configuration: "
                               + "; ".join(diffs) + ". Start a new run (another --out) or use the matching config.")
 
-
-def replace_folder(src: Path, dst: Path) -> None:
-    """Put folder `src` at `dst` whole (sdfn.fsio.publish_folder; callers are moving to fsio's staging_folder)."""
-    publish_folder(src, dst)
