@@ -68,7 +68,7 @@ def bench(n: int, repeats: int) -> list:
 
         def check(level: str):
             with PinnedFolder(folder) as pin:
-                assert check_files(pin, manifest, level) == {}
+                assert check_files(pin, manifest, level) == ({}, {})
 
         def open_all():
             with PinnedFolder(folder) as pin:

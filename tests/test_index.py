@@ -23,6 +23,7 @@ from PIL import Image
 import sdfn.index as sdfn_index
 import sdfn.index.build as index_build
 import sdfn.index.faiss_policy as faiss_policy
+import sdfn.index.manifest as manifest_module
 from sdfn.catalog import open_catalog
 from sdfn.cli import main
 from sdfn.errors import ConfigError, DataError
@@ -421,3 +422,15 @@ def test_catalog_table_edit_without_image_changes_keeps_the_index(catalog_copy, 
     assert shard.stat().st_ino == inode  # republished with hard links: nothing copied or rewritten
     _, status = open_index(open_catalog(catalog_copy), model, progress=False)
     assert "index is up to date" in status.message
+
+
+def test_a_copy_that_did_not_keep_mtimes_is_checked_once(catalog_copy, model, monkeypatch):
+    for path in (catalog_copy / "index").iterdir():  # `cp -r` without -a: same bytes, new mtimes
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    hashed = []
+    real = manifest_module.file_sha256
+    monkeypatch.setattr(manifest_module, "file_sha256", lambda path: hashed.append(path) or real(path))
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused" and len(hashed) == 2  # checked, found intact, recorded
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "reused" and len(hashed) == 2  # the next open trusts the recorded mtimes

@@ -133,25 +133,30 @@ def _reuse(folder: Path, pin: PinnedFolder, old: OldIndex, vectors: faiss.Index,
     message = "index is up to date"
     if manifest["catalog"]["fingerprint"] != catalog.fingerprint():
         message = "catalog.csv changed but no image did: index kept"
-        manifest = _record_catalog(folder, pin, manifest, catalog, fingerprints) or manifest
+    if manifest["catalog"]["fingerprint"] != catalog.fingerprint() or old.refreshed:
+        manifest = _republish(folder, pin, manifest, catalog, fingerprints, old.refreshed) or manifest
     index = CatalogIndex(folder, manifest, catalog, model, vectors, old.cache())
     return index, IndexStatus("reused", 0, f"{message} ({describe(manifest)}); no images encoded")
 
 
-def _record_catalog(folder: Path, pin: PinnedFolder, old: dict, catalog: Catalog, fingerprints: dict) -> dict | None:
-    """Publish the same files with a manifest of the new catalog fingerprint (hard links: nothing is copied).
-    None, with a warning, where that cannot be done (a read-only catalog, another build swapping meanwhile)."""
+def _republish(folder: Path, pin: PinnedFolder, old: dict, catalog: Catalog, fingerprints: dict,
+               refreshed: dict[str, dict]) -> dict | None:
+    """Publish the same files (hard links: nothing is copied) with a manifest that records the new catalog
+    fingerprint and the new mtimes of files whose contents were checked. None, with a warning, where that cannot
+    be done (a read-only catalog); the index is then used as it is."""
     try:
         with staging_folder(folder) as tmp:
             names = data_files(old) + ([UNREADABLE_FILE] if old["unreadable"] else [])
             for name in names:
                 _link_or_copy(folder / name, pin.path(name), tmp / name)
+            # Links and copy2 keep mtimes; a record is only replaced by one whose contents were checked.
+            files = {name: refreshed.get(name, record) for name, record in old["files"].items()}
             manifest = make_manifest(old["created"], catalog, fingerprints, old["items"], old["unreadable"],
-                                     old["features"]["shards"], old["index"], old["files"])
+                                     old["features"]["shards"], old["index"], files)
             write_manifest(tmp, manifest)
         return manifest
     except OSError as err:
-        log.warning("could not record the new catalog fingerprint in %s (%s); the index is used as it is", folder, err)
+        log.warning("could not record the catalog's state in %s (%s); the index is used as it is", folder, err)
         return None
 
 

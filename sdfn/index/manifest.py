@@ -113,13 +113,18 @@ def data_files(manifest: dict) -> list[str]:
     return [manifest["index"]["file"], *(s["file"] for s in manifest["features"]["shards"])]
 
 
-def check_files(pin: PinnedFolder, manifest: dict, verify: str = "changed") -> dict[str, str]:
-    """{file name: why it is damaged} for the manifest's data files: sizes always; checksums of every file
-    (verify='full'), of files whose mtime differs from the manifest's ('changed'), or of none ('sizes')."""
+def check_files(pin: PinnedFolder, manifest: dict, verify: str = "changed") -> tuple[dict[str, str], dict[str, dict]]:
+    """Check the manifest's data files: sizes always; checksums of every file (verify='full'), of files whose mtime
+    differs from the manifest's ('changed'), or of none ('sizes').
+
+    Returns ({file name: why it is damaged}, {file name: its new record}); the second holds files whose checksum
+    matched under another mtime (a copy that did not keep mtimes), so that recording them spares the next open
+    the hashing."""
     if verify not in VERIFY_LEVELS:
         raise ValueError(f"verify must be one of {VERIFY_LEVELS}, not {verify!r}")
     records = manifest.get("files")
     problems: dict[str, str] = {}
+    refreshed: dict[str, dict] = {}
     for name in data_files(manifest):
         try:
             path = pin.path(name)
@@ -131,12 +136,15 @@ def check_files(pin: PinnedFolder, manifest: dict, verify: str = "changed") -> d
             problems[name] = "the manifest records no size or checksum for it (written by an older sdfn)"
             continue
         stat = os.stat(path)
+        moved = stat.st_mtime_ns != record["mtime_ns"]
         if stat.st_size != record["size"]:
             problems[name] = f"{stat.st_size:,} bytes, the manifest says {record['size']:,}"
-        elif ((verify == "full" or (verify == "changed" and stat.st_mtime_ns != record["mtime_ns"]))
-              and file_sha256(path) != record["sha256"]):
-            problems[name] = "its sha256 checksum differs from the manifest's: the file was altered"
-    return problems
+        elif verify == "full" or (verify == "changed" and moved):
+            if file_sha256(path) != record["sha256"]:
+                problems[name] = "its sha256 checksum differs from the manifest's: the file was altered"
+            elif moved:
+                refreshed[name] = {**record, "mtime_ns": stat.st_mtime_ns}
+    return problems, refreshed
 
 
 def file_record(path: Path, known: dict | None = None) -> dict:

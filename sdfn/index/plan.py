@@ -31,6 +31,7 @@ class OldIndex:
     pin: PinnedFolder
     why_none: str = ""
     problems: list[str] = field(default_factory=list)     # why the folder cannot be used as it is
+    refreshed: dict[str, dict] = field(default_factory=dict)  # file records whose mtime changed, contents checked
     shards: list[dict[str, torch.Tensor] | None] = field(default_factory=list)  # None: damaged
 
     @property
@@ -52,8 +53,8 @@ def inspect(pin: PinnedFolder, verify: str) -> OldIndex:
     manifest, why_none = load_manifest(pin)
     if manifest is None:
         return OldIndex(None, pin, why_none)
-    damaged = check_files(pin, manifest, verify)
-    old = OldIndex(manifest, pin)
+    damaged, refreshed = check_files(pin, manifest, verify)
+    old = OldIndex(manifest, pin, refreshed=refreshed)
     if "files" not in manifest:
         old.problems.append("it was written by an older sdfn and records no file sizes or checksums")
         damaged = {name: why for name, why in damaged.items() if why == "missing"}
