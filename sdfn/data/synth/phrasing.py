@@ -1,0 +1,552 @@
+"""Everyday-language requests: a triplet's attribute changes phrased the way shoppers type them.
+
+The caption grammar (`captions.py`) writes FashionIQ-style annotator captions ("is red and has long
+sleeves"). Shoppers write differently: imperatives ("turn it red", "give it long sleeves"), wishes ("i want
+a maxi one"), questions ("do you have this in navy?"), "like this but ...", politeness, relative changes that
+depend on the reference ("darker", "not so tight"), negations ("no print", "lose the belt", "without
+sleeves"), fashion words and colour names (roomy, gingham, scoop neck, crimson, charcoal), lower case without
+punctuation and a few typos. `phrase_request` renders one such request for a reference -> target change and
+says which values it accepts per attribute (the same `asks` as the caption grammar's, so sat@k and R@K apply
+unchanged).
+
+This is an extra, opt-in API: `sdfn synth` does not use it, so the catalogs it writes stay byte-identical.
+
+The split into a TRAIN part and a HELD-OUT part (fixed in this file, no randomness):
+
+- Request frames (the sentence around the changes: "i want {np}", "do you have {np}", "{v} instead") are
+  listed per family as `train` and `heldout` tuples; no frame is in both.
+- Imperative verb phrases ("make it {w}" / "turn it {w}", "lose the {n}" / "ditch the {n}") and the
+  constructions of relative and negated changes ("not so light", "minus the belt") are split the same way.
+- Fashion words beyond the catalog's own vocabulary (crimson/scarlet, gingham/houndstooth, roomy/slouchy, ...)
+  are split per attribute value: a held-out request may use the value's `core` words or its `heldout` words,
+  a training request its `core` or `train` words. `core` words are the ones the caption grammar and the
+  pre-training descriptions already use ("red", "striped", "long sleeves", "burgundy", "maxi", "oversized",
+  "scoop neck"): every model trained on the catalog has seen them, so holding them out would test nothing.
+- Typos: training requests swap two neighbouring letters, held-out ones drop a letter.
+- The bare family ("{c}": the changes alone, like an annotator caption) exists in the training part only.
+
+So a held-out request never equals a training request, no held-out fashion word occurs in the training part
+or in the caption grammar, and `tests/test_phrasing.py` checks all three. `Request.novel` marks held-out
+requests that use at least one held-out fashion word, so a benchmark can tell unseen words (which a text
+encoder trained only on this catalog cannot know) from unseen sentence shapes.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sdfn.data.attributes import (
+    APPLIES,
+    ATTRIBUTES,
+    NOT_APPLICABLE,
+    darker_colors,
+    lighter_colors,
+    values_above,
+    values_below,
+)
+from sdfn.data.base import RetrievalDataset, Triplet
+from sdfn.errors import ConfigError, DataError
+
+TRAIN, HELDOUT = "train", "heldout"
+PARTS: tuple[str, ...] = (TRAIN, HELDOUT)
+ABSOLUTE, RELATIVE, NEGATED = "absolute", "relative", "negated"
+
+FAMILIES: tuple[str, ...] = ("imperative", "wish", "question", "like_this_but", "polite", "bare")
+
+TYPO_SHARE = 0.12          # requests with one misspelt word
+SYNONYM_SHARE = 0.35       # a word slot takes one of its part's fashion words, else a core word
+LOWER_SHARE = 0.6          # requests typed in lower case without punctuation
+
+
+@dataclass(frozen=True)
+class Bank:
+    """Words or templates of one slot: `core` usable by both parts, `train` and `heldout` by one part each."""
+
+    train: tuple[str, ...] = ()
+    heldout: tuple[str, ...] = ()
+    core: tuple[str, ...] = ()
+
+    def options(self, part: str) -> tuple[str, ...]:
+        return self.core + (self.train if part == TRAIN else self.heldout)
+
+
+def _b(train: Iterable[str] = (), heldout: Iterable[str] = (), core: Iterable[str] = ()) -> Bank:
+    return Bank(tuple(train), tuple(heldout), tuple(core))
+
+
+# ---- words for attribute values ------------------------------------------------------------------------------
+# Colour names: core = the words of sdfn.data.attributes (grey/gray, maroon/burgundy, navy/navy blue).
+COLOR_WORDS: dict[str, Bank] = {
+    "black": _b(["jet black"], ["onyx"], ["black"]),
+    "white": _b(["ivory"], ["off-white", "snow white"], ["white"]),
+    "grey": _b(["charcoal", "heather grey"], ["slate", "ash grey"], ["grey", "gray"]),
+    "red": _b(["crimson"], ["scarlet", "cherry red"], ["red"]),
+    "maroon": _b(["wine"], ["oxblood", "bordeaux"], ["maroon", "burgundy"]),
+    "pink": _b(["blush"], ["rose pink", "bubblegum"], ["pink"]),
+    "orange": _b(["tangerine"], ["burnt orange", "pumpkin"], ["orange"]),
+    "yellow": _b(["mustard"], ["lemon", "canary yellow"], ["yellow"]),
+    "beige": _b(["camel", "sand"], ["cream", "oatmeal"], ["beige"]),
+    "brown": _b(["chocolate"], ["coffee", "cocoa"], ["brown"]),
+    "green": _b(["emerald"], ["kelly green", "grass green"], ["green"]),
+    "blue": _b(["cobalt"], ["royal blue", "sapphire"], ["blue"]),
+    "navy": _b(["midnight blue"], ["ink blue", "dark navy"], ["navy", "navy blue"]),
+    "purple": _b(["violet"], ["aubergine", "eggplant"], ["purple"]),
+}
+
+# Patterns: adjectives (before the noun: "a gingham shirt") and nouns (after "with": "with pinstripes").
+PATTERN_ADJ: dict[str, Bank] = {
+    "solid": _b(["unpatterned"], ["print-free", "single-colour"], ["plain", "solid"]),
+    "striped": _b(["pinstriped"], ["breton-striped", "candy-striped"], ["striped"]),
+    "polka dot": _b(["dotty"], ["pin-dot"], ["polka dot"]),
+    "plaid": _b(["gingham"], ["houndstooth", "buffalo-check"], ["plaid", "checked"]),
+    "floral": _b(["flowered"], ["ditsy floral", "botanical"], ["floral"]),
+    "graphic": _b(["slogan"], ["printed-logo"], ["graphic", "logo"]),
+}
+PATTERN_NOUN: dict[str, Bank] = {
+    "striped": _b(["pinstripes"], ["breton stripes", "candy stripes"], ["stripes"]),
+    "polka dot": _b(["spots"], ["pin dots", "little spots"], ["polka dots", "dots"]),
+    "plaid": _b(["gingham"], ["houndstooth", "a buffalo check"], ["plaid", "checks"]),
+    "floral": _b(["roses"], ["blossoms", "a ditsy print"], ["flowers", "a floral print"]),
+    "graphic": _b(["a slogan"], ["lettering", "a picture on the front"], ["a graphic", "a logo"]),
+}
+
+SLEEVE_ADJ: dict[str, Bank] = {
+    "sleeveless": _b(["armless"], ["spaghetti-strap"], ["sleeveless"]),
+    "short": _b(["cap-sleeved"], ["tee-sleeved"], ["short-sleeved", "short sleeve"]),
+    "long": _b(["full-sleeved"], ["wrist-length-sleeved"], ["long-sleeved", "long sleeve"]),
+}
+SLEEVE_NOUN: dict[str, Bank] = {
+    "sleeveless": _b(["bare arms"], ["bare shoulders and arms"], ["no sleeves"]),
+    "short": _b(["cap sleeves"], ["elbow sleeves", "tee sleeves"], ["short sleeves"]),
+    "long": _b(["full-length sleeves"], ["wrist-length sleeves", "sleeves down to the wrist"], ["long sleeves"]),
+}
+
+LENGTH_ADJ: dict[str, Bank] = {
+    "short": _b(["micro"], ["thigh-length"], ["short", "mini"]),
+    "knee": _b(["mid-length"], ["calf-length", "tea-length"], ["knee length", "midi"]),
+    "long": _b(["ankle-length"], ["floor-sweeping", "extra long"], ["long", "maxi", "floor length"]),
+}
+TROUSER_LENGTH_ADJ: dict[str, Bank] = {
+    "short": _b(["short-leg"], ["hot-pant"], ["short"]),
+    "knee": _b(["three-quarter"], ["calf-length"], ["cropped", "capri"]),
+    "long": _b(["ankle-length"], ["extra long"], ["full length", "long"]),
+}
+
+NECKLINE_NOUN: dict[str, Bank] = {
+    "round": _b(["crewneck"], ["jewel neck", "high round neckline"], ["round neck", "crew neck", "scoop neck"]),
+    "v-neck": _b(["v-neckline"], ["plunging neckline", "wrap neckline"], ["v-neck", "v neck", "deep v"]),
+    "collar": _b(["shirt-style collar"], ["polo collar", "peter pan collar"], ["collar", "pointed collar"]),
+}
+
+FIT_ADJ: dict[str, Bank] = {
+    "fitted": _b(["snug", "figure-hugging"], ["tailored", "body-hugging"], ["fitted", "tight", "slim"]),
+    "loose": _b(["roomy", "boxy"], ["slouchy", "billowy"], ["loose", "baggy", "oversized", "relaxed"]),
+}
+
+BUTTONS_NOUN = _b(["a button front"], ["a row of buttons", "button fastening"], ["buttons"])
+BELT_NOUN = _b(["a tie belt"], ["a sash", "a cinched waist tie"], ["a belt"])
+
+NOUNS: dict[str, Bank] = {
+    "dress": _b(["frock"], ["gown"], ["dress", "one"]),
+    "shirt": _b(["button-up"], ["oxford"], ["shirt", "blouse", "one"]),
+    "toptee": _b(["tank"], ["cami"], ["top", "tee", "t-shirt", "one"]),
+    "skirt": _b([], [], ["skirt", "one"]),
+    "trousers": _b(["slacks"], ["chinos"], ["pants", "trousers", "pair"]),
+}
+
+# ---- constructions ---------------------------------------------------------------------------------------------
+# Imperative verb phrases; {w} a colour/adjective word, {n} a noun phrase, {u} the reference's value.
+MAKE_ADJ = _b(["make it {w}", "change it to {w}"], ["turn it {w}", "switch it to {w}", "go for {w}"])
+ADD_NOUN = _b(["add {n}", "put {n} on it"], ["give it {n}", "stick {n} on it"])
+REMOVE_NOUN = _b(["lose the {n}", "remove the {n}"], ["ditch the {n}", "get rid of the {n}", "take away the {n}"])
+COLOR_NOT = _b(["not {u}", "any colour but {u}"], ["anything except {u}", "some colour other than {u}"])
+DARKER = _b(["darker", "a darker shade", "a bit darker"], ["deeper in colour", "a few shades darker", "not so light"])
+LIGHTER = _b(["lighter", "a lighter shade", "a bit lighter"], ["paler", "a few shades lighter", "not so dark"])
+BUSIER = _b(["busier", "more patterned"], ["less plain", "more eye-catching"])
+PLAINER = _b(["plainer", "simpler"], ["less busy looking", "more understated"])
+WITHOUT = _b(["without the {n}", "no {n}"], ["minus the {n}", "with the {n} gone"])
+LONGER = _b(["longer", "a bit longer"], ["not so short", "with more length"])
+SHORTER = _b(["shorter", "a bit shorter"], ["not so long", "with less length"])
+LONGER_SLEEVES = _b(["with longer sleeves"], ["with sleeves that are not so short"])
+SHORTER_SLEEVES = _b(["with shorter sleeves"], ["with sleeves that are not so long"])
+WITH_SLEEVES = _b(["with sleeves"], ["with some sleeves on it"])
+TIGHTER = _b(["tighter", "more fitted"], ["not so loose", "less baggy"])
+LOOSER = _b(["looser", "less fitted"], ["not so tight", "less clingy"])
+LONGER_VERB = _b(["make it longer"], ["lengthen it", "add some length"])
+SHORTER_VERB = _b(["make it shorter"], ["shorten it", "take the hem up"])
+DARKER_VERB = _b(["make it darker"], ["go a few shades darker", "darken it"])
+LIGHTER_VERB = _b(["make it lighter"], ["go a few shades lighter", "lighten it"])
+TIGHTER_VERB = _b(["make it tighter"], ["take it in"])
+LOOSER_VERB = _b(["make it looser"], ["let it out"])
+
+# Request frames per family: {c} the changes as complements ("red and with long sleeves"), {np} a noun phrase
+# ("a red one with long sleeves"), {v} imperative verb phrases ("turn it red and give it long sleeves").
+FRAMES: dict[str, Bank] = {
+    "imperative": _b(["{v}", "just {v}"], ["ok {v}", "{v} instead"]),
+    "wish": _b(["i want it {c}", "i want {np}", "looking for {np}", "i need {np}"],
+               ["i'd love {np}", "hoping to find {np}", "i'm after {np}", "i would prefer it {c}"]),
+    "question": _b(["do you have {np}", "do you have this {c}", "is there {np}"],
+                   ["got {np}", "does it come {c}", "can i get {np}", "do you sell {np}"]),
+    "like_this_but": _b(["like this but {c}", "same but {c}", "this but {c}"],
+                        ["similar to this but {c}", "something like this only {c}", "same style but {c}"]),
+    "polite": _b(["please show me {np}", "could i see {np} please", "{c} please"],
+                 ["would you mind finding {np}", "pls {c}", "{c} thanks", "kindly show me {np}"]),
+    "bare": _b(["{c}"], []),
+}
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One change in words, in the shapes a frame needs, and the values it accepts."""
+
+    attribute: str
+    form: str
+    accepted: frozenset[str]
+    comp: str              # after "make it"/"but": "red", "darker", "with long sleeves", "without the belt"
+    verb: str              # an imperative: "turn it red", "lose the belt"
+    mod: str               # after the noun: "in red", "with long sleeves", "without a belt"
+    adj: str | None = None  # before the noun: "red", "maxi", "gingham"
+    novel: bool = False    # uses a held-out fashion word
+
+
+@dataclass(frozen=True)
+class Request:
+    """A request for reference -> target and what a correct answer must have."""
+
+    text: str
+    asks: dict[str, tuple[str, ...]]
+    family: str
+    part: str
+    forms: tuple[str, ...]   # per change: absolute | relative | negated
+    novel: bool              # held-out part: at least one held-out fashion word
+    typo: bool
+
+    @property
+    def changes(self) -> int:
+        return len(self.asks)
+
+
+def _pick(bank: Bank, part: str, rng: random.Random) -> tuple[str, bool]:
+    """A word of `bank` for `part`, and whether it is a held-out (non-core) one."""
+    own = bank.train if part == TRAIN else bank.heldout
+    roll = rng.random()
+    word = rng.choice(own if own and (roll < SYNONYM_SHARE or not bank.core) else bank.core)
+    return word, part == HELDOUT and word in bank.heldout
+
+
+def _fill(template: str, **words: str) -> str:
+    return template.format(**words)
+
+
+def _accepted(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(values)
+
+
+def _color(u: str, v: str, part: str, rng: random.Random) -> Phrase:
+    darker, lighter = darker_colors(u), lighter_colors(u)
+    roll = rng.random()
+    if roll < 0.3 and (v in darker or v in lighter):
+        is_darker = v in darker
+        comp = rng.choice((DARKER if is_darker else LIGHTER).options(part))
+        verb = rng.choice((DARKER_VERB if is_darker else LIGHTER_VERB).options(part))
+        adj = "darker" if is_darker else "lighter"
+        return Phrase("color", RELATIVE, _accepted(darker if is_darker else lighter), comp, verb,
+                      f"in a {adj} shade", adj)
+    if roll > 0.88:
+        uw, _ = _pick(COLOR_WORDS[u], part, rng)
+        comp = _fill(rng.choice(COLOR_NOT.options(part)), u=uw)
+        others = [c for c in ATTRIBUTES["color"] if c != u]
+        return Phrase("color", NEGATED, _accepted(others), comp, f"make it {comp}" if part == TRAIN
+                      else f"turn it {comp}", f"that is {comp}")
+    word, novel = _pick(COLOR_WORDS[v], part, rng)
+    comp = word if rng.random() < 0.5 else f"in {word}"
+    return Phrase("color", ABSOLUTE, _accepted([v]), comp, _fill(rng.choice(MAKE_ADJ.options(part)), w=word),
+                  f"in {word}", word, novel)
+
+
+def _pattern(u: str, v: str, part: str, rng: random.Random) -> Phrase:
+    roll = rng.random()
+    not_solid = [p for p in ATTRIBUTES["pattern"] if p != "solid"]
+    if roll < 0.2 and "solid" in (u, v):
+        if u == "solid":
+            comp = rng.choice(BUSIER.options(part))
+            return Phrase("pattern", RELATIVE, _accepted(not_solid), comp, f"make it {comp}"
+                          if part == TRAIN else f"turn it {comp}", comp)
+        comp = rng.choice(PLAINER.options(part))
+        return Phrase("pattern", RELATIVE, _accepted(["solid"]), comp, f"make it {comp}"
+                      if part == TRAIN else f"turn it {comp}", comp)
+    if roll > 0.75 and u != "solid":
+        # "no stripes", "lose the print": anything but the reference's pattern, or plain when asked plainly
+        noun, novel = _pick(PATTERN_NOUN[u], part, rng)
+        noun = re.sub(r"^an? ", "", noun)
+        if v == "solid" and rng.random() < 0.5:
+            noun, novel = rng.choice(("print", "pattern")), False
+            accepted = ["solid"]
+        else:
+            accepted = [p for p in ATTRIBUTES["pattern"] if p != u]
+        comp = _fill(rng.choice(WITHOUT.options(part)), n=noun)
+        verb = _fill(rng.choice(REMOVE_NOUN.options(part)), n=noun)
+        return Phrase("pattern", NEGATED, _accepted(accepted), comp, verb, comp, None, novel)
+    adj, novel_adj = _pick(PATTERN_ADJ[v], part, rng)
+    if v == "solid" or rng.random() < 0.5:
+        return Phrase("pattern", ABSOLUTE, _accepted([v]), adj, _fill(rng.choice(MAKE_ADJ.options(part)), w=adj),
+                      f"in {adj}" if v != "solid" else f"in a {adj} fabric", adj, novel_adj)
+    noun, novel = _pick(PATTERN_NOUN[v], part, rng)
+    return Phrase("pattern", ABSOLUTE, _accepted([v]), f"with {noun}",
+                  _fill(rng.choice(ADD_NOUN.options(part)), n=noun), f"with {noun}", adj, novel or novel_adj)
+
+
+def _sleeve(u: str, v: str, part: str, rng: random.Random) -> Phrase:
+    roll = rng.random()
+    if roll < 0.25:
+        if v in values_above("sleeve", u):
+            if u == "sleeveless" and rng.random() < 0.5:
+                comp = rng.choice(WITH_SLEEVES.options(part))
+                verb = _fill(rng.choice(ADD_NOUN.options(part)), n="sleeves")
+                return Phrase("sleeve", NEGATED, _accepted(["short", "long"]), comp, verb, comp)
+            comp = rng.choice(LONGER_SLEEVES.options(part))
+            return Phrase("sleeve", RELATIVE, _accepted(values_above("sleeve", u)), comp,
+                          _fill(rng.choice(ADD_NOUN.options(part)), n=comp.removeprefix("with ")), comp)
+        comp = rng.choice(SHORTER_SLEEVES.options(part))
+        return Phrase("sleeve", RELATIVE, _accepted(values_below("sleeve", u)), comp,
+                      _fill(rng.choice(ADD_NOUN.options(part)), n=comp.removeprefix("with ")), comp)
+    if v == "sleeveless" and roll < 0.5:
+        comp = rng.choice(WITHOUT.options(part)).format(n="sleeves")
+        verb = _fill(rng.choice(REMOVE_NOUN.options(part)), n="sleeves")
+        return Phrase("sleeve", NEGATED, _accepted(["sleeveless"]), comp, verb, comp)
+    adj, novel_adj = _pick(SLEEVE_ADJ[v], part, rng)
+    noun, novel = _pick(SLEEVE_NOUN[v], part, rng)
+    with_noun = f"with {noun}"
+    comp = adj if rng.random() < 0.5 else with_noun
+    verb = (_fill(rng.choice(MAKE_ADJ.options(part)), w=adj) if v == "sleeveless"
+            else _fill(rng.choice(ADD_NOUN.options(part)), n=noun))
+    return Phrase("sleeve", ABSOLUTE, _accepted([v]), comp, verb, with_noun, adj,
+                  (novel_adj and comp == adj) or (novel and comp == with_noun))
+
+
+def _length(u: str, v: str, category: str, part: str, rng: random.Random) -> Phrase:
+    if rng.random() < 0.35:
+        if v in values_above("length", u):
+            comp, verb = rng.choice(LONGER.options(part)), rng.choice(LONGER_VERB.options(part))
+            return Phrase("length", RELATIVE, _accepted(values_above("length", u)), comp, verb, comp, "longer")
+        comp, verb = rng.choice(SHORTER.options(part)), rng.choice(SHORTER_VERB.options(part))
+        return Phrase("length", RELATIVE, _accepted(values_below("length", u)), comp, verb, comp, "shorter")
+    bank = (TROUSER_LENGTH_ADJ if category == "trousers" else LENGTH_ADJ)[v]
+    adj, novel = _pick(bank, part, rng)
+    return Phrase("length", ABSOLUTE, _accepted([v]), adj, _fill(rng.choice(MAKE_ADJ.options(part)), w=adj),
+                  f"in a {adj} length" if adj not in ("short", "long") else f"that is {adj}", adj, novel)
+
+
+def _neckline(u: str, v: str, part: str, rng: random.Random) -> Phrase:
+    if rng.random() < 0.25:
+        noun, novel = _pick(NECKLINE_NOUN[u], part, rng)
+        others = [x for x in ATTRIBUTES["neckline"] if x != u]
+        comp = _fill(rng.choice(WITHOUT.options(part)), n=noun)
+        return Phrase("neckline", NEGATED, _accepted(others), comp,
+                      _fill(rng.choice(REMOVE_NOUN.options(part)), n=noun), comp, None, novel)
+    noun, novel = _pick(NECKLINE_NOUN[v], part, rng)
+    article = "an" if noun[0] in "aeiou" else "a"
+    return Phrase("neckline", ABSOLUTE, _accepted([v]), f"with {article} {noun}",
+                  _fill(rng.choice(ADD_NOUN.options(part)), n=f"{article} {noun}"), f"with {article} {noun}",
+                  noun if rng.random() < 0.5 else None, novel)
+
+
+def _fit(u: str, v: str, part: str, rng: random.Random) -> Phrase:
+    if rng.random() < 0.3:
+        looser = v == "loose"
+        comp = rng.choice((LOOSER if looser else TIGHTER).options(part))
+        verb = rng.choice((LOOSER_VERB if looser else TIGHTER_VERB).options(part))
+        return Phrase("fit", RELATIVE, _accepted([v]), comp, verb, f"that is {comp}",
+                      "looser" if looser else "tighter")
+    adj, novel = _pick(FIT_ADJ[v], part, rng)
+    return Phrase("fit", ABSOLUTE, _accepted([v]), adj, _fill(rng.choice(MAKE_ADJ.options(part)), w=adj),
+                  f"with a {adj} fit", adj, novel)
+
+
+def _yes_no(attribute: str, v: str, part: str, rng: random.Random) -> Phrase:
+    bank = BUTTONS_NOUN if attribute == "buttons" else BELT_NOUN
+    noun, novel = _pick(bank, part, rng)
+    if v == "yes":
+        return Phrase(attribute, ABSOLUTE, _accepted(["yes"]), f"with {noun}",
+                      _fill(rng.choice(ADD_NOUN.options(part)), n=noun), f"with {noun}", None, novel)
+    bare = re.sub(r"^an? ", "", noun)
+    comp = _fill(rng.choice(WITHOUT.options(part)), n=bare)
+    return Phrase(attribute, NEGATED, _accepted(["no"]), comp, _fill(rng.choice(REMOVE_NOUN.options(part)), n=bare),
+                  comp, None, novel)
+
+
+def phrase_change(attribute: str, u: str, v: str, category: str, part: str, rng: random.Random) -> Phrase:
+    """One everyday wording of the change `attribute`: u -> v, from the words of `part`."""
+    if attribute == "color":
+        return _color(u, v, part, rng)
+    if attribute == "pattern":
+        return _pattern(u, v, part, rng)
+    if attribute == "sleeve":
+        return _sleeve(u, v, part, rng)
+    if attribute == "length":
+        return _length(u, v, category, part, rng)
+    if attribute == "neckline":
+        return _neckline(u, v, part, rng)
+    if attribute == "fit":
+        return _fit(u, v, part, rng)
+    return _yes_no(attribute, v, part, rng)
+
+
+def _join(parts: Sequence[str], rng: random.Random) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    if rng.random() < 0.7:
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
+    return " ".join(parts) if rng.random() < 0.5 else ", ".join(parts)
+
+
+def _noun_phrase(phrases: Sequence[Phrase], category: str, part: str, rng: random.Random) -> tuple[str, bool]:
+    noun, novel = _pick(NOUNS[category], part, rng)
+    adjectives = [p for p in phrases if p.adj and rng.random() < 0.5][:2]
+    mods = [p.mod for p in phrases if p not in adjectives]
+    head = " ".join([*(p.adj or "" for p in adjectives), noun])
+    plural = category == "trousers" and noun != "pair"
+    vowel = head[0] in "aeiou" and not head.startswith("one")
+    article = ("some " if rng.random() < 0.3 else "") if plural else ("an " if vowel else "a ")
+    return article + head + ("" if not mods else " " + _join(mods, rng)), novel
+
+
+def _typo(text: str, part: str, rng: random.Random) -> str:
+    """One misspelt word of five letters or more: neighbouring letters swapped (train), a letter dropped
+    (held out)."""
+    words = text.split(" ")
+    long = [i for i, w in enumerate(words) if len(w) >= 5 and w.isalpha()]
+    if not long:
+        return text
+    i = rng.choice(long)
+    word = words[i]
+    at = rng.randrange(1, len(word) - 2)
+    words[i] = (word[:at] + word[at + 1] + word[at] + word[at + 2:]) if part == TRAIN else word[:at] + word[at + 1:]
+    return " ".join(words)
+
+
+def _style(text: str, family: str, rng: random.Random) -> str:
+    if rng.random() < LOWER_SHARE:
+        return re.sub(r"[,.?!]", "", text.lower())
+    text = text[0].upper() + text[1:]
+    return text + ("?" if family == "question" else "" if rng.random() < 0.5 else ".")
+
+
+def _asks(phrases: Iterable[Phrase]) -> dict[str, tuple[str, ...]]:
+    accepted = {p.attribute: p.accepted for p in phrases}
+    return {a: tuple(v for v in ATTRIBUTES[a] if v in accepted[a]) for a in ATTRIBUTES if a in accepted}
+
+
+def check_part(part: str) -> None:
+    if part not in PARTS:
+        raise ConfigError(f"phrasing part {part!r}; use one of {', '.join(PARTS)}")
+
+
+def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], category: str, part: str,
+                   rng: random.Random, family: str | None = None) -> Request:
+    """An everyday request for reference -> target (attribute dicts of one category) from the words and
+    frames of `part` ("train" or "heldout"); `family` picks the frame family (default: drawn from the part's
+    families). Every changed attribute is asked for."""
+    check_part(part)
+    changed = [a for a in APPLIES[category] if reference[a] != target[a] and NOT_APPLICABLE not in
+               (reference[a], target[a])]
+    if not changed:
+        raise ConfigError(f"phrase_request: reference and target ({category}) do not differ; nothing to ask for")
+    families = [f for f in FAMILIES if FRAMES[f].options(part)]
+    if family is None:
+        family = rng.choice(families)
+    elif family not in families:
+        raise ConfigError(f"phrasing family {family!r} has no {part} frames; use one of {', '.join(families)}")
+    rng.shuffle(changed)
+    phrases = [phrase_change(a, reference[a], target[a], category, part, rng) for a in changed]
+    frame = rng.choice(FRAMES[family].options(part))
+    novel = any(p.novel for p in phrases)
+    words: dict[str, str] = {}
+    if "{v}" in frame:
+        words["v"] = _join([p.verb for p in phrases], rng)
+    if "{c}" in frame:
+        words["c"] = _join([p.comp for p in phrases], rng)
+    if "{np}" in frame:
+        words["np"], novel_noun = _noun_phrase(phrases, category, part, rng)
+        novel = novel or novel_noun
+    text = re.sub(r"\ba (?=[aeiou])(?!one\b)", "an ", frame.format(**words))
+    typo = rng.random() < TYPO_SHARE
+    if typo:
+        text = _typo(text, part, rng)
+    return Request(_style(text, family, rng), _asks(phrases), family, part,
+                   tuple(p.form for p in phrases), novel, typo)
+
+
+def request_rng(seed: int, part: str, triplet: Triplet) -> random.Random:
+    """The random stream of one triplet's request: fixed by seed, part, caption file and entry."""
+    return random.Random(f"sdfn-phrasing/{seed}/{part}/{triplet.source}/{triplet.index}")
+
+
+def phrase_triplets(triplets: Sequence[Triplet], attributes: Mapping[str, Mapping[str, str]], part: str,
+                    seed: int = 0) -> list[tuple[Triplet, Request]]:
+    """Each triplet with its captions replaced by one everyday request (and its `asks` by the request's).
+
+    `attributes` maps item id -> attribute values (e.g. read from the catalog's catalog.csv)."""
+    check_part(part)
+    out = []
+    for triplet in triplets:
+        if triplet.target is None:
+            raise ConfigError(f"{triplet.source}: entry {triplet.index} has no target; phrasings need one")
+        missing = [i for i in (triplet.reference, triplet.target) if i not in attributes]
+        if missing:
+            raise ConfigError(f"{triplet.source}: entry {triplet.index}: no attributes for {missing[0]}; "
+                              f"pass the catalog's catalog.csv rows")
+        request = phrase_request(attributes[triplet.reference], attributes[triplet.target], triplet.category, part,
+                                 request_rng(seed, part, triplet))
+        out.append((replace(triplet, captions=(request.text,), asks=request.asks), request))
+    return out
+
+
+def catalog_attributes(root: Path | str) -> dict[str, dict[str, str]]:
+    """Item id -> attribute values, from a synthetic catalog's catalog.csv."""
+    path = Path(root) / "catalog.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; phrasings need a synthetic catalog's catalog.csv (sdfn synth)")
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [a for a in ("id", *ATTRIBUTES) if rows and a not in rows[0]]
+    if not rows or missing:
+        raise DataError(f"{path}: no items or missing columns {missing}; regenerate it with sdfn synth")
+    return {row["id"]: {a: row[a] for a in ATTRIBUTES} for row in rows}
+
+
+class PhrasedDataset(RetrievalDataset):
+    """A synthetic catalog whose triplets carry one everyday request of `part` instead of their two captions
+    (galleries and images unchanged), for `sdfn.evaluate.evaluate` and training alike. `request(triplet)`
+    gives the request a triplet was phrased with (its family, forms, ...)."""
+
+    def __init__(self, base: RetrievalDataset, part: str, seed: int = 0,
+                 attributes: Mapping[str, Mapping[str, str]] | None = None):
+        check_part(part)
+        self.base, self.part, self.seed = base, part, seed
+        self.name, self.splits, self.root, self.categories = base.name, base.splits, base.root, base.categories
+        self.attributes = attributes if attributes is not None else catalog_attributes(base.root)
+        self._triplets: dict[tuple[str, str | None], list[Triplet]] = {}
+        self._requests: dict[tuple[str, int], Request] = {}
+
+    def triplets(self, split: str, category: str | None = None) -> list[Triplet]:
+        key = (split, category)
+        if key not in self._triplets:
+            pairs = phrase_triplets(self.base.triplets(split, category), self.attributes, self.part, self.seed)
+            self._requests.update({(t.source, t.index): r for t, r in pairs})
+            self._triplets[key] = [t for t, _ in pairs]
+        return self._triplets[key]
+
+    def request(self, triplet: Triplet) -> Request:
+        return self._requests[triplet.source, triplet.index]
+
+    def gallery(self, split: str, category: str | None = None) -> list[str]:
+        return self.base.gallery(split, category)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.base.image_path(image_id)

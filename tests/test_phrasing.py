@@ -1,0 +1,208 @@
+"""Everyday-language requests: they ask for exactly the changes of the pair, and the held-out part never
+occurs in training (frames, words and whole requests), nor in the caption grammar the shipped model learnt."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import sdfn.data.attributes as attributes_module
+import sdfn.data.synth.captions as captions_module
+from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, satisfies
+from sdfn.data.base import open_dataset
+from sdfn.data.synth import phrasing
+from sdfn.data.synth.phrasing import HELDOUT, TRAIN, Bank, PhrasedDataset, catalog_attributes, phrase_request
+from sdfn.errors import ConfigError
+from sdfn.evaluate import EncodeResult
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+# Slots whose held-out entries are fashion words (not sentence frames or constructions).
+WORD_BANKS = ("COLOR_WORDS", "PATTERN_ADJ", "PATTERN_NOUN", "SLEEVE_ADJ", "SLEEVE_NOUN", "LENGTH_ADJ",
+              "TROUSER_LENGTH_ADJ", "NECKLINE_NOUN", "FIT_ADJ", "BUTTONS_NOUN", "BELT_NOUN", "NOUNS")
+
+
+def all_banks() -> dict[str, Bank]:
+    banks = {}
+    for name, value in vars(phrasing).items():
+        if isinstance(value, Bank):
+            banks[name] = value
+        elif isinstance(value, dict) and value and all(isinstance(v, Bank) for v in value.values()):
+            banks.update({f"{name}[{key}]": bank for key, bank in value.items()})
+    return banks
+
+
+def held_out_words() -> set[str]:
+    return {w for name, bank in all_banks().items() if name.split("[")[0] in WORD_BANKS for w in bank.heldout}
+
+
+def random_pairs(n: int, seed: int):
+    """(reference attrs, target attrs, category) pairs of one category differing in 1-3 attributes."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        category = rng.choice(CATEGORIES)
+        reference = {a: rng.choice(ATTRIBUTES[a]) if a in APPLIES[category] else "n/a" for a in ATTRIBUTES}
+        target = dict(reference)
+        for a in rng.sample(APPLIES[category], rng.randint(1, 3)):
+            target[a] = rng.choice([v for v in ATTRIBUTES[a] if v != reference[a]])
+        yield reference, target, category
+
+
+def requests(part: str, n: int = 3000, seed: int = 0):
+    rng = random.Random(f"test/{part}/{seed}")
+    return [phrase_request(r, t, c, part, rng) for r, t, c in random_pairs(n, seed)]
+
+
+def words_in(text: str) -> str:
+    return " " + re.sub(r"[^a-z0-9' -]", " ", text.lower()) + " "
+
+
+def test_train_and_held_out_banks_are_disjoint():
+    for name, bank in all_banks().items():
+        assert not set(bank.train) & set(bank.heldout), name
+        assert not set(bank.core) & set(bank.heldout), name
+        assert not set(bank.core) & set(bank.train), name
+    assert not phrasing.FRAMES["bare"].heldout           # the annotator-like bare family is training only
+    assert all(phrasing.FRAMES[f].heldout for f in phrasing.FAMILIES if f != "bare")
+
+
+def test_held_out_fashion_words_are_not_in_the_caption_grammar():
+    grammar = (inspect.getsource(captions_module) + inspect.getsource(attributes_module)).lower()
+    present = sorted(w for w in held_out_words() if w in grammar)
+    assert not present, f"held-out words the shipped model's training captions can contain: {present}"
+
+
+def test_held_out_words_and_requests_never_occur_in_training_requests():
+    train = requests(TRAIN, seed=1) + requests(TRAIN, seed=2)
+    held = requests(HELDOUT, seed=1)
+    train_text = "\n".join(words_in(r.text) for r in train)
+    leaked = sorted(w for w in held_out_words() if f" {w} " in train_text)
+    assert not leaked, leaked
+    normalised = {re.sub(r"[^a-z ]", "", r.text.lower()) for r in train}
+    assert not normalised & {re.sub(r"[^a-z ]", "", r.text.lower()) for r in held}
+    assert any(r.novel for r in held) and not all(r.novel for r in held)
+    assert not any(r.novel for r in train)
+
+
+def test_a_request_asks_for_every_change_and_the_target_answers_it():
+    for part in (TRAIN, HELDOUT):
+        for (reference, target, category), request in zip(random_pairs(2000, 3), requests(part, 2000, 3),
+                                                          strict=True):
+            changed = {a for a in APPLIES[category] if reference[a] != target[a]}
+            assert set(request.asks) == changed, request
+            assert satisfies(target, category, request.asks, category), request
+            for attribute, accepted in request.asks.items():
+                assert reference[attribute] not in accepted, (request, attribute)   # a change, never "keep it"
+            assert request.text.strip() and "{" not in request.text and "  " not in request.text
+
+
+def test_every_family_form_and_typo_kind_occurs_in_both_parts():
+    for part in (TRAIN, HELDOUT):
+        made = requests(part, 3000, 4)
+        families = {r.family for r in made}
+        assert families == {f for f in phrasing.FAMILIES if phrasing.FRAMES[f].options(part)}
+        assert {f for r in made for f in r.forms} == {"absolute", "relative", "negated"}
+        assert 0.05 < sum(r.typo for r in made) / len(made) < 0.2
+        assert {1, 2, 3} <= {r.changes for r in made}
+
+
+def test_requests_are_deterministic_and_parts_differ():
+    assert [r.text for r in requests(HELDOUT, 200, 5)] == [r.text for r in requests(HELDOUT, 200, 5)]
+    assert [r.text for r in requests(HELDOUT, 200, 5)] != [r.text for r in requests(TRAIN, 200, 5)]
+    with pytest.raises(ConfigError, match="part"):
+        phrase_request(*next(random_pairs(1, 0)), "test", random.Random(0))
+    reference, _, category = next(random_pairs(1, 0))
+    with pytest.raises(ConfigError, match="do not differ"):
+        phrase_request(reference, reference, category, TRAIN, random.Random(0))
+    with pytest.raises(ConfigError, match="no heldout frames"):
+        phrase_request(*next(random_pairs(1, 0)), HELDOUT, random.Random(0), family="bare")
+
+
+def test_phrased_dataset_keeps_galleries_and_replaces_captions(small_catalog):
+    base = open_dataset("fashioniq", small_catalog)
+    phrased = PhrasedDataset(base, HELDOUT)
+    for split in ("val", "test"):
+        originals, triplets = base.triplets(split), phrased.triplets(split)
+        assert [(t.reference, t.target) for t in triplets] == [(t.reference, t.target) for t in originals]
+        assert phrased.gallery(split) == base.gallery(split)
+        attrs = catalog_attributes(small_catalog)
+        for t in triplets:
+            request = phrased.request(t)
+            assert t.captions == (request.text,) and t.asks == request.asks
+            assert satisfies(attrs[t.target], t.category, t.asks, t.category)
+    again = PhrasedDataset(open_dataset("fashioniq", small_catalog), HELDOUT)
+    assert [t.captions for t in again.triplets("val")] == [t.captions for t in phrased.triplets("val")]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class OracleEncoder:
+    """Returns each query's own target image vector: top-1 is the target, which has every asked change."""
+
+    def __init__(self, phrased: PhrasedDataset, base, splits):
+        self.paths = sorted({base.image_path(i) for s in splits for i in base.gallery(s)})
+        self.index = {p: i for i, p in enumerate(self.paths)}
+        self.target = {}
+        for data in (phrased, base):
+            for s in splits:
+                for t in data.triplets(s):
+                    text = " and ".join(c.strip(".?, ") for c in t.captions if c.strip(".?, "))
+                    self.target[base.image_path(t.reference), text.lower()] = base.image_path(t.target)
+
+    def encode_gallery(self, image_paths):
+        return EncodeResult(torch.eye(len(self.paths))[[self.index[p] for p in image_paths]])
+
+    def encode_queries(self, reference_paths, texts):
+        rows = [self.index[self.target[p, t.lower()]] for p, t in zip(reference_paths, texts, strict=True)]
+        return EncodeResult(torch.eye(len(self.paths))[rows])
+
+
+def test_benchmark_scores_an_oracle_at_100_and_counts_every_query(small_catalog):
+    bench = load_script("phrasing")
+    base = open_dataset("fashioniq", small_catalog)
+    catalog = pd.read_csv(small_catalog / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    splits = ("val", "test")
+    encoder = OracleEncoder(PhrasedDataset(base, HELDOUT), base, splits)
+    records = bench.query_records(base, catalog, encoder, splits)
+    summary = bench.summarise(records)
+    triplets = sum(len(base.triplets(s)) for s in splits)
+    for source in bench.SOURCES:
+        assert summary[source]["queries"] == triplets
+        assert summary[source]["sat@1"] == pytest.approx(100.0)
+        assert summary[source]["R@1"] == pytest.approx(100.0)
+        assert sum(n for _, n in summary[source]["by_changes"].values()) == triplets
+    held = summary[bench.SOURCES[0]]
+    assert sum(n for _, n in held["by_family"].values()) == triplets
+    assert set(held["by_family"]) <= set(phrasing.FAMILIES) - {"bare"}
+
+
+def test_benchmark_on_a_tiny_checkpoint_writes_a_sane_section(small_catalog, tiny_checkpoint, tmp_path):
+    bench = load_script("phrasing")
+    quality = tmp_path / "QUALITY.md"
+    quality.write_text("# Quality\n\nthe quality table\n\n"
+                       "<!-- phrasing:start -->\nan older run\n<!-- phrasing:end -->\n")
+    summary = bench.main(["--checkpoint", str(tiny_checkpoint), "--catalog", str(small_catalog),
+                          "--quality", str(quality)])
+    base = open_dataset("fashioniq", small_catalog)
+    triplets = sum(len(base.triplets(s)) for s in ("val", "test"))
+    for source in bench.SOURCES:
+        assert summary[source]["queries"] == triplets
+        assert 0.0 <= summary[source]["sat@1"] <= 100.0
+        for sat, n in summary[source]["by_changes"].values():
+            assert n == 0 or 0.0 <= sat <= 100.0
+    text = quality.read_text()
+    assert text.startswith("# Quality\n\nthe quality table\n")      # the rest of the file is kept
+    assert "<!-- phrasing:start -->" in text and "| held-out phrasings |" in text
+    assert "| annotated captions |" in text and tmp_path.as_posix() not in text
+    assert text.count("<!-- phrasing:start -->") == 1 and "an older run" not in text  # replaces its section
