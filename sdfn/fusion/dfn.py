@@ -9,6 +9,9 @@ so the path through the cells is chosen per query.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,7 +100,17 @@ def mix_incoming(weights: torch.Tensor) -> torch.Tensor:
 
 @register_fusion("sdfn")
 class DynamicFusionNetwork(FusionModule):
+    """See the module docstring.
+
+    `uniform_routes` (default False; set it with the `uniform_routes()` context manager) is an inference-time
+    ablation of ours, not part of the paper: every path weight is replaced by 1, so each cell receives the
+    uniform mix of the previous layer's outputs whatever the query, with the trained cells and output head
+    unchanged. The val R@1 it costs measures how much the learned routes carry (benchmarks/routes.py). The
+    trace then holds the uniform weights and no image/text router parts.
+    """
+
     has_routes = True
+    uniform_routes = False
 
     def __init__(self, cfg: FusionConfig, embed_dim: int, image_token_dim: int, text_token_dim: int):
         super().__init__(cfg, embed_dim, image_token_dim, text_token_dim)
@@ -138,6 +151,8 @@ class DynamicFusionNetwork(FusionModule):
         for cells, routers in zip(self.layers, self.routers, strict=True):
             outputs = torch.stack([cell(x, context) for cell, x in zip(cells, inputs, strict=True)], dim=1)
             w, image_part, text_part = routers(outputs.mean(dim=2), context.sentence)   # [B, K_in, K_out]
+            if self.uniform_routes:
+                w, image_part, text_part = torch.ones_like(w), None, None
             p = mix_incoming(w)
             inputs = torch.einsum("bij,bind->bjnd", p, outputs).unbind(dim=1)
             weights.append(w)
@@ -155,3 +170,22 @@ class DynamicFusionNetwork(FusionModule):
         trace = RouterTrace(self.cfg.router, self.cfg.cells, weights, incoming,
                             image_parts or None, text_parts or None)
         return Composition(F.normalize(query, dim=-1), trace)
+
+
+@contextmanager
+def uniform_routes(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, every `DynamicFusionNetwork` inside `module` (a model, or the fusion itself) routes
+    uniformly: all path weights 1 (see `DynamicFusionNetwork.uniform_routes`). The previous setting is
+    restored on exit, also after an error. A module without one is left as it is."""
+    networks = [m for m in module.modules() if isinstance(m, DynamicFusionNetwork)]
+    before = [m.__dict__.get("uniform_routes") for m in networks]
+    for m in networks:
+        m.uniform_routes = enabled
+    try:
+        yield module
+    finally:
+        for m, old in zip(networks, before, strict=True):
+            if old is None:
+                del m.uniform_routes
+            else:
+                m.uniform_routes = old

@@ -1,0 +1,131 @@
+"""Do the routes depend on the query, and do they matter? Route measures of one or more checkpoints.
+
+    python benchmarks/routes.py                                   # the shipped model
+    python benchmarks/routes.py --checkpoint runs/a/best --label "entropy 0.5" --checkpoint runs/b/best ...
+
+Per checkpoint (a routed fusion), on the synthetic catalog:
+- per kind of change (test split, every query counted in each kind it asks for, as in the model card): the
+  largest difference, in points, between the kind's module usage (sdfn.routes.cell_usage: the share of a
+  layer's routed output that leaves through each cell) and all queries' usage, over every layer and cell;
+- mean route entropy over uniform (sdfn.routes.route_entropy / log K; 1 = uniform, 0 = one path per cell);
+- the val R@1 cost of uniform routes: val R@1 (benchmarks/quality.py's PROTOCOL) with the learned routes, and
+  again with every path weight set to 1 at inference (`sdfn.fusion.dfn.uniform_routes`), same weights.
+
+Issue 9's goals: >= 10 points for every kind, entropy <= 75% of uniform, uniform routes cost >= 5 points.
+Prints the table and writes its section into benchmarks/QUALITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.quality import PROTOCOL  # noqa: E402
+from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
+from sdfn.data.attributes import KINDS_OF_CHANGE  # noqa: E402
+from sdfn.data.base import RetrievalDataset, open_dataset  # noqa: E402
+from sdfn.encode import ModelQueryEncoder  # noqa: E402
+from sdfn.evaluate import evaluate  # noqa: E402
+from sdfn.fusion.dfn import uniform_routes  # noqa: E402
+from sdfn.model import ComposedRetrievalModel  # noqa: E402
+from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog  # noqa: E402
+from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+QUALITY = HERE / "QUALITY.md"
+SECTION = "routes"
+
+
+def kind_differences(stats: RouteStatistics) -> dict[str, float]:
+    """Per kind of change: the largest |usage(kind) - usage(all)| over layers and cells, in points."""
+    return {s.kind: 100.0 * float((s.usage - stats.overall.usage).abs().max()) for s in stats.by_kind}
+
+
+def entropy_ratio(stats: RouteStatistics) -> float:
+    """Mean route entropy of all queries over the uniform route's (log K)."""
+    return stats.overall.entropy / math.log(len(stats.cells))
+
+
+def uniform_route_cost(model: ComposedRetrievalModel, dataset: RetrievalDataset, split: str = "val",
+                       encoder: ModelQueryEncoder | None = None) -> dict[str, float]:
+    """Mean R@1 of `split` with the learned routes and with uniform routes (same weights), and the difference."""
+    encoder = encoder or ModelQueryEncoder(model, batch_size=256)
+    learned = evaluate(dataset, split, encoder, PROTOCOL).mean_recall()[1]
+    with uniform_routes(model):
+        uniform = evaluate(dataset, split, encoder, PROTOCOL).mean_recall()[1]
+    return {"R@1": learned, "R@1 uniform routes": uniform, "cost": learned - uniform}
+
+
+def measure(model: ComposedRetrievalModel, dataset: RetrievalDataset, route_split: str = "test",
+            recall_split: str = "val") -> dict:
+    """Every measure of this script for one model (a routed fusion)."""
+    if not model.fusion.has_routes:
+        raise ValueError(f"{model.config.fusion.name} has no routes to measure")
+    encoder = ModelQueryEncoder(model, batch_size=256)
+    stats = route_statistics(model, dataset, route_split, table=None)
+    return {"differences": kind_differences(stats), "entropy_ratio": entropy_ratio(stats),
+            "entropy": stats.overall.entropy, "queries": stats.overall.queries,
+            "recall": uniform_route_cost(model, dataset, recall_split, encoder)}
+
+
+def table(results: dict[str, dict]) -> str:
+    kinds = [k for k in KINDS_OF_CHANGE if any(k in r["differences"] for r in results.values())]
+    headers = ["checkpoint", "val R@1", "val R@1, uniform routes", "cost (points)", "entropy / uniform",
+               *(f"{k} (points)" for k in kinds)]
+    rows = []
+    for label, r in results.items():
+        rec = r["recall"]
+        rows.append([label, f"{rec['R@1']:.2f}", f"{rec['R@1 uniform routes']:.2f}", f"{rec['cost']:+.2f}",
+                     f"{r['entropy_ratio']:.3f}",
+                     *(f"{r['differences'][k]:.1f}" if k in r["differences"] else "-" for k in kinds)])
+    return markdown_table(headers, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, action="append", default=None,
+                        help="a routed checkpoint (repeatable; default: the shipped model)")
+    parser.add_argument("--label", action="append", default=None, help="a row name per --checkpoint")
+    parser.add_argument("--catalog", type=Path, default=None, help="default: the default synthetic catalog")
+    parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    checkpoints = args.checkpoint or [SHIPPED_CHECKPOINT]
+    labels = args.label or []
+    if len(labels) > len(checkpoints):
+        parser.error("more --label than --checkpoint")
+    labels += [shown_path(c) for c in checkpoints[len(labels):]]
+    catalog_root = args.catalog or default_catalog()
+    dataset = open_dataset("fashioniq", catalog_root)
+    results = {label: measure(ComposedRetrievalModel.load(c), dataset)
+               for label, c in zip(labels, checkpoints, strict=True)}
+    text = table(results)
+    print(text)
+    body = "\n".join([
+        f"Catalog `{shown_path(catalog_root)}`. Checkpoints: "
+        + ", ".join(f"{label} = `{shown_path(c)}`" for label, c in zip(labels, checkpoints, strict=True)) + ".",
+        "Per kind of change (test split, a query counts in each kind it asks for): the largest difference in "
+        "any layer and cell between the kind's module usage and all queries' usage, in points. Entropy: mean "
+        "route entropy of the test queries over log K. Uniform routes: val R@1 (whole category split, joined "
+        "captions, reference excluded) with every path weight set to 1 at inference "
+        "(`sdfn.fusion.dfn.uniform_routes`), same weights.",
+        "",
+        text,
+        "",
+        "Issue 9 goals: every kind >= 10 points; entropy <= 0.75 of uniform; uniform routes cost >= 5 points.",
+    ])
+    write_section(SECTION, "Routes: do they depend on the query, do they matter? (benchmarks/routes.py)", body,
+                  args.quality)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
