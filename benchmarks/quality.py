@@ -191,7 +191,12 @@ def write_report(summary: dict, args, ledger: Ledger) -> None:
         f"SPD: vs no SPD {summary['sdfn_no_spd']['R@1']:.1f}; fixed route {summary['sdfn_fixed_route']['R@1']:.1f}.",
         f"- SDFN sat@1 {sdfn['sat@1']:.1f} (goal >= 80).",
     ]
-    (HERE / "QUALITY.md").write_text("\n".join(lines) + "\n")
+    path = HERE / "QUALITY.md"
+    # Other scripts (benchmarks/phrasing.py, benchmarks/routes.py) keep their own sections after this table,
+    # delimited by <!-- name:start/end --> comments (results.write_section): keep them.
+    old = path.read_text() if path.is_file() else ""
+    sections = old[old.index("<!-- "):] if "<!-- " in old else ""
+    path.write_text("\n".join(lines) + "\n" + ("\n" + sections if sections else ""))
 
 
 def main() -> None:
