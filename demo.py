@@ -1,17 +1,20 @@
 """sdfn demo: language-based fashion retrieval with a look inside the router. Also the Hugging Face Spaces app_file.
 
-    python demo.py [--host 127.0.0.1] [--port 7860] [--catalog DIR] [--checkpoint DIR]
+    python demo.py [--host 127.0.0.1] [--port 7860] [--catalog DIR] [--checkpoint DIR] [--no-training]
+                   [--train-root DIR] [--threads N] [--max-batch N]
 
 On a fresh clone it generates the default synthetic catalog (catalogs/synthetic, once; installed: under $SDFN_HOME
 or ~/.cache/sdfn, see catalogs/README.md), builds its index (cached on disk, so later starts only load it), loads
 the shipped model (sdfn/assets/sdfn-tiny) and serves. On Hugging Face
 Spaces (SPACE_ID is set) it listens on 0.0.0.0 and GRADIO_SERVER_PORT (default 7860), and training is off unless
-the Space sets SDFN_DEMO_TRAINING=1. The layout and handlers are in sdfn/demo_app.py.
+the Space sets SDFN_DEMO_TRAINING=1. The layout and handlers are in sdfn/demo_app.py; what the server exposes and
+how to run it publicly: README, "Security and limits".
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -32,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the shipped sdfn-tiny)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for searches (default: all cores)")
     parser.add_argument("--no-training", action="store_true", help="hide the Train view's controls")
+    parser.add_argument("--train-root", default=None,
+                        help="a folder whose catalogs visitors may also train on (default: only the served catalog)")
+    parser.add_argument("--max-batch", type=int, default=64,
+                        help="concurrent searches answered together in one batch at most (1: one at a time)")
     return parser.parse_args(argv)
 
 
@@ -54,13 +61,16 @@ def training_allowed(args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="sdfn demo: %(name)s: %(message)s")
+    logging.getLogger("sdfn").setLevel(logging.INFO)
     start = time.perf_counter()
     print("sdfn demo: loading the model, the catalog and its index…", file=sys.stderr, flush=True)
     from sdfn.demo_app import build_demo, launch
     from sdfn.demo_service import DemoService
 
     try:
-        service = DemoService(args.checkpoint, args.catalog, threads=args.threads).load()
+        service = DemoService(args.checkpoint, args.catalog, threads=args.threads, train_root=args.train_root,
+                              max_batch=args.max_batch).load()
     except SdfnError as err:
         print(f"sdfn demo: error: {err}", file=sys.stderr)
         return 2

@@ -159,14 +159,16 @@ class SearchOutcome:
 
 
 def public_path(path: str | Path, root: Path | None) -> str:
-    """`path` as an API answer names it: relative to `root` (posix) when inside it, else the file name alone."""
-    path = Path(path)
-    if root is not None and path.is_absolute():
-        try:
-            return path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            pass
-    return path.name if path.is_absolute() else path.as_posix()
+    """`path` as an API answer names it: relative to `root` (posix) when inside it, else the file name alone.
+    Catalog image paths are already absolute and normalised (open_catalog resolves its root), so this is string
+    work, no file system calls."""
+    text = os.path.normpath(str(path))
+    if root is not None and os.path.isabs(text):
+        base = os.path.normpath(str(root))
+        if text.startswith(base + os.sep):
+            return Path(text[len(base) + 1:]).as_posix()
+        return os.path.basename(text)
+    return Path(text).as_posix()
 
 
 @dataclass
