@@ -118,6 +118,18 @@ def child(path: Path, clients: int, rev: str | None) -> dict:
             "seconds": time.perf_counter() - start, "outcomes": outcomes}
 
 
+def images_cap() -> str:
+    from sdfn.data.images import DEFAULT_MAX_PIXELS
+
+    return f"{DEFAULT_MAX_PIXELS:,}"
+
+
+def budget_mib() -> int:
+    from sdfn.data.images import DECODE_BUDGET_BYTES
+
+    return DECODE_BUDGET_BYTES // 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=10, help="concurrent uploads of each file (default 10)")
@@ -155,7 +167,10 @@ def main() -> None:
     print(table)
     if not args.no_record:
         body = (f"{args.clients} threads decode the same upload at once (one fresh process per upload), as the "
-                f"engine decodes for sdfn-tiny (long side {MAX_SIDE} px).\n\n{table}")
+                f"engine decodes for sdfn-tiny (long side {MAX_SIDE} px). Today's code refuses images over "
+                f"{images_cap()} pixels before decoding, decodes JPEGs at a reduced scale, and lets concurrent "
+                f"decodes hold at most {budget_mib()} MiB of decoded pixels together (PNGs, which Pillow can only "
+                f"decode at full size, wait for one another).\n\n{table}")
         write_section("upload-memory", "Memory of concurrent huge uploads (benchmarks/upload_memory.py)", body)
 
 
