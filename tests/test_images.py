@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import time
 import warnings
 from contextlib import contextmanager
@@ -234,3 +236,40 @@ def test_grey_16bit_and_cmyk_become_rgb():
 def test_bad_limits_are_a_config_error():
     with pytest.raises(ConfigError, match=r"max_side \(0\)"):
         load_image(b"", max_side=0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+def test_a_forked_worker_gets_its_own_decode_budget():
+    """A DataLoader worker forked while another thread holds the whole budget must still decode, not wait forever."""
+    import threading
+
+    from sdfn.data import images
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold_everything():
+        with images._BUDGET.hold(images.DECODE_BUDGET_BYTES):
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold_everything)
+    thread.start()
+    held.wait()
+    data = encode(Image.new("RGB", (500, 400), (1, 2, 3)), "PNG")
+    pid = os.fork()
+    if pid == 0:  # the child: decode, then leave at once
+        os._exit(0 if load_image(data, max_side=50).size == (50, 40) else 1)
+    try:
+        for _ in range(200):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited on a budget held by a thread of its parent")
+    finally:
+        release.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -14,6 +14,7 @@ process-wide budget of decoded bytes that concurrent decodes share (`DECODE_BUDG
 from __future__ import annotations
 
 import io
+import os
 import re
 import struct
 import threading
@@ -202,6 +203,17 @@ class _DecodeBudget:
 
 
 _BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES)
+
+
+def _fresh_budget_after_fork() -> None:
+    # A forked child (a DataLoader worker) copies the budget as it was, possibly held by threads that do not
+    # exist in the child: it starts with an empty one of its own.
+    global _BUDGET
+    _BUDGET = _DecodeBudget(DECODE_BUDGET_BYTES)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_budget_after_fork)
 
 
 def _pillow_bomb_message(name: str, err: Image.DecompressionBombError) -> str:
