@@ -35,7 +35,7 @@ from typing import Any
 from PIL import Image
 
 from sdfn.data.base import open_dataset
-from sdfn.data.images import load_image, load_model_image
+from sdfn.data.images import load_image
 from sdfn.demo_batching import Batcher
 from sdfn.demo_training import TrainingPolicy, TrainingRun, TrainingSettings, whole_number
 from sdfn.encode import ImageFeatureTable
@@ -351,7 +351,7 @@ class DemoService:
     def check_upload(self, path: Path | str) -> Image.Image:
         """Decode an uploaded file as the engine will (size checked before decoding): a PIL image, or an
         ImageError that names the file and what is wrong with it."""
-        return load_model_image(path, self.retriever.model.backbone.image_size)
+        return self.retriever.decode_image(path)
 
     # searching ---------------------------------------------------------------------------------------------
 
