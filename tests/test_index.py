@@ -434,3 +434,15 @@ def test_a_copy_that_did_not_keep_mtimes_is_checked_once(catalog_copy, model, mo
     assert status.action == "reused" and len(hashed) == 2  # checked, found intact, recorded
     _, status = open_index(open_catalog(catalog_copy), model, progress=False)
     assert status.action == "reused" and len(hashed) == 2  # the next open trusts the recorded mtimes
+
+
+def test_index_of_an_older_sdfn_without_checksums_is_rebuilt_from_its_features(catalog_copy, model, count_encodings):
+    path = catalog_copy / "index" / "manifest.json"
+    old = manifest(catalog_copy)
+    del old["files"]
+    old["version"] = 1
+    path.write_text(json.dumps(old))
+    _, status = open_index(open_catalog(catalog_copy), model, progress=False)
+    assert status.action == "rebuilt" and "written by an older sdfn and records no file sizes" in status.message
+    assert status.encoded == 0 and count_encodings == []  # its shards open cleanly: their features are kept
+    assert set(manifest(catalog_copy)["files"]) == {"vectors.faiss", "features-00000.safetensors"}
