@@ -73,11 +73,21 @@ def results(page):
     return page.locator("#results-gallery button.thumbnail-item")
 
 
+def images_load(page, selector: str) -> None:
+    """Every <img> under `selector` is there and decoded: the server handed the file out (served catalog images
+    only, never the catalog folder)."""
+    page.wait_for_function("sel => { const found = [...document.querySelectorAll(sel)];"
+                           " return found.length > 0 && found.every(i => i.complete && i.naturalWidth > 0); }",
+                           arg=f"{selector} img", timeout=TIMEOUT_MS)
+
+
 def test_pick_type_search_see_results_and_route(page):
     pick(page, 2)
     search(page, "is red and has longer sleeves", 7)
     expect(results(page)).to_have_count(7)
     expect(results(page).first).to_contain_text("#1")
+    images_load(page, "#results-gallery")
+    images_load(page, "#reference-image")
     shot(page, "search-results")
     page.get_by_role("tab", name="Router").click()
     expect(page.locator("#route-plot .js-plotly-plot")).to_be_visible()
@@ -104,6 +114,7 @@ def test_click_a_result_to_refine_then_step_back(page):
     expect(page.locator("#chain")).to_be_visible()
     expect(page.locator("#chain")).to_contain_text("“is darker”")
     expect(page.locator("#chain img")).to_have_count(2)
+    images_load(page, "#chain")
     expect(page.locator("#search-status")).to_contain_text("Refining from")
     assert page.locator("#reference-info").inner_text() != first_reference
     search(page, "has no pattern", 4)
