@@ -88,3 +88,22 @@ def test_route_benchmark_on_a_tiny_checkpoint(small_catalog, tiny_checkpoint, tm
     text = quality.read_text()
     assert text.startswith("# Quality\n\nthe quality table\n") and "<!-- routes:start -->" in text
     assert "| tiny |" in text and tmp_path.as_posix() not in text
+
+
+def test_router_temperature_sharpens_path_weights_and_defaults_to_the_paper():
+    from sdfn.config import load_config
+    from sdfn.errors import ConfigError
+
+    paper, sharp = network(), network(router_temperature=0.25)
+    sharp.load_state_dict(paper.state_dict())                 # same parameters, only the temperature differs
+    torch.testing.assert_close(network(router_temperature=1.0)(*features()).query, paper(*features()).query)
+
+    def undecided(fusion) -> float:
+        w = torch.cat([x.flatten() for x in fusion(*features()).trace.weights])
+        return float(((w > 0.05) & (w < 0.95)).float().mean())
+
+    assert undecided(sharp) < undecided(paper)
+    with pytest.raises(ConfigError, match="router_temperature"):
+        network(router_temperature=0.0)
+    assert load_config("tiny-synthetic").model.fusion.router_temperature == 1.0
+    assert load_config("tiny-synthetic", ["model.fusion.router_temperature=0.5"]).model.fusion.router_temperature == 0.5

@@ -23,6 +23,9 @@ class FusionConfig:
     cells: tuple[str, ...] = CELL_NAMES      # the K operation modules of every layer
     router: str = "msr"                      # msr | shared | fixed
     router_hidden: int = 64
+    # Ours, not the paper's (issue 9 route-shaping lever; 1.0 = paper-faithful): path weights
+    # ReLU(tanh(z / T)); T < 1 pushes every path towards closed (0) or open (~1).
+    router_temperature: float = 1.0
     heads: int = 4
     mlp_ratio: float = 2.0
     dropout: float = 0.1

@@ -32,11 +32,13 @@ class PathRouterBank(nn.Module):
 
     Router k maps its input x_k to ReLU(tanh(MLP_k(x_k))): non-negative path weights in [0, 1) to the
     next layer's cells (DIME). Stacking the K small MLPs into one einsum keeps a single query's
-    routing to a handful of operations instead of K times as many.
+    routing to a handful of operations instead of K times as many. `temperature` (ours, default 1 = DIME):
+    ReLU(tanh(MLP_k(x_k) / T)), so T < 1 makes each path closer to shut or fully open.
     """
 
-    def __init__(self, k: int, d_in: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d_in: int, hidden: int, k_out: int, temperature: float = 1.0):
         super().__init__()
+        self.temperature = temperature
         self.norm_weight = nn.Parameter(torch.ones(k, d_in))
         self.norm_bias = nn.Parameter(torch.zeros(k, d_in))
         self.w1 = nn.Parameter(torch.randn(k, d_in, hidden) / d_in ** 0.5)
@@ -48,17 +50,18 @@ class PathRouterBank(nn.Module):
         """x: [B, K, d_in] (router k reads x[:, k]) -> [B, K, k_out] path weights."""
         x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight + self.norm_bias
         h = F.gelu(torch.einsum("bki,kih->bkh", x, self.w1) + self.b1)
-        return torch.relu(torch.tanh(torch.einsum("bkh,kho->bko", h, self.w2) + self.b2))
+        z = torch.einsum("bkh,kho->bko", h, self.w2) + self.b2
+        return torch.relu(torch.tanh(z if self.temperature == 1.0 else z / self.temperature))
 
 
 class ModalitySpecificRouters(nn.Module):
     """Per cell an image router on the cell's output stream and a text router on the sentence; the
     path weight is their mean, so the two parts add up to it."""
 
-    def __init__(self, k: int, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int, temperature: float = 1.0):
         super().__init__()
-        self.image = PathRouterBank(k, d, hidden, k_out)
-        self.text = PathRouterBank(k, d, hidden, k_out)
+        self.image = PathRouterBank(k, d, hidden, k_out, temperature)
+        self.text = PathRouterBank(k, d, hidden, k_out, temperature)
 
     def forward(self, streams: torch.Tensor, sentence: torch.Tensor):
         image_part = self.image(streams) / 2
@@ -69,9 +72,9 @@ class ModalitySpecificRouters(nn.Module):
 class SharedRouters(nn.Module):
     """Ablation: one router per cell reads image stream and sentence together; no modality-specific parts."""
 
-    def __init__(self, k: int, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int, temperature: float = 1.0):
         super().__init__()
-        self.router = PathRouterBank(k, 2 * d, hidden, k_out)
+        self.router = PathRouterBank(k, 2 * d, hidden, k_out, temperature)
 
     def forward(self, streams: torch.Tensor, sentence: torch.Tensor):
         joint = torch.cat([streams, sentence[:, None].expand(-1, streams.shape[1], -1)], dim=-1)
@@ -81,7 +84,7 @@ class SharedRouters(nn.Module):
 class FixedRouters(nn.Module):
     """Ablation: every path has weight 1, so every cell receives the uniform mix of the previous layer."""
 
-    def __init__(self, k: int, d: int, hidden: int, k_out: int):
+    def __init__(self, k: int, d: int, hidden: int, k_out: int, temperature: float = 1.0):
         super().__init__()
         self.k_out = k_out
 
@@ -121,6 +124,9 @@ class DynamicFusionNetwork(FusionModule):
             raise ConfigError(f"unknown cell(s) {unknown}. Choose from: {', '.join(CELLS)}.")
         if cfg.layers < 1 or not cfg.cells:
             raise ConfigError("the fusion network needs at least one layer and one cell.")
+        if not cfg.router_temperature > 0:
+            raise ConfigError(f"model.fusion.router_temperature={cfg.router_temperature!r}; give a positive number "
+                              f"(1 = the paper's routers, < 1 sharper path weights).")
         d, k = cfg.width, len(cfg.cells)
         self.image_in = nn.Linear(image_token_dim, d)
         self.global_in = nn.Linear(embed_dim, d)
@@ -130,8 +136,8 @@ class DynamicFusionNetwork(FusionModule):
             nn.ModuleList(CELLS[name](d, cfg.heads, cfg.mlp_ratio, cfg.dropout) for name in cfg.cells)
             for _ in range(cfg.layers))
         router = ROUTERS[cfg.router]
-        self.routers = nn.ModuleList(router(k, d, cfg.router_hidden, k if r < cfg.layers - 1 else 1)
-                                     for r in range(cfg.layers))
+        self.routers = nn.ModuleList(router(k, d, cfg.router_hidden, k if r < cfg.layers - 1 else 1,
+                                            cfg.router_temperature) for r in range(cfg.layers))
         # Output: the routed stream (mean + max over tokens) read together with the global embeddings the
         # stream started from, so the query sees every granularity (a static Combiner sees only [v, t]).
         self.out_norm = nn.LayerNorm(d)
