@@ -295,7 +295,7 @@ def _pattern(u: str, v: str, part: str, rng: random.Random) -> Phrase:
     adj, novel_adj = _pick(PATTERN_ADJ[v], part, rng)
     if v == "solid" or rng.random() < 0.5:
         return Phrase("pattern", ABSOLUTE, _accepted([v]), adj, _fill(rng.choice(MAKE_ADJ.options(part)), w=adj),
-                      f"in {adj}" if v != "solid" else f"in a {adj} fabric", adj, novel_adj)
+                      f"in a {adj} print" if v != "solid" else f"in a {adj} fabric", adj, novel_adj)
     noun, novel = _pick(PATTERN_NOUN[v], part, rng)
     return Phrase("pattern", ABSOLUTE, _accepted([v]), f"with {noun}",
                   _fill(rng.choice(ADD_NOUN.options(part)), n=noun), f"with {noun}", adj, novel or novel_adj)
@@ -408,11 +408,12 @@ def _join(parts: Sequence[str], rng: random.Random) -> str:
 def _noun_phrase(phrases: Sequence[Phrase], category: str, part: str, rng: random.Random) -> tuple[str, bool]:
     noun, novel = _pick(NOUNS[category], part, rng)
     adjectives = [p for p in phrases if p.adj and rng.random() < 0.5][:2]
-    mods = [p.mod for p in phrases if p not in adjectives]
-    head = " ".join([*(p.adj or "" for p in adjectives), noun])
     plural = category == "trousers" and noun != "pair"
+    mods = [p.mod.replace("that is ", "that are ") if plural else p.mod for p in phrases if p not in adjectives]
+    head = " ".join([*(p.adj or "" for p in adjectives), noun])
     vowel = head[0] in "aeiou" and not head.startswith("one")
-    article = ("some " if rng.random() < 0.3 else "") if plural else ("an " if vowel else "a ")
+    singular = "" if head == "one" else "an " if vowel else "a "
+    article = ("some " if rng.random() < 0.3 else "") if plural else singular
     return article + head + ("" if not mods else " " + _join(mods, rng)), novel
 
 
@@ -475,7 +476,7 @@ def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], cate
         words["np"], novel_noun = _noun_phrase(phrases, category, part, rng)
         novel = novel or novel_noun
     text = re.sub(r"\ba (?=[aeiou])(?!one\b)", "an ", frame.format(**words))
-    typo = rng.random() < TYPO_SHARE
+    typo = rng.random() < TYPO_SHARE and len(text.split()) >= 3   # a misspelt one-word request says nothing
     if typo:
         text = _typo(text, part, rng)
     return Request(_style(text, family, rng), _asks(phrases), family, part,
