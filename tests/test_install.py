@@ -90,6 +90,16 @@ def test_retriever_with_no_arguments_serves_the_shipped_model_on_the_default_cat
     assert (installed["home"] / "catalogs" / "synthetic" / "index").is_dir()
 
 
+def test_sdfn_search_without_a_catalog_uses_the_default_one(installed, small_catalog):
+    default = installed["home"] / "catalogs" / "synthetic"
+    if not default.is_dir():
+        shutil.copytree(small_catalog, default, ignore=shutil.ignore_patterns("index", ".*"))
+    done = run(installed, installed["sdfn"], "search", "--ref", "skirt-000003", "--text", "is longer", "-k", "2",
+               "--json", "--quiet")
+    result = json.loads(done.stdout)
+    assert result["query"]["reference"] == "skirt-000003" and len(result["results"]) == 2
+
+
 def test_sdfn_search_from_another_folder(installed, small_catalog):
     catalog = installed["work"] / "my-catalog"
     shutil.copytree(small_catalog, catalog, ignore=shutil.ignore_patterns("index", ".*"))
