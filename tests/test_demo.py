@@ -101,12 +101,13 @@ class RawClient:
                     return message
         raise AssertionError("the queue closed the stream without completing the event")
 
-    def status_text(self, answer: dict) -> str:
-        """The Train view's status markdown (the 4th output) or the error a refused event carries."""
+    def status_text(self, answer: dict, position: int = 3) -> str:
+        """The Train view's status markdown (the 4th output of start/cancel, the 2nd of "Use this model") or the
+        error a refused event carries."""
         assert "Traceback" not in json.dumps(answer)
         if not answer["success"]:
             return str(answer["output"].get("error"))
-        status = answer["output"]["data"][3]
+        status = answer["output"]["data"][position]
         return status if isinstance(status, str) else json.dumps(status)
 
 
@@ -382,10 +383,15 @@ def test_train_handlers_refuse_hostile_queue_requests(served_demo, catalog, tmp_
 
 # ---- training in the background -------------------------------------------------------------------------------
 
-def test_training_runs_in_the_background_and_its_model_is_served(service, catalog):
+def test_training_runs_in_the_background_and_its_model_is_served(served_demo, service, catalog):
+    """Started from the Train view (through the queue, as a browser does); only the session that started it may
+    serve its model, which is swapped in whole while the old snapshot keeps answering."""
+    owner, other = RawClient(served_demo[1]), RawClient(served_demo[1])
+    start, use = owner.fn_index("train-start", "click"), owner.fn_index("train-use", "click")
     with pytest.raises(ConfigError, match="epochs must be"):
         service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 0, 32, 1e-3, 0))
-    run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 1, 32, 1e-3, 0))
+    assert "Started run" in owner.status_text(owner.call(start, ["tiny-synthetic", "catalog", 1, 32, 1e-3, 0]))
+    run = service.training
     with pytest.raises(ConfigError, match="already going"):
         service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 1, 32, 1e-3, 0))
     assert service.search("dress-000004", "is red", k=3).result.items   # searches answered while it trains
@@ -397,7 +403,9 @@ def test_training_runs_in_the_background_and_its_model_is_served(service, catalo
     assert any(r.get("event") == "epoch" and "val" in r for r in status.records)
     before, old = service.describe()["model_fingerprint"], service.retriever
     answered = [i.id for i in old.search("dress-000004", "is red", k=5).items]
-    service.use_checkpoint(status.checkpoint)
+    assert "another visitor" in other.status_text(other.call(use, []), 1)
+    assert service.describe()["model_fingerprint"] == before
+    assert "Now serving" in owner.status_text(owner.call(use, []), 1)
     assert service.describe()["model_fingerprint"] != before
     assert service.describe()["model_fingerprint"] == service.retriever.model.fingerprint()
     assert len(service.search("dress-000004", "is red", k=3).result.items) == 3
