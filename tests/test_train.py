@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
+import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from sdfn.backbone import Backbone, BackboneConfig
@@ -19,8 +25,10 @@ from sdfn.cli import main as cli
 from sdfn.config import load_config
 from sdfn.errors import CheckpointError, ConfigError, DataError
 from sdfn.fusion import list_fusions
+from sdfn.losses import BatchClassificationLoss, image_text_contrastive
 from sdfn.model import ComposedRetrievalModel, ModelConfig
 from sdfn.training import Trainer, run_training, selection_score
+from sdfn.training.optim import param_groups
 from sdfn.training.pretrain import read_catalog
 
 SMALL = ["model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
@@ -75,13 +83,64 @@ def test_two_epochs_straight_equal_one_plus_resume_plus_one(small_catalog, tmp_p
     run_training(small_config(small_catalog, *cfg), tmp_path / "straight", progress=False)
     run_training(small_config(small_catalog, *cfg), tmp_path / "split", stop_after=1, progress=False)
     assert len(epochs_of(tmp_path / "split")) == 1
+    # As after a kill during the second epoch's checkpoint: its records were logged, its last/ never written
+    # (and the last line was cut short).
+    second = [line for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()
+              if json.loads(line)["event"] in ("step", "epoch") and json.loads(line)["epoch"] == 1]
+    with (tmp_path / "split" / "log.jsonl").open("a") as f:
+        f.write("\n".join(second) + "\n" + second[0][:20])
     run_training(small_config(small_catalog, *cfg), tmp_path / "ignored", resume=tmp_path / "split", progress=False)
+    assert [e["epoch"] for e in epochs_of(tmp_path / "split")] == [0, 1]      # the log tells one history
     straight, resumed = steps_of(tmp_path / "straight"), steps_of(tmp_path / "split")
     assert [s["step"] for s in straight] == [s["step"] for s in resumed]
     for a, b in zip(straight, resumed, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5), a["step"]
         assert a["spd"] == pytest.approx(b["spd"], abs=1e-6), a["step"]
     assert not (tmp_path / "ignored").exists()     # resume continues in the resumed run's folder
+
+
+def test_resume_of_something_that_is_not_a_run_is_a_one_line_error(small_catalog, tmp_path, capsys):
+    empty, no_state = tmp_path / "empty", tmp_path / "no-state"
+    empty.mkdir()
+    (no_state / "last").mkdir(parents=True)         # a run killed while writing its first checkpoint, by hand
+    (no_state / "last" / "train_config.json").write_text(json.dumps(small_config(small_catalog).to_dict()))
+    for folder, names in ((tmp_path / "nope", "nope"), (empty, "train_config.json"),
+                          (no_state, "train_state")):
+        assert cli(["train", "--resume", str(folder), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sdfn train: error:") and "\n" not in err, err
+        assert str(folder) in err and names in err and "--config" in err, err      # what, where, what to do
+    with pytest.raises(CheckpointError, match="does not exist.*start a new run with --config"):
+        run_training(small_config(small_catalog), tmp_path / "x", resume=tmp_path / "nope", progress=False)
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` made unwritable: by its mode, or (for root, whom modes do not stop) the immutable attribute."""
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    immutable = False
+    try:
+        if os.access(folder, os.W_OK) and os.geteuid() == 0:
+            immutable = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not immutable:
+                pytest.skip("cannot make a folder read-only for root here (no chattr +i on this file system)")
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(stat.S_IRWXU)
+
+
+def test_a_read_only_run_folder_is_a_one_line_error(small_catalog, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    with read_only(ro):
+        code = cli(["train", "--config", "tiny-synthetic", "--out", str(ro / "run"), "--quiet", *SMALL,
+                    f"data.root={small_catalog}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("sdfn train: error:") and "\n" not in err, err
+    assert str(ro) in err and "--out" in err, err
+    assert not (ro / "run").exists()
 
 
 def test_a_checkpoint_of_another_config_is_refused(small_catalog, tmp_path):
@@ -134,10 +193,13 @@ def test_config_errors_name_the_key(small_catalog):
 
 def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_path):
     pretrain = tmp_path / "pretrain-catalog"        # the preset's separate pre-training catalog, made small
+    abandoned = tmp_path / "run" / ".stage1.tmp-999999-0badcafe"      # left by a killed stage 1
+    abandoned.mkdir(parents=True)
     cfg = small_config(small_catalog, "pretrain.epochs=1", "pretrain.batch_size=32", "optim.epochs=1",
                        "eval.every=0", f"pretrain.catalog={pretrain}", "pretrain.synth_items_per_category=30")
     run_training(cfg, tmp_path / "run", progress=False)
     tmp_path = tmp_path / "run"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]     # no staging folder left
     train, val = read_catalog(pretrain, "train"), read_catalog(pretrain, "val")    # generated there ...
     assert len(train) > len(val) > 0
     with pytest.raises(DataError, match="no items in split 'test'"):                 # ... train and val only
@@ -172,7 +234,8 @@ def test_ddp_with_gloo_on_two_processes(small_catalog, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
            "-m", "sdfn", "train", "--config", "tiny-synthetic", "--out", str(tmp_path), "--quiet",
-           *SMALL, f"data.root={small_catalog}", "optim.epochs=2", "optim.batch_size=8", "eval.every=2"]
+           *SMALL, f"data.root={small_catalog}", "optim.epochs=2", "optim.batch_size=8", "eval.every=2",
+           "optim.negatives=batch"]          # each rank's queries against both ranks' targets
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     epochs = epochs_of(tmp_path)
@@ -187,5 +250,84 @@ def test_fashioniq_vitb32_preset_runs_end_to_end_without_pretrained_weights(smal
                  "optim.epochs=1", "optim.batch_size=8", "optim.num_workers=0", "eval.every=1"]
     cfg = load_config("fashioniq-vitb32", overrides)
     result = run_training(cfg, tmp_path, progress=False)
-    assert result["epoch"] == 1 and (tmp_path / "best" / "open_clip_model.safetensors").is_file()
-    assert json.loads((tmp_path / "best" / "sdfn_config.json").read_text())["model"]["backbone"]["model"] == "ViT-B-32"
+    assert result["epoch"] == 1
+    assert ComposedRetrievalModel.load(tmp_path / "best").cfg.backbone.model == "ViT-B-32"
+
+
+def test_weight_decay_only_on_weight_matrices_each_part_at_its_learning_rate():
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4),
+                                 "token_embedding": torch.nn.Embedding(10, 4), "frozen": torch.nn.Linear(4, 4)})
+    model.register_parameter("logit_scale", torch.nn.Parameter(torch.zeros(())))
+    model["frozen"].requires_grad_(False)
+    named = list(model.named_parameters())
+    groups = param_groups({"fusion": ([x for x in named if x[0] != "proj.weight"], 1e-3),
+                           "backbone": ([x for x in named if x[0] == "proj.weight"], 1e-5)}, weight_decay=0.1)
+    names = {id(p): n for n, p in named}
+    got = {g["name"]: (g["lr"], g["weight_decay"], sorted(names[id(p)] for p in g["params"])) for g in groups}
+    assert got == {"fusion-no-decay": (1e-3, 0.0, ["logit_scale", "norm.bias", "norm.weight", "proj.bias",
+                                                   "token_embedding.weight"]),
+                   "backbone": (1e-5, 0.1, ["proj.weight"])}
+
+
+class _Towers(torch.nn.Module):
+    """Query and target projections plus the loss (which holds the temperature), as in ComposedRetrievalModel."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.query, self.target = torch.nn.Linear(6, 5), torch.nn.Linear(6, 5)
+        self.criterion = BatchClassificationLoss(init_temperature=0.2)
+
+    def forward(self, x, y):
+        return F.normalize(self.query(x), dim=-1), F.normalize(self.target(y), dim=-1)
+
+
+def _global_batch(n: int = 8):
+    g = torch.Generator().manual_seed(1)
+    keys = torch.tensor([0, 1, 2, 3, 0, 5, 6, 1])[:n]     # queries 0/4 and 1/7 share a target, across ranks
+    return torch.randn(n, 6, generator=g), torch.randn(n, 6, generator=g), keys, torch.randn(n, 5, generator=g), \
+        torch.randn(n, 5, generator=g)
+
+
+def _rank_losses(rank: int, world: int, port: int, out: str) -> None:
+    """One rank of a 2-process gloo group: the training loss through DDP, and stage 1's CLIP loss, on its half."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    x, y, keys, img, txt = (t.chunk(world)[rank] for t in _global_batch())
+    towers = _Towers()
+    towers.criterion.distribute(rank, world)
+    ddp = torch.nn.parallel.DistributedDataParallel(towers)
+    loss = towers.criterion(*ddp(x, y), keys)          # the temperature is used outside forward, as in the trainer
+    loss.backward()
+    img, txt = img.requires_grad_(), txt.requires_grad_()
+    clip = image_text_contrastive(rank, world)(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), torch.tensor(10.0))
+    clip.backward()
+    grads = {n: p.grad.tolist() for n, p in towers.named_parameters()}
+    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"loss": loss.item(), "clip": clip.item(), "grads": grads,
+                                                            "img": img.grad.tolist(), "txt": txt.grad.tolist()}))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_see_the_loss_and_gradient_of_the_whole_global_batch(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_losses, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    x, y, keys, img, txt = _global_batch()
+    towers = _Towers()
+    loss = towers.criterion(*towers(x, y), keys)
+    loss.backward()
+    assert sum(r["loss"] for r in ranks) / 2 == pytest.approx(loss.item(), abs=1e-6)
+    for name, p in towers.named_parameters():        # DDP's average over the ranks = the single-process gradient
+        for r in ranks:
+            torch.testing.assert_close(torch.tensor(r["grads"][name]), p.grad, atol=1e-6, rtol=1e-5)
+    without_keys = BatchClassificationLoss(init_temperature=0.2)(*towers(x, y))
+    assert without_keys.item() != pytest.approx(loss.item(), abs=1e-3)    # the shared targets were masked
+    img, txt = img.requires_grad_(), txt.requires_grad_()
+    clip = image_text_contrastive()(F.normalize(img, dim=-1), F.normalize(txt, dim=-1), torch.tensor(10.0))
+    clip.backward()
+    assert sum(r["clip"] for r in ranks) / 2 == pytest.approx(clip.item(), abs=1e-6)
+    for part, full in (("img", img.grad), ("txt", txt.grad)):
+        got = torch.cat([torch.tensor(r[part]) for r in ranks]) / 2     # each rank's loss is its half's mean
+        torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-5)
