@@ -10,6 +10,7 @@ import importlib.util
 import json
 import shutil
 import socket
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from helpers import png_1bit
 
 from sdfn.catalog import build_catalog
 from sdfn.demo_app import build_demo, launch, route_outputs
+from sdfn.demo_batching import Batcher
 from sdfn.demo_service import DemoService
 from sdfn.demo_training import TrainingSettings
 from sdfn.errors import ConfigError
@@ -379,6 +381,38 @@ def test_train_handlers_refuse_hostile_queue_requests(served_demo, catalog, tmp_
     assert "already going" in begin(attacker, "catalog")
     owner.status_text(owner.call(cancel, []))
     assert run.poll().state == "cancelled"
+
+
+def test_batcher_answers_each_caller_with_its_own_answer_or_error():
+    """Requests that queue up while a batch runs form the next batch; one bad item fails only its own caller."""
+    release, batches = threading.Event(), []
+
+    def run(items):
+        batches.append(list(items))
+        release.wait(30)                       # the first batch holds the worker while the others queue up
+        if any(i < 0 for i in items):
+            raise ValueError("negative item")
+        return [i * 10 for i in items]
+
+    batcher = Batcher(run, max_batch=8)
+    items = [1, 2, 3, -4, 5, 6]
+    with ThreadPoolExecutor(len(items) + 1) as pool:
+        first = pool.submit(batcher.submit, 0)
+        while not batches:
+            time.sleep(0.01)
+        jobs = [pool.submit(batcher.submit, i) for i in items]
+        while batcher._queue.qsize() < len(items):
+            time.sleep(0.01)
+        release.set()
+        assert first.result(30) == 0
+        for i, job in zip(items, jobs, strict=True):
+            if i < 0:
+                with pytest.raises(ValueError, match="negative"):
+                    job.result(30)
+            else:
+                assert job.result(30) == i * 10
+    assert sorted(batches[1]) == sorted(items)      # all six were answered as one batch first
+    batcher.close()
 
 
 # ---- training in the background -------------------------------------------------------------------------------
