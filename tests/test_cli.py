@@ -116,14 +116,3 @@ def test_search_on_a_read_only_catalog_with_a_stale_index(tiny_checkpoint, small
     done = subprocess.run(["unshare", "-r", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     assert_one_error_line(done.returncode, done.stderr, "search", "Read-only file system", "sdfn index --catalog")
 
-
-def test_every_override_the_train_help_shows_is_a_real_key():
-    """`sdfn train --help` once showed `fusion.name=combiner`, which no config has (model.fusion.name is the key)."""
-    from sdfn.cli import build_parser
-    from sdfn.config import load_config
-
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
-    examples = [word for word in train.epilog.split() if "=" in word]
-    assert "model.fusion.name=combiner" in examples
-    for example in examples:
-        load_config("tiny-synthetic", [example])          # an unknown key raises ConfigError
