@@ -436,7 +436,9 @@ class DemoService:
                 raise ConfigError("a training run is already going; wait for it to finish"
                                   + (" or cancel it first." if self._training.owned_by(session) else "."))
             out = self.runs / (time.strftime("demo-%Y%m%d-%H%M%S-") + secrets.token_hex(3))
-            self._training = TrainingRun(checked, out, owner=session, cwd=sdfn_home())
+            home = sdfn_home()   # the preset's relative paths (its stage-1 catalog) resolve there, as for `sdfn train`
+            home.mkdir(parents=True, exist_ok=True)
+            self._training = TrainingRun(checked, out, owner=session, cwd=home)
             # the run has a session of its own, so stopping the demo would not stop it: end it on the way out
             atexit.register(self._training.cancel)
             return self._training
