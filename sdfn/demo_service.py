@@ -315,13 +315,18 @@ class DemoService:
         retriever = self.retriever
         manifest = retriever.index.manifest
         checkpoint = retriever.checkpoint
-        return {"checkpoint": checkpoint.name if checkpoint is not None else "sdfn-tiny (shipped)",
+        if checkpoint is None:
+            name = "sdfn-tiny (shipped)"
+        else:   # a training run's best/ or last/ by its run folder too
+            name = "/".join(checkpoint.parts[-2:]) if checkpoint.name in ("best", "last") else checkpoint.name
+        return {"checkpoint": name,
                 "backbone": manifest["model"]["backbone"], "fusion": manifest["model"]["fusion"],
                 "router": retriever.model.cfg.fusion.router, "model_fingerprint": retriever.model.fingerprint(),
                 "index_fingerprint": manifest["model"]["fingerprint"],
                 "catalog": retriever.catalog.root.name, "items": len(retriever.index),
                 "categories": retriever.catalog.category_counts(), "index": retriever.index.index_type,
-                "index_status": retriever.index_status.message if retriever.index_status else ""}
+                "index_status": (retriever.index_status.message if retriever.index_status else "").replace(
+                    str(retriever.catalog.root), retriever.catalog.root.name)}
 
     def categories(self) -> dict[str, int]:
         return self.retriever.catalog.category_counts()
