@@ -95,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--catalog", type=Path, default=None, help="default: the default synthetic catalog")
     parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--note", default="", help="how the checkpoints were trained, for the section")
     args = parser.parse_args(argv)
     checkpoints = args.checkpoint or [SHIPPED_CHECKPOINT]
     labels = args.label or []
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     body = "\n".join([
         f"Catalog `{shown_path(catalog_root)}`. Checkpoints: "
         + ", ".join(f"{label} = `{shown_path(c)}`" for label, c in zip(labels, checkpoints, strict=True)) + ".",
+        *([args.note] if args.note else []),
         "Per kind of change (test split, a query counts in each kind it asks for): the largest difference in "
         "any layer and cell between the kind's module usage and all queries' usage, in points. Entropy: mean "
         "route entropy of the test queries over log K. Uniform routes: val R@1 (whole category split, joined "
