@@ -27,7 +27,7 @@ from sdfn.catalog import build_catalog
 from sdfn.demo_app import build_demo, launch, route_outputs
 from sdfn.demo_batching import Batcher
 from sdfn.demo_service import DemoService
-from sdfn.demo_training import TrainingSettings
+from sdfn.demo_training import TrainingPolicy, TrainingSettings
 from sdfn.errors import ConfigError
 from sdfn.evaluate import join_captions
 from sdfn.fusion import FusionConfig
@@ -381,6 +381,33 @@ def test_train_handlers_refuse_hostile_queue_requests(served_demo, catalog, tmp_
     assert "already going" in begin(attacker, "catalog")
     owner.status_text(owner.call(cancel, []))
     assert run.poll().state == "cancelled"
+
+
+def test_training_policy_with_a_root_allows_only_existing_catalogs_inside_it(small_catalog, tmp_path):
+    root, served = tmp_path / "trainable", tmp_path / "served"
+    shutil.copytree(small_catalog, root / "mine", ignore=shutil.ignore_patterns("index", "images"))
+    served.mkdir()
+    (root / "empty").mkdir()
+    (root / "escape").symlink_to(small_catalog)               # inside by name, outside once resolved
+    policy = TrainingPolicy([served], root)
+    assert policy.catalog("served") == served.resolve()
+    assert policy.catalog("mine") == policy.catalog(str(root / "mine")) == (root / "mine").resolve()
+    for asked in ("empty", "escape", "missing", ".", "..", "mine/../..", str(small_catalog), "~"):
+        with pytest.raises(ConfigError, match="not one this server trains on"):
+            policy.catalog(asked)
+    assert sorted(p.name for p in root.iterdir()) == ["empty", "escape", "mine"]    # nothing was created
+    with pytest.raises(ConfigError, match="batch size must be a whole number from 2 to 512"):
+        policy.check(TrainingSettings("tiny-synthetic", "mine", 1, 4096, 1e-3, 0))
+    with pytest.raises(ConfigError, match="learning rate"):
+        policy.check(TrainingSettings("tiny-synthetic", "mine", 1, 32, float("nan"), 0))
+    with pytest.raises(ConfigError, match="stage-1 epochs must be"):
+        policy.check(TrainingSettings("tiny-synthetic", "mine", 1, 32, 1e-3, 50))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        policy.check(TrainingSettings("../../etc/passwd", "mine", 1, 32, 1e-3, 0))
+    checked = policy.check(TrainingSettings("tiny-synthetic", "mine", 2.0, 32, 1e-3, 0))
+    assert checked.epochs == 2 and checked.catalog_path == (root / "mine").resolve()
+    command = checked.command(tmp_path / "out")
+    assert f"data.root={(root / 'mine').resolve()}" in command and "data.synthesize=false" in command
 
 
 def test_batcher_answers_each_caller_with_its_own_answer_or_error():
