@@ -37,7 +37,7 @@ from sdfn.routes import cell_usage
 
 TITLE = "sdfn · language-based fashion retrieval"
 PER_PAGE = 12
-MAX_K = 100             # the Search view's slider; the API allows up to sdfn.demo_service.MAX_K
+MAX_K = 100             # the Search view's slider; the API allows up to sdfn.retrieval.MAX_K
 SEARCH_CONCURRENCY = 64  # search events in flight at once: they wait together for one batch (DemoService.search)
 POLL_SECONDS = 2.0
 MAX_UPLOAD = "50mb"

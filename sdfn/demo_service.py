@@ -37,13 +37,13 @@ from PIL import Image
 from sdfn.data.base import open_dataset
 from sdfn.data.images import load_image
 from sdfn.demo_batching import Batcher
-from sdfn.demo_training import TrainingPolicy, TrainingRun, TrainingSettings, whole_number
+from sdfn.demo_training import TrainingPolicy, TrainingRun, TrainingSettings
 from sdfn.encode import ImageFeatureTable
 from sdfn.errors import ConfigError, DataError
 from sdfn.evaluate import join_captions
 from sdfn.fsio import atomic_write_bytes
 from sdfn.paths import sdfn_home
-from sdfn.retrieval import Retriever, SearchResult
+from sdfn.retrieval import Retriever, SearchResult, check_k
 from sdfn.routes import RouteStatistics, route_statistics
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 GENERIC_CHANGES = ("is red and has longer sleeves", "is darker and has no pattern", "is shorter and more fitted",
                    "has a v-neck and a belt", "is striped instead of plain", "is looser and lighter in color")
 KNOWN_TARGET_SPLITS = ("val", "test")   # train pairs are what the model learnt from: no honest check there
-MAX_K = 1000                            # results one search may ask for (the Search view's slider stops at 100)
 SERVED_IMAGE_SIDE = 512                 # catalog images larger than this are served as thumbnails
 BROWSER_FORMATS = {"PNG", "JPEG", "WEBP", "GIF"}
 MAX_BATCH = 64
@@ -363,9 +362,9 @@ class DemoService:
     def search(self, reference: str | Path, text: str = "", k: int = 10, category: str | None = None) -> SearchOutcome:
         """Search, and where (reference, text) is an annotated val/test pair, say where its target landed.
 
-        k must be a whole number from 1 to MAX_K (2.0 is 2; 2.5 and 1e300 are refused, as the Python API
-        refuses them). Concurrent calls are answered together in one batch."""
-        k = whole_number("k", k, 1, MAX_K)
+        k must be a whole number from 1 to sdfn.retrieval.MAX_K (2.0 is 2; 2.5 and 1e300 are refused, by the
+        engine's own check). Concurrent calls are answered together in one batch."""
+        k = check_k(k)     # the engine's own rule, checked before the query joins a batch
         retriever, result = self._batcher.submit({"reference": reference, "text": text, "k": k,
                                                   "category": category})
         reference_id = reference if isinstance(reference, str) else None
