@@ -112,7 +112,8 @@ class ComposedRetrievalModel(nn.Module):
         return Composition(query, trace)
 
     def train(self, mode: bool = True):
-        self.__dict__.pop("_fusion_traces", None)      # weights may change: record the traces again when needed
+        if mode:   # weights may change while training: record the traces again when needed (eval() keeps them)
+            self.__dict__.pop("_fusion_traces", None)
         return super().train(mode)
 
     def embed_target(self, pooled: torch.Tensor) -> torch.Tensor:
