@@ -15,7 +15,6 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from tqdm.auto import tqdm
 
 from sdfn.data.images import load_image
 from sdfn.errors import ConfigError, DataError, ImageError
-from sdfn.fsio import atomic_write_text
+from sdfn.fsio import atomic_write_text, check_writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -400,17 +399,11 @@ def _build(images: Path, out: Path, metadata: Path | str | None, progress: bool,
 def _check_writable(out: Path) -> bool:
     """Create `out` if needed and check, before any image is decoded, that files can be written in it.
     Whether `out` was created here."""
-    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        return check_writable_folder(out, create=True)
     except OSError as err:
-        if created:
-            _remove_if_empty(out)
         raise DataError(f"cannot write the catalog into {out} ({err.strerror}); choose a folder you can write "
                         "with --out.") from err
-    return created
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 import sys
@@ -248,16 +247,10 @@ def list_presets() -> list[str]:
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before any work when `folder` (to be created, or written into) cannot be written: its nearest
-    existing ancestor must be a writable folder."""
-    probe = Path(os.path.abspath(folder))
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way (not a folder)", str(probe))
-    if not os.access(probe, os.W_OK):
-        code = errno.EROFS if os.statvfs(probe).f_flag & os.ST_RDONLY else errno.EACCES
-        raise PermissionError(code, os.strerror(code), str(probe))
+    """Fail before any work when `folder` (to be created, or written into) cannot be written; nothing is made."""
+    from sdfn.fsio import check_writable_folder
+
+    check_writable_folder(folder)
 
 
 _WHAT_TO_DO = {

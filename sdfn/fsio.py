@@ -11,6 +11,7 @@ One mechanism for checkpoints, indexes, catalogs and run logs:
 - `publish_folder(src, dst)`: on Linux the two folders are swapped with one `renameat2(RENAME_EXCHANGE)`, so
   a reader always finds a complete `dst` (the old one or the new one); elsewhere it falls back to two renames.
 - `file_sha256` and `tensors_fingerprint`: the one place that hashes files and weights.
+- `check_writable_folder`: the one probe that a folder can be written, run before any long work starts.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import logging
 import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -172,6 +175,34 @@ def staging_folder(dst: Path | str, publish: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable_folder(folder: Path | str, create: bool = False) -> bool:
+    """Check, before any work, that files can be written in `folder`; raise the OSError that stops it
+    (PermissionError, NotADirectoryError, ...) with the folder as its filename, for the caller to turn into a
+    message that names the folder and what to do.
+
+    With `create` the folder (and its missing parents) is made and a nameless temporary file written in it;
+    folders made here are removed again when the probe fails. Without it nothing is made: the nearest existing
+    ancestor must be a folder in which a temporary file can be written. Returns whether `folder` was created.
+    """
+    folder = Path(os.path.abspath(folder))
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    probe = folder if create or not missing else folder.parents[len(missing) - 1]
+    if not create and not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way (not a folder)", str(probe))
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        if create:
+            for made in missing:  # innermost first
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        raise type(err)(err.errno, err.strerror or str(err), str(probe)) from err
+    return bool(missing)
 
 
 def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:

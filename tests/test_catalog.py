@@ -221,7 +221,7 @@ def test_unwritable_output_fails_before_any_image_is_decoded(photos, tmp_path, m
     def refused(*args, dir=None, **kwargs):
         raise PermissionError(errno.EROFS, "Read-only file system", str(dir))
 
-    monkeypatch.setattr(sdfn_catalog.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr("sdfn.fsio.tempfile.TemporaryFile", refused)  # the one writable-folder probe
     with pytest.raises(DataError, match=r"cannot write the catalog into .*cat \(Read-only file system\); choose a "
                                         r"folder you can write with --out"):
         build_catalog(photos, tmp_path / "cat", progress=False)

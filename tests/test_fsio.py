@@ -3,6 +3,7 @@ leaves behind for the next one to clean."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -73,3 +74,24 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
     fsio.atomic_write_text(path, "old")
     fsio.atomic_write_text(path, "new")
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_writable_folder_probe_names_the_blocking_folder_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    """One probe for every command: a file in the way is named; a refused write removes the folders it made."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(NotADirectoryError) as info:
+        fsio.check_writable_folder(blocker / "run" / "best")
+    assert info.value.filename == str(blocker)
+    assert fsio.check_writable_folder(tmp_path / "new" / "run") is True and not (tmp_path / "new").exists()
+    assert fsio.check_writable_folder(tmp_path / "made" / "run", create=True) is True
+    assert (tmp_path / "made" / "run").is_dir() and list((tmp_path / "made" / "run").iterdir()) == []
+
+    def refused(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system", f"{dir}/tmpXYZ")
+
+    monkeypatch.setattr(fsio.tempfile, "TemporaryFile", refused)
+    with pytest.raises(PermissionError) as info:
+        fsio.check_writable_folder(tmp_path / "ro" / "run", create=True)
+    assert info.value.filename == str(tmp_path / "ro" / "run") and info.value.strerror == "Read-only file system"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "made"]

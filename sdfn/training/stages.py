@@ -4,14 +4,13 @@ stage 2 (composition training), or resume a run where its last checkpoint left i
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from pathlib import Path
 
 from sdfn.backbone import BackboneConfig
 from sdfn.config import TrainConfig
 from sdfn.errors import ConfigError
-from sdfn.fsio import atomic_write_text
+from sdfn.fsio import atomic_write_text, check_writable_folder
 from sdfn.training.data import ensure_synthetic_catalogs
 from sdfn.training.distributed import setup_distributed
 from sdfn.training.pretrain import SUMMARY, run_pretraining
@@ -23,9 +22,7 @@ from sdfn.training.trainer import Trainer
 def writable_run_folder(out: Path) -> Path:
     """Create the run folder (and its parents) and check that files can be written in it, before any work."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        check_writable_folder(out, create=True)
     except OSError as err:
         raise ConfigError(f"cannot write the run folder {out} ({err.strerror or err}). Give a writable --out, "
                           "or fix the folder's permissions.") from err
