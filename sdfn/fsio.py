@@ -11,6 +11,8 @@ One mechanism for checkpoints, indexes, catalogs and run logs:
 - `publish_folder(src, dst)`: on Linux the two folders are swapped with one `renameat2(RENAME_EXCHANGE)`, so
   a reader always finds a complete `dst` (the old one or the new one); elsewhere it falls back to two renames.
 - `file_sha256` and `tensors_fingerprint`: the one place that hashes files and weights.
+- `save_safetensors`: safetensors' own writer makes 0600 files; this one gives them the mode any other
+  published file has (0666 less the umask), so a checkpoint or index is readable wherever its JSON is.
 - `check_writable_folder`: the one probe that a folder can be written, run before any long work starts.
 """
 
@@ -175,6 +177,25 @@ def staging_folder(dst: Path | str, publish: bool = True) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(tensors: dict, path: Path | str, metadata: dict[str, str] | None = None) -> None:
+    """`safetensors.torch.save_file`, with the file's mode that of a normally created file (0644 under umask 022):
+    safetensors writes through a private temporary file and keeps its 0600 mode."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def check_writable_folder(folder: Path | str, create: bool = False) -> bool:

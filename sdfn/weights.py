@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sdfn.errors import CheckpointError
+from sdfn.fsio import save_safetensors
 
 SHARD_BYTES = 8 * 2**20
 HEADER_ROOM = 64 * 2**10    # kept free in each shard for its JSON header, so a file stays within SHARD_BYTES
@@ -49,7 +50,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], folder: Path, stem: str,
     total = sum(_nbytes(t) for t in tensors.values())
     limit = shard_bytes - HEADER_ROOM
     if total <= limit:
-        save_file(tensors, str(folder / f"{stem}.safetensors"))
+        save_safetensors(tensors, str(folder / f"{stem}.safetensors"))
         return [f"{stem}.safetensors"]
     split: dict[str, list[str]] = {}
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -67,7 +68,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], folder: Path, stem: str,
     names = [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for file, shard in zip(names, shards, strict=True):
-        save_file(shard, str(folder / file))
+        save_safetensors(shard, str(folder / file))
         weight_map.update(dict.fromkeys(shard, file))
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     if split:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -95,3 +96,44 @@ def test_writable_folder_probe_names_the_blocking_folder_and_leaves_nothing_behi
         fsio.check_writable_folder(tmp_path / "ro" / "run", create=True)
     assert info.value.filename == str(tmp_path / "ro" / "run") and info.value.strerror == "Read-only file system"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "made"]
+
+
+def test_published_checkpoint_and_index_files_follow_the_umask(tmp_path, tiny_checkpoint):
+    """safetensors writes 0600 files; every file sdfn publishes (weights, feature shards, JSON, the FAISS index)
+    gets a normal file's mode instead, so a checkpoint or index copied for another user or a server is readable."""
+    from PIL import Image
+
+    from sdfn.catalog import build_catalog, open_catalog
+    from sdfn.index import open_index
+    from sdfn.model import ComposedRetrievalModel
+
+    (tmp_path / "photos").mkdir()
+    for i, colour in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (40, 60), colour).save(tmp_path / "photos" / f"p{i}.png")
+    old = os.umask(0o022)
+    try:
+        model = ComposedRetrievalModel.load(tiny_checkpoint).eval()
+        model.save(tmp_path / "checkpoint")
+        build_catalog(tmp_path / "photos", tmp_path / "catalog", progress=False)
+        open_index(open_catalog(tmp_path / "catalog"), model, progress=False)
+    finally:
+        os.umask(old)
+    published = [p for folder in (tmp_path / "checkpoint", tmp_path / "catalog") for p in folder.rglob("*")
+                 if p.is_file()]
+    assert {p.parent.name for p in published if p.suffix == ".safetensors"} == {"checkpoint", "index"}
+    modes = {str(p.relative_to(tmp_path)): oct(stat.S_IMODE(p.stat().st_mode)) for p in published}
+    assert set(modes.values()) == {"0o644"}, modes
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_saved_safetensors_get_the_mode_of_any_new_file(tmp_path, umask):
+    import torch
+
+    old = os.umask(umask)
+    try:
+        fsio.save_safetensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+        fsio.atomic_write_text(tmp_path / "w.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "w.json").stat().st_mode) == 0o666 & ~umask

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from sdfn.backbone import ImageFeatures
+from sdfn.fsio import save_safetensors
 from sdfn.index.manifest import DamagedIndex
 from sdfn.model import ComposedRetrievalModel
 
@@ -101,7 +101,7 @@ def write_shard(folder: Path, number: int, features: ImageFeatures) -> dict:
     while (folder / shard_name(number)).exists():  # appended shards follow linked ones, whose numbers may have gaps
         number += 1
     name = shard_name(number)
-    save_file({"tokens": features.tokens.half().contiguous(), "pooled": features.pooled.half().contiguous()},
+    save_safetensors({"tokens": features.tokens.half().contiguous(), "pooled": features.pooled.half().contiguous()},
               str(folder / name))
     return {"file": name, "rows": len(features.pooled)}
 

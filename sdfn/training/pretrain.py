@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -30,7 +29,7 @@ from sdfn.config import TrainConfig
 from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, NOT_APPLICABLE, describe_item
 from sdfn.data.images import load_model_image
 from sdfn.errors import DataError
-from sdfn.fsio import atomic_write_text, staging_folder
+from sdfn.fsio import atomic_write_text, save_safetensors, staging_folder
 from sdfn.losses import MAX_LOGIT_SCALE, attribute_loss, image_text_contrastive
 from sdfn.model import open_clip_config
 from sdfn.training.distributed import Dist
@@ -236,6 +235,6 @@ def save_backbone(backbone: Backbone, out: Path, summary: dict) -> None:
     published whole; a folder left by an interrupted save is removed."""
     with staging_folder(out) as tmp:
         atomic_write_text(tmp / "open_clip_config.json", json.dumps(open_clip_config(backbone), indent=2))
-        save_file({k: v.detach().cpu().contiguous() for k, v in backbone.clip.state_dict().items()},
+        save_safetensors({k: v.detach().cpu().contiguous() for k, v in backbone.clip.state_dict().items()},
                   str(tmp / "open_clip_model.safetensors"))
         atomic_write_text(tmp / SUMMARY, json.dumps(summary, indent=2))

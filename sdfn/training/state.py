@@ -15,11 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sdfn.config import TrainConfig, from_dict
 from sdfn.errors import CheckpointError
-from sdfn.fsio import atomic_write_text, staging_folder
+from sdfn.fsio import atomic_write_text, save_safetensors, staging_folder
 from sdfn.model import ComposedRetrievalModel, config_differences
 
 RESUME_FILES = ("train_config.json", "train_state.json", "train_state.safetensors")
@@ -54,7 +54,7 @@ def write_last(dst: Path, model: ComposedRetrievalModel, cfg: TrainConfig, extra
     """Write the `last/` checkpoint `dst`: readers (and a resume after a kill) see the old one or the new one."""
     with staging_folder(dst) as tmp:
         model.save_files(tmp, extra=extra)
-        save_file(tensors, str(tmp / "train_state.safetensors"))
+        save_safetensors(tensors, str(tmp / "train_state.safetensors"))
         atomic_write_text(tmp / "train_state.json", json.dumps(state, indent=1))
         atomic_write_text(tmp / "train_config.json", json.dumps(cfg.to_dict(), indent=2))
 
