@@ -32,6 +32,7 @@ from benchmarks.quality import PROTOCOL, split_metrics  # noqa: E402
 from benchmarks.results import git_commit, machine, markdown_table  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel  # noqa: E402
+from sdfn.paths import default_catalog  # noqa: E402
 from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -205,7 +206,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="a finished `sdfn train --config tiny-synthetic` run")
     parser.add_argument("--out", type=Path, default=SHIPPED_CHECKPOINT)
-    parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
+    parser.add_argument("--catalog", type=Path, default=default_catalog(),
+                        help="the synthetic catalog the run trained on (default: sdfn.paths.default_catalog(), the one "
+                             "Retriever() opens; give the run's data.root when it trained on another)")
     parser.add_argument("--trained-on", default="this machine's 2 CPU cores",
                         help="where the recipe ran, for the card")
     args = parser.parse_args()
