@@ -191,6 +191,27 @@ def test_config_errors_name_the_key(small_catalog):
         load_config("nope")
 
 
+def test_stage_one_sees_an_image_as_search_does(tmp_path):
+    """Stage 1 decodes with sdfn.data.images' one policy and the model's own resize and centre crop, not a
+    square stretch: its un-augmented view of a wide photo is exactly the model preprocess's (the middle third)."""
+    from PIL import Image
+
+    from sdfn.data.images import load_model_image
+    from sdfn.training.pretrain import Augment, decode_all
+
+    backbone = Backbone(BackboneConfig(model="sdfn-tiny"), load_weights=False)
+    wide = torch.zeros(60, 180, 3, dtype=torch.uint8)
+    wide[:, :60, 0], wide[:, 60:120, 1], wide[:, 120:, 2] = 255, 200, 255      # red | green | blue thirds
+    Image.fromarray(wide.numpy()).save(tmp_path / "wide.png")
+    size, look = backbone.image_size[0], backbone.preprocess_cfg
+    images = decode_all([tmp_path / "wide.png"], size, 0, False, look)
+    assert images.shape == (1, 3, size, size)
+    assert (images[0, 1] > 150).all() and (images[0, 0] < 60).all() and (images[0, 2] < 60).all()   # all green
+    view = Augment(size, look["mean"], look["std"])(images, None, train=False)[0]
+    expected = backbone.preprocess(load_model_image(tmp_path / "wide.png", backbone.image_size))
+    assert torch.allclose(view, expected, atol=1e-5)
+
+
 def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_path):
     pretrain = tmp_path / "pretrain-catalog"        # the preset's separate pre-training catalog, made small
     abandoned = tmp_path / "run" / ".stage1.tmp-999999-0badcafe"      # left by a killed stage 1

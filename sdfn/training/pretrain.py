@@ -11,17 +11,22 @@ Stage 1 runs in one process (rank 0 under torchrun; the other ranks wait for it)
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from open_clip.transform import MaybeToTensor, PreprocessCfg, image_transform_v2
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import Compose, ToTensor
 from tqdm.auto import tqdm
 
 from sdfn.backbone import Backbone
@@ -64,21 +69,31 @@ def label_matrix(rows: pd.DataFrame) -> torch.Tensor:
     return out
 
 
+def model_geometry(preprocess_cfg: dict, size: int) -> Callable[[Image.Image], Image.Image]:
+    """The model's preprocess (open_clip's image_transform_v2 of `preprocess_cfg`: resize, centre crop, RGB) at
+    side `size`, up to its tensor conversion: `Augment` crops, converts and normalises after it."""
+    full = image_transform_v2(PreprocessCfg(**{**preprocess_cfg, "size": (size, size)}), is_train=False)
+    return Compose(list(itertools.takewhile(lambda t: not isinstance(t, MaybeToTensor | ToTensor), full.transforms)))
+
+
 class _Decode(Dataset):
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    """Images as search and stage 2 see them: decoded by sdfn.data.images.load_model_image, then the model's
+    preprocess geometry (not a square stretch) at the cache side."""
+
+    def __init__(self, paths: list[Path], size: int, preprocess_cfg: dict):
+        self.paths, self.size, self.geometry = paths, size, model_geometry(preprocess_cfg, size)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        image = load_model_image(self.paths[i], self.size).resize((self.size, self.size), resample=3)   # bicubic
+        image = self.geometry(load_model_image(self.paths[i], self.size))
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def decode_all(paths: list[Path], size: int, workers: int, progress: bool) -> torch.Tensor:
+def decode_all(paths: list[Path], size: int, workers: int, progress: bool, preprocess_cfg: dict) -> torch.Tensor:
     """All training images as one uint8 tensor [N, 3, size, size]: decoded once, augmented on the fly."""
-    loader = DataLoader(_Decode(paths, size), batch_size=64, num_workers=workers)
+    loader = DataLoader(_Decode(paths, size, preprocess_cfg), batch_size=64, num_workers=workers)
     return torch.cat(list(tqdm(loader, desc="decoding images", unit="batch", disable=not progress, leave=False)))
 
 
@@ -151,8 +166,9 @@ def run_pretraining(cfg: TrainConfig, out: Path, dist_info: Dist, progress: bool
     cache = p.image_cache_size or size + size // 8
     train_rows, val_rows = read_catalog(root, cfg.data.train_split), read_catalog(root, cfg.data.val_split)
     workers = cfg.optim.num_workers
-    train_images = decode_all([root / f for f in train_rows["image"]], cache, workers, progress)
-    val_images = decode_all([root / f for f in val_rows["image"]], cache, workers, progress)
+    look = backbone.preprocess_cfg
+    train_images = decode_all([root / f for f in train_rows["image"]], cache, workers, progress, look)
+    val_images = decode_all([root / f for f in val_rows["image"]], cache, workers, progress, look)
     train_labels, val_labels = label_matrix(train_rows), label_matrix(val_rows)
     augment = Augment(size, backbone.preprocess_cfg["mean"], backbone.preprocess_cfg["std"])
     image_heads = AttributeHeads(backbone.embed_dim).to(device)
