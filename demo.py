@@ -14,8 +14,10 @@ how to run it publicly: README, "Security and limits".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -59,8 +61,18 @@ def training_allowed(args: argparse.Namespace) -> bool:
     return not args.no_training and (not on_spaces() or os.environ.get("SDFN_DEMO_TRAINING") == "1")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (how systemd, docker and Spaces stop a service) stops the demo as Ctrl-C does: the server closes,
+    then the exit handlers run (the training run is cancelled, the served-image folder removed)."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="sdfn demo: %(name)s: %(message)s")
     logging.getLogger("sdfn").setLevel(logging.INFO)
     start = time.perf_counter()
@@ -76,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"sdfn demo: ready in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
     host, port = address(args)
-    launch(build_demo(service, allow_training=training_allowed(args)), service, host, port)
+    with contextlib.suppress(KeyboardInterrupt):   # outside Gradio's own wait (e.g. while it starts): same stop
+        launch(build_demo(service, allow_training=training_allowed(args)), service, host, port)
     return 0
 
 

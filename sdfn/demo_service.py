@@ -18,12 +18,12 @@ the fingerprint `/info` reports always come from the same snapshot, whatever is 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import logging
 import os
 import random
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -41,7 +41,7 @@ from sdfn.demo_training import TrainingPolicy, TrainingRun, TrainingSettings
 from sdfn.encode import ImageFeatureTable
 from sdfn.errors import ConfigError, DataError
 from sdfn.evaluate import join_captions
-from sdfn.fsio import atomic_write_bytes
+from sdfn.fsio import atomic_write_bytes, staging_folder
 from sdfn.paths import sdfn_home
 from sdfn.retrieval import Retriever, SearchResult, check_k
 from sdfn.routes import RouteStatistics, route_statistics
@@ -193,8 +193,7 @@ class ServedImages:
 
     def __init__(self, folder: Path | str | None = None, max_side: int = SERVED_IMAGE_SIDE):
         if folder is None:
-            folder = tempfile.mkdtemp(prefix="sdfn-demo-images-")
-            atexit.register(shutil.rmtree, folder, True)
+            folder = _private_served_folder()
         self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.max_side = max_side
@@ -223,19 +222,23 @@ class ServedImages:
             as_is = False
         if as_is:
             target = self.folder / f"{key}{suffix}"
-            staged = self.folder / f".{key}.{secrets.token_hex(4)}"
-            try:
-                os.link(source, staged)
-                os.replace(staged, target)
-            except OSError:
-                staged.unlink(missing_ok=True)
-                atomic_write_bytes(target, source.read_bytes())
+            atomic_write_bytes(target, source.read_bytes())
             return target
         target = self.folder / f"{key}.thumb.png"
         thumbnail = load_image(source, max_side=self.max_side)   # ImageError names the file
         buffer = _png_bytes(thumbnail)
         atomic_write_bytes(target, buffer)
         return target
+
+
+def _private_served_folder() -> Path:
+    """A new folder for this process's served images under the system's temporary folder, named as an fsio
+    staging folder (it carries this process's id): removed at exit, and, when the demo was killed before it could
+    remove it (kill -9, a crash), by the next demo that starts."""
+    stack = contextlib.ExitStack()
+    folder = stack.enter_context(staging_folder(Path(tempfile.gettempdir()) / "sdfn-demo-images", publish=False))
+    atexit.register(stack.close)
+    return folder
 
 
 def _png_bytes(image: Image.Image) -> bytes:

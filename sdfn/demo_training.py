@@ -19,14 +19,17 @@ closed), so nothing a client sends is trusted:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +37,7 @@ from typing import Any
 
 from sdfn.data.base import open_dataset
 from sdfn.errors import ConfigError, DataError
+from sdfn.training.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +179,58 @@ def preset_defaults(name: str) -> dict[str, Any]:
 
 # ---- the run ----------------------------------------------------------------------------------------------------
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec (Linux): be sent SIGKILL when the demo goes, however it goes (kill -9 too)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:   # the demo went before prctl took effect
+        os._exit(1)
+
+
+class _Launcher:
+    """One long-lived thread that starts the training subprocesses. The kernel's parent-death signal fires when
+    the *thread* that forked the child ends, not the process, and Gradio's worker threads come and go; this
+    thread lives as long as the demo."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            args, kwargs, done = self._jobs.get()
+            try:
+                done["process"] = subprocess.Popen(*args, **kwargs)
+            except BaseException as err:   # handed to the caller, which raises it
+                done["error"] = err
+            done["event"].set()
+
+    def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
+        if sys.platform.startswith("linux"):
+            parent = os.getpid()
+            kwargs["preexec_fn"] = lambda: _die_with_parent(parent)
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="sdfn-training-launcher", daemon=True)
+                self._thread.start()
+        done: dict[str, Any] = {"event": threading.Event()}
+        self._jobs.put((args, kwargs, done))
+        done["event"].wait()
+        if "error" in done:
+            raise done["error"]
+        return done["process"]
+
+
+_spawn = _Launcher().popen
+
+
 @dataclass
 class TrainingStatus:
     state: str                      # running | finished | failed | cancelled
@@ -208,9 +264,10 @@ class TrainingRun:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cores - 1))}
         with self.console_path.open("wb") as console:
-            # a session of its own: cancelling signals the run and its data-loading workers, and nothing else
-            self.process = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                                            start_new_session=True)
+            # a session of its own: cancelling signals the run and its data-loading workers, and nothing else;
+            # started from the launcher thread so that it dies with the demo, even a killed one (see _spawn)
+            self.process = _spawn(command, stdout=console, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                  start_new_session=True)
         log.info("training run started in %s (pid %d)", out, self.process.pid)
 
     def owned_by(self, session: str | None) -> bool:
@@ -228,16 +285,7 @@ class TrainingRun:
 
     def records(self) -> list[dict]:
         """log.jsonl as far as it is written (a line being written is skipped until complete)."""
-        path = self.out / "log.jsonl"
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return records
+        return RunLog(self.out / "log.jsonl").records()
 
     def console(self, lines: int = 12) -> str:
         """The run's last printed lines; progress bars redraw with carriage returns, so each redraw is a line."""

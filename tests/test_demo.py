@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -508,6 +512,80 @@ def test_missing_checkpoint_is_one_readable_line(entry, tmp_path, catalog, capsy
     assert entry.main(["--checkpoint", str(tmp_path / "nowhere"), "--catalog", str(catalog)]) == 2
     err = capsys.readouterr().err
     assert "sdfn demo: error:" in err and "nowhere" in err and "Traceback" not in err
+
+
+def _children(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+            if int(ppid) == pid and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:].split()[0] != "Z"
+
+
+def _start_demo_with_a_training_run(catalog: Path, checkpoint: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
+    """demo.py as its own process (temp folder and SDFN_HOME under `tmp`), with a long training run started from
+    the Train view; returns the demo and the training run's pid."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "TMPDIR": str(tmp), "SDFN_HOME": str(tmp / "home")}
+    env.pop("SPACE_ID", None)
+    demo = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--catalog", str(catalog), "--checkpoint",
+                             str(checkpoint), "--port", str(port), "--threads", "1"], env=env, cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert demo.poll() is None, "the demo exited while starting"
+        try:
+            if httpx.get(f"{url}/config", timeout=5).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(1)
+    raw = RawClient(url)
+    answer = raw.call(raw.fn_index("train-start", "click"), ["tiny-synthetic", catalog.name, 20, 32, 1e-3, 0])
+    assert "Started run" in raw.status_text(answer)
+    children = [p for p in _children(demo.pid) if "train" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(children) == 1, children
+    return demo, children[0]
+
+
+def test_sigterm_and_kill_leave_no_training_run_nor_served_images(catalog, tiny_checkpoint, tmp_path):
+    """How systemd and docker stop a service (SIGTERM), and a hard kill: the training run dies with the demo, the
+    served-image folder goes at exit, and one left by a killed demo goes when the next demo starts."""
+    served = lambda: sorted(p.name for p in tmp_path.glob(".sdfn-demo-images*"))  # noqa: E731
+    killed, killed_run = _start_demo_with_a_training_run(catalog, tiny_checkpoint, tmp_path)
+    assert len(served()) == 1 and str(killed.pid) in served()[0]
+    killed.kill()
+    killed.wait(30)
+    deadline = time.time() + 30
+    while _alive(killed_run) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(killed_run), "the training run outlived the killed demo"
+    left = served()
+    assert len(left) == 1                     # nothing could remove it: the next start does
+
+    stopped, stopped_run = _start_demo_with_a_training_run(catalog, tiny_checkpoint, tmp_path)
+    assert left[0] not in served() and len(served()) == 1
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(60) == 0
+    assert not _alive(stopped_run), "the training run outlived the stopped demo"
+    assert served() == []
 
 
 @pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "sdfn_config.json").is_file(),
