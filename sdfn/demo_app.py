@@ -18,6 +18,7 @@ from __future__ import annotations
 import html
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
-            return (*skip_results, _warning(str(err)))
+            return (*skip_results, _warning(client_message(service, err)))
         summary, routes, usage = route_outputs(service, outcome.result)
         query = {"reference": reference, "text": text or ""}
         return (gr.Gallery(_results_gallery(service, outcome), visible=True), _results_table(outcome),
@@ -336,7 +337,7 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         try:
             preview = service.check_upload(path)
         except SdfnError as err:
-            return (*(gr.skip(),) * 7, _warning(str(err).replace(str(path), name)))
+            return (*(gr.skip(),) * 7, _warning(client_message(service, err, path)))
         reference = {"id": None, "image": path, "label": f"your photo ({name})", "category": None}
         out = list(choose(reference, [], f"Using your photo {name} ({preview.width}×{preview.height} after "
                                          "resizing). Describe a change and press Search."))
@@ -404,7 +405,7 @@ def _compare_section(service: DemoService, search: SearchView) -> None:
         try:
             first, second = service.routes(_engine_reference(reference), [a, b])
         except SdfnError as err:
-            return gr.skip(), gr.skip(), _warning(str(err))
+            return gr.skip(), gr.skip(), _warning(client_message(service, err))
         if first.trace is None or second.trace is None:
             why = "This model's fusion is static: both changes take the same fixed path."
             return viz.placeholder(why), viz.placeholder(why), why
@@ -434,7 +435,7 @@ def _statistics_section(service: DemoService) -> None:
         try:
             stats = service.route_statistics("val")
         except SdfnError as err:
-            return _warning(str(err)), gr.skip(), gr.skip()
+            return _warning(client_message(service, err)), gr.skip(), gr.skip()
         if stats is None:
             why = "This model's fusion is static: there are no routes to compare."
             return why, viz.placeholder(why), gr.Dataframe(visible=False)
@@ -539,7 +540,7 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
         try:
             run = service.start_training(TrainingSettings(name, folder, e, b, rate, p), session=session)
         except SdfnError as err:    # refused: the view keeps following the run there is, if any
-            return show(session, _warning(str(err)))
+            return show(session, _warning(client_message(service, err)))
         return show(session, f"Started run {run.out.name}.")
 
     def poll(request: gr.Request) -> tuple:
@@ -549,7 +550,7 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
         try:
             service.cancel_training(request.session_hash)
         except SdfnError as err:
-            return show(request.session_hash, _warning(str(err)))
+            return show(request.session_hash, _warning(client_message(service, err)))
         return show(request.session_hash)
 
     def switch(request: gr.Request, progress_bar: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
@@ -557,7 +558,7 @@ def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) 
         try:
             checkpoint, message = service.use_trained_model(request.session_hash)
         except SdfnError as err:
-            return gr.skip(), _warning(str(err))
+            return gr.skip(), _warning(client_message(service, err))
         return _header_markdown(service), f"Now serving {checkpoint.parent.name}/{checkpoint.name}. {message}"
 
     start.click(begin, [preset, catalog, epochs, batch, lr, pretrain], outputs, concurrency_id="train", **private)
@@ -582,9 +583,31 @@ def _api_reference(service: DemoService, reference: str | None, image: str | Non
     return reference
 
 
-def _api_error(err: SdfnError, image: str | None = None) -> gr.Error:
-    message = str(err).replace(image, Path(image).name) if image else str(err)
-    return gr.Error(message, print_exception=False)
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"`()<>\[\],;/]+/)+[^\s'\"`()<>\[\],;]*")
+_LOCAL_IMAGE_HINT = "give the image itself (a file path or an upload)"
+_REMOTE_IMAGE_HINT = "send the image itself (the `image` input: an upload, gradio_client.handle_file(path))"
+
+
+def client_message(service: DemoService, err: SdfnError, upload: str | None = None) -> str:
+    """The text of an error as a visitor or an API client sees it, never naming a folder of the server: the
+    catalog by its name and its files relative to it, an upload by its file name, any other absolute path by its
+    last part; and the engine's hint to give an image file is worded for a remote client."""
+    message = str(err)
+    if upload:
+        message = message.replace(str(upload), Path(upload).name)
+    root = str(service.retriever.catalog.root)
+    message = message.replace(root + "/", "").replace(root, service.retriever.catalog.root.name)
+
+    def name(match: re.Match) -> str:
+        path = match.group(0)
+        tail = len(path) - len(path.rstrip(".:"))
+        return public_path(path[:len(path) - tail], None).rsplit("/", 1)[-1] + path[len(path) - tail:]
+
+    return _ABSOLUTE_PATH.sub(name, message).replace(_LOCAL_IMAGE_HINT, _REMOTE_IMAGE_HINT)
+
+
+def _api_error(service: DemoService, err: SdfnError, image: str | None = None) -> gr.Error:
+    return gr.Error(client_message(service, err, image), print_exception=False)
 
 
 def api_endpoints(service: DemoService) -> None:
@@ -614,7 +637,7 @@ def api_endpoints(service: DemoService) -> None:
             return service.search(ref, text or "", 10 if k is None else k, (category or "").strip() or None
                                   ).to_json()
         except SdfnError as err:
-            raise _api_error(err, image) from None
+            raise _api_error(service, err, image) from None
 
     def route(reference: str | None = None, image: str | None = None, text: str | None = None) -> dict:
         """The router trace of one query: per layer path weights (image and text router parts), module usage per
@@ -622,7 +645,7 @@ def api_endpoints(service: DemoService) -> None:
         try:
             result = service.routes(_api_reference(service, reference, image), [text or ""])[0]
         except SdfnError as err:
-            raise _api_error(err, image) from None
+            raise _api_error(service, err, image) from None
         cells = list(result.trace.cells) if result.trace is not None else []
         query = vars(result.query).copy()
         if query.get("reference_image"):
@@ -636,21 +659,26 @@ def api_endpoints(service: DemoService) -> None:
         try:
             result = service.routes(_api_reference(service, reference, image), [text or ""])[0]
         except SdfnError as err:
-            raise _api_error(err, image) from None
+            raise _api_error(service, err, image) from None
         if result.trace is None:
             return viz.placeholder("No route: an image-only query or a static fusion.")
         return viz.route_figure(result.trace)
 
     def suggestions(reference: str | None = None) -> list:
-        """The annotated changes of a catalog item: [{"text", "split", "target", "captions"}], val/test first."""
-        return [s.to_json() for s in service.captions().for_reference((reference or "").strip())]
+        """The annotated changes of a catalog item: [{"text", "split", "target", "captions"}], val/test first; an
+        unknown id is refused as /search refuses it."""
+        try:
+            item = _api_reference(service, reference, None)
+        except SdfnError as err:
+            raise _api_error(service, err) from None
+        return [s.to_json() for s in service.captions().for_reference(str(item))]
 
     def route_statistics(split: str | None = None) -> dict:
         """Route usage by kind of change over a split's annotated queries (cached per model and catalog)."""
         try:
             stats = service.route_statistics((split or "val").strip())
         except SdfnError as err:
-            raise _api_error(err) from None
+            raise _api_error(service, err) from None
         return stats.to_json() if stats is not None else {"mode": "static", "note": "this fusion has no routes"}
 
     def info() -> dict:

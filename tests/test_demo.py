@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -233,6 +234,33 @@ def test_search_without_a_reference(client):
 def test_unknown_item_names_close_matches(client):
     message = refused(client, "/search", "dress-00004", None, "is red", 10, "")
     assert "unknown item id 'dress-00004'" in message and "Close matches: dress-0000" in message
+
+
+def test_errors_name_no_server_folder(client, catalog, tmp_path):
+    """Whatever a remote client gets wrong, the message names the catalog by its name and its files relative to
+    it, never a folder of the server, and tells a remote client how to send an image (not "a file path")."""
+    unknown = refused(client, "/search", "nosuch", None, "is red", 10, "")
+    assert f"in catalog {catalog.name}." in unknown and "`id` column of catalog.csv" in unknown
+    assert "a file path" not in unknown and "handle_file" in unknown
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture")
+    messages = [unknown,
+                refused(client, "/search", "dress-000004", None, "is red", 5, "hats"),
+                refused(client, "/route", "nosuch", None, "is red"),
+                refused(client, "/route_plot", "nosuch", None, "is red"),
+                refused(client, "/suggestions", "nosuch"),
+                refused(client, "/route_statistics", "../../etc"),
+                refused(client, "/route_statistics", str(catalog)),
+                refused(client, "/search", "", handle_file(str(notes)), "is red", 10, "")]
+    for message in messages:
+        assert str(catalog.parent) not in message and str(tmp_path) not in message, message
+        assert not re.search(r"(^|[\s'\"(])/[^\s/]+/", message), message    # no absolute path of any kind
+
+
+def test_suggestions_refuse_an_unknown_item_as_search_does(client):
+    assert "unknown item id 'dress-00004'" in refused(client, "/suggestions", "dress-00004")
+    assert "give a reference" in refused(client, "/suggestions", "")
+    assert isinstance(client.predict("dress-000004", api_name="/suggestions"), list)
 
 
 def test_non_image_upload(client, tmp_path):
