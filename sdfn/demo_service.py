@@ -185,8 +185,8 @@ class ServedImages:
 
     The web server is allowed to serve only this folder (never the catalog's: it also holds the index, the
     manifest, caption files with the test split's targets, and whatever else was left there). An item's image
-    is placed here the first time it is shown: hard-linked (or copied) when it is a small browser image, else
-    as a PNG thumbnail with its long side SERVED_IMAGE_SIDE. Catalog images outside the catalog folder
+    is placed here the first time it is shown: copied (fsio.atomic_write_bytes) when it is a small browser
+    image, else as a PNG thumbnail with its long side SERVED_IMAGE_SIDE. Catalog images outside the catalog folder
     (`sdfn catalog build --images ~/photos`) are served the same way. Entries are named by a hash of the source
     path, size and mtime, so a changed image gets a new entry and no name comes from the catalog's text.
     """
