@@ -27,7 +27,7 @@ def small_catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A random-init sdfn-tiny checkpoint with a small fusion head, saved once for the session (never the shipped
-    assets/sdfn-tiny, which may not exist yet and would tie tests to one training run)."""
+    sdfn/assets/sdfn-tiny, which may not exist yet and would tie tests to one training run)."""
     import torch
 
     from sdfn.fusion import FusionConfig
