@@ -224,8 +224,10 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="search a catalog: reference garment + modification text",
                        description="Rank catalog items for a reference (catalog item or image file) changed by a "
                                    "text. The index is built or updated first when needed.")
-    p.add_argument("--catalog", help="catalog folder (default: the synthetic catalog in SDFN_HOME/catalogs, generated "
-                                     "when missing; see catalogs/README.md)")
+    p.add_argument("--catalog", help="catalog folder: catalog.csv (columns id, image, category, any metadata) and its "
+                                     "images, as `sdfn catalog build` makes it (README section 'Command line'). "
+                                     "Default: SDFN_HOME/catalogs/synthetic, generated when missing; SDFN_HOME is "
+                                     "$SDFN_HOME, else a source checkout's root, else ~/.cache/sdfn")
     ref = p.add_mutually_exclusive_group(required=True)
     ref.add_argument("--ref", metavar="ID", help="reference: a catalog item id (the id column of catalog.csv)")
     ref.add_argument("--ref-image", metavar="PATH", help="reference: an image file")
