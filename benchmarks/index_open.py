@@ -7,7 +7,7 @@ Timed, each the median of --repeats runs, on warm page cache (the files were jus
 - changed: sizes, plus sha256 of files whose mtime differs from the manifest's (none here: what a
   normal open costs, the default of `open_index`);
 - full: sha256 of every file (what `sdfn index` checks);
-- open: memory-map every shard (safetensors safe_open) and read vectors.faiss into memory.
+- open: open every shard and check its header (sdfn.index.features.Shard) and read vectors.faiss into memory.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def main() -> None:
     body = (f"Synthetic index folders of sdfn-tiny's feature shape (33,280 bytes an item) and a flat index; median of "
             f"{args.repeats} runs, warm page cache. `sizes` runs on every open; `changed` (the default of "
             f"`open_index`) adds the sha256 of files whose mtime differs from the manifest's (none here); `full` "
-            f"is what `sdfn index` checks; `open` maps every shard and reads vectors.faiss.\n\n"
+            f"is what `sdfn index` checks; `open` opens every shard (header checked) and reads vectors.faiss.\n\n"
             f"{markdown_table(HEADERS, rows)}\n")
     print(body)
     if not args.no_record:

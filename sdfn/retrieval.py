@@ -182,17 +182,19 @@ class Retriever:
     what the catalog's index was built with (a new index: auto, float32);
     threads: torch threads (default: torch's, capped at the cores this process may use). torch and FAISS share
     one OpenMP runtime, so this also sets FAISS's threads. On a busy machine, 1 thread gives steadier
-    latency for small models (see benchmarks/latency.py --threads).
+    latency for small models (see benchmarks/latency.py --threads);
+    verify: how the index files are checked at open (sdfn.index.open_index): 'changed' (sizes, and the sha256 of
+    files whose mtime changed) or 'full' (every file's sha256: ~0.4 s at 6k items; what a server should use).
 
     Construction loads the model and the catalog and opens the index (building or updating it first when it is
-    missing or stale): everything a search reads is in memory or memory-mapped from then on, so an index that
+    missing or stale): everything a search reads is in memory or in files opened then, so an index that
     another process rebuilds later (another model, say) does not change what this retriever answers. An index
     whose model fingerprint is not this model's is refused. To serve another model, make a new Retriever.
     """
 
     def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
                  device: str = "cpu", index_type: str | None = None, progress: bool = True, fp16: bool | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, verify: str = "changed"):
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.catalog_path = Path(catalog).resolve() if catalog is not None else default_catalog()
         self.device, self.index_type, self.fp16 = device, index_type, fp16
@@ -200,7 +202,7 @@ class Retriever:
         _set_threads(threads)
         model = ComposedRetrievalModel.load(self.checkpoint, device=device).eval()
         catalog_ = _open_or_generate(self.catalog_path, progress)
-        index, status = open_index(catalog_, model, index_type, fp16, progress=progress)
+        index, status = open_index(catalog_, model, index_type, fp16, progress=progress, verify=verify)
         self.index_status: IndexStatus = status
         log.info("%s", status.message)
         if index.manifest["model"]["fingerprint"] != model.fingerprint():

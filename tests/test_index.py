@@ -446,3 +446,82 @@ def test_index_of_an_older_sdfn_without_checksums_is_rebuilt_from_its_features(c
     assert status.action == "rebuilt" and "written by an older sdfn and records no file sizes" in status.message
     assert status.encoded == 0 and count_encodings == []  # its shards open cleanly: their features are kept
     assert set(manifest(catalog_copy)["files"]) == {"vectors.faiss", "features-00000.safetensors"}
+
+
+# ---- damage under an opened index (no SIGBUS, no silent garbage) ------------------------------------
+
+def test_shard_truncated_in_place_under_an_opened_index_is_a_clear_error(catalog_copy, model):
+    """`cp backup/index/* CAT/index/` rewrites files in place: rows are read with pread, never a memory map, so a
+    shard cut short under a serving index gives a DataError naming the file and the command, not a SIGBUS."""
+    index, _ = open_index(open_catalog(catalog_copy), model, progress=False)
+    row = index.row_of["dress-000000"]
+    expected = index.cache.features([row])
+    shard = catalog_copy / "index" / "features-00000.safetensors"
+    with open(shard, "r+b") as handle:   # in place: same inode, as cp onto an existing file does
+        handle.truncate(shard.stat().st_size // 2)
+    with pytest.raises(DataError) as err:
+        index.cache.features([len(index) - 1])   # a row past the cut
+    message = str(err.value)
+    assert str(shard) in message and "truncated" in message
+    assert f"sdfn index --catalog {catalog_copy}" in message
+    assert torch.equal(index.cache.features([row]).pooled, expected.pooled)  # rows before the cut still read
+
+
+def test_a_shard_cut_in_place_fails_a_catalog_reference_search_with_the_command_to_run(catalog_copy, checkpoint):
+    from sdfn.retrieval import Retriever
+    retriever = Retriever(checkpoint, catalog_copy, progress=False)
+    before = retriever.search("dress-000000", "is red", k=3)
+    shard = catalog_copy / "index" / "features-00000.safetensors"
+    with open(shard, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(DataError, match=r"features-00000.safetensors is damaged .*sdfn index --catalog"):
+        retriever.search("dress-000000", "is red", k=3)
+    # A fresh open finds the damage by size and rebuilds; the same query answers as before.
+    again = Retriever(checkpoint, catalog_copy, progress=False)
+    assert again.index_status.action == "rebuilt"
+    assert [r.id for r in again.search("dress-000000", "is red", k=3).items] == [r.id for r in before.items]
+
+
+def _flip_in_place_keeping_mtime(path: Path, offset: int) -> None:
+    stat = path.stat()
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        byte = handle.read(1)[0]
+        handle.seek(offset)
+        handle.write(bytes([byte ^ 0x40]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def _damage_vectors(folder: Path) -> None:
+    """A bit flipped in an exponent of many stored floats of vectors.faiss, same size, mtime restored: no size or
+    mtime check can see it."""
+    path = folder / "index" / "vectors.faiss"
+    size = path.stat().st_size
+    for offset in range(size - 4 * 64 * 50 + 3, size - 64, 4 * 64):   # the high byte of floats near the end
+        _flip_in_place_keeping_mtime(path, offset)
+
+
+def test_scores_impossible_for_unit_vectors_are_a_damaged_index_error(catalog_copy, model):
+    _damage_vectors(catalog_copy)
+    index, status = open_index(open_catalog(catalog_copy), model, progress=False)   # default: sizes + mtimes
+    assert status.action == "reused"   # the damage is invisible to the cheap checks...
+    queries = embed_items(model, index.cache.pooled(range(len(index))))
+    with pytest.raises(DataError) as err:   # ...but not to the results
+        index.search(queries, 5)
+    message = str(err.value)
+    assert "vectors.faiss is damaged" in message and "impossible for unit-norm item vectors" in message
+    assert f"sdfn index --catalog {catalog_copy}" in message
+
+
+def test_full_verification_at_open_finds_a_same_size_same_mtime_change(catalog_copy, checkpoint):
+    """What a server opens with (Retriever(verify='full')): every checksum, so the damage is found and rebuilt."""
+    from sdfn.retrieval import Retriever
+    _damage_vectors(catalog_copy)
+    retriever = Retriever(checkpoint, catalog_copy, progress=False, verify="full")
+    status, index = retriever.index_status, retriever.index
+    assert status.action == "rebuilt" and "index/vectors.faiss is damaged (its sha256" in status.message
+    queries = embed_items(index.model, index.cache.pooled(range(len(index))))
+    scores, rows = index.search(queries, 1)
+    np.testing.assert_array_equal(rows[:, 0], np.arange(len(index)))
+    assert np.all(np.abs(scores) <= 1.01)
+

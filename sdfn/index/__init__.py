@@ -7,8 +7,8 @@ CATALOG/index/ holds:
     manifest.json               what built the index (format below)
     vectors.faiss               the FAISS index; its row i is manifest item i
     features-NNNNN.safetensors  backbone features of the items, row-aligned with the manifest, float16:
-                                `tokens` [n, N, D] and `pooled` [n, E]; memory-mapped, so using a catalog
-                                item as a query reference costs one row read and no image encoding
+                                `tokens` [n, N, D] and `pooled` [n, E]; rows read with pread, so using a
+                                catalog item as a query reference costs one row read and no image encoding
     unreadable.txt              catalog images that could not be decoded ("id<TAB>reason"), not searchable
 
 manifest.json (format 2): format/version, sdfn_version, created/updated (UTC ISO), `model` (fingerprint of all
@@ -20,11 +20,11 @@ and `unreadable` (the same plus the reason).
 
 The modules, one concept each:
 - `faiss_policy`: which FAISS index a catalog gets (flat, HNSW, IVF-PQ) and how it is searched;
-- `features`: the feature shards (safetensors, memory-mapped) and item vectors from features;
+- `features`: the feature shards (safetensors, read row by row with pread, never mapped) and item vectors;
 - `manifest`: the manifest, file sizes and checksums, reading a folder as one snapshot;
 - `plan`: staleness rules: reuse, append or rebuild, and what cached features a rebuild keeps;
 - `build`: `open_index`, which applies the plan in a staging folder and swaps it in atomically;
-- `snapshot`: `CatalogIndex`, the opened index, which never reads its folder again.
+- `snapshot`: `CatalogIndex`, the opened index, which never opens a file of its folder again.
 Category-filtered searches are exact for every index type: the category's vectors are computed once from
 the feature cache and searched by brute force, so an approximate index never returns fewer than k items
 of a category that has k.

@@ -206,8 +206,8 @@ def _update(folder: Path, old: OldIndex, plan: Plan, vectors: faiss.Index | None
             manifest = make_manifest(created, catalog, settings["fingerprints"], items, unreadable, shards,
                                      index_info, files)
             write_manifest(tmp, manifest)
-            # Opened before the swap: the maps stay valid after the rename, and no later build can change them.
-            index = CatalogIndex(folder, manifest, catalog, model, vectors, _open_cache(tmp, shards))
+            # Opened before the swap: the descriptors stay valid after the rename, and no later build changes them.
+            index = CatalogIndex(folder, manifest, catalog, model, vectors, _open_cache(tmp, shards, folder))
     except OSError as err:
         if err.errno not in _UNWRITABLE:
             raise
@@ -218,9 +218,10 @@ def _update(folder: Path, old: OldIndex, plan: Plan, vectors: faiss.Index | None
     return index, _status(plan, old, encoded, failed, manifest, folder)
 
 
-def _open_cache(folder: Path, shards: list[dict]) -> FeatureCache:
+def _open_cache(folder: Path, shards: list[dict], named_in: Path | None = None) -> FeatureCache:
+    """The shards written in `folder`; messages name them in `named_in` (the index folder they are published as)."""
     return FeatureCache.open([folder / s["file"] for s in shards], [s["rows"] for s in shards],
-                             [s["file"] for s in shards])
+                             [str((named_in or folder) / s["file"]) for s in shards])
 
 
 def _status(plan: Plan, old: OldIndex, encoded: int, failed: int, manifest: dict, folder: Path) -> IndexStatus:

@@ -37,9 +37,9 @@ _CAN_PIN = _FD_DIR is not None and os.open in os.supports_dir_fd
 class DamagedIndex(DataError):
     """A file of an index folder is missing, truncated, altered or unreadable."""
 
-    def __init__(self, file: str, why: str):
+    def __init__(self, file: str, why: str, advice: str = ""):
         self.file, self.why = file, why
-        super().__init__(f"{file} is damaged ({why})")
+        super().__init__(f"{file} is damaged ({why})" + (f"; {advice}" if advice else ""))
 
 
 class PinnedFolder:

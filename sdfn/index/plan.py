@@ -14,11 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from sdfn.catalog import Catalog, ItemKey
 from sdfn.index.faiss_policy import choose_index_type, storage_of
-from sdfn.index.features import FeatureCache
+from sdfn.index.features import FeatureCache, Shard
 from sdfn.index.manifest import INDEX_DIR, DamagedIndex, PinnedFolder, check_files, load_manifest
 from sdfn.index.snapshot import read_shard
 
@@ -32,7 +31,7 @@ class OldIndex:
     why_none: str = ""
     problems: list[str] = field(default_factory=list)     # why the folder cannot be used as it is
     refreshed: dict[str, dict] = field(default_factory=dict)  # file records whose mtime changed, contents checked
-    shards: list[dict[str, torch.Tensor] | None] = field(default_factory=list)  # None: damaged
+    shards: list[Shard | None] = field(default_factory=list)  # None: damaged
 
     @property
     def intact(self) -> bool:

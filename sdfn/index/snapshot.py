@@ -1,10 +1,12 @@
 """An opened catalog index: vector search, optionally within a category, and the cached features.
 
 A `CatalogIndex` holds everything it needs from the moment it is made: the manifest, the FAISS index read
-into memory and every feature shard memory-mapped. It never reads the index folder again, so an index
-rebuilt and swapped in by another process or thread (`fsio.publish_folder`) does not change what an
+into memory and every feature shard opened (a file descriptor each, header checked; rows are read with
+`os.pread` when a catalog item is used as a reference). It never opens a file of the index folder again, so an
+index rebuilt and swapped in by another process or thread (`fsio.publish_folder`) does not change what an
 opened one answers: it keeps serving its own (model, catalog, index) snapshot, and `fingerprint` says
-which model it belongs to.
+which model it belongs to. A shard truncated in place under it, or a vectors.faiss whose scores cannot come
+from unit-norm item vectors, is reported as `DamagedIndex` with the command that rebuilds the index.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import numpy as np
 from sdfn.catalog import Catalog
 from sdfn.errors import DataError
 from sdfn.index.faiss_policy import search_index
-from sdfn.index.features import FeatureCache, embed_items, open_shard
+from sdfn.index.features import FeatureCache, Shard, embed_items, open_shard
 from sdfn.index.manifest import DamagedIndex, PinnedFolder
 from sdfn.model import ComposedRetrievalModel
+
+SCORE_SLACK = 1.01   # |score| <= SCORE_SLACK * |query|: item vectors are unit-norm (float32 or float16)
+PQ_SCORE_SLACK = 1.25  # product-quantised codes reconstruct vectors only roughly
 
 
 class CatalogIndex:
@@ -36,6 +41,9 @@ class CatalogIndex:
         if self.index.ntotal != len(self.ids) or len(self.cache) != len(self.ids):
             raise DataError(f"{folder} is damaged: {self.index.ntotal} vectors and {len(self.cache)} cached rows for "
                             f"{len(self.ids)} items. Run `sdfn index --catalog {catalog.root}` to rebuild it.")
+        self.rebuild_advice = (f"run `sdfn index --catalog {catalog.root}` to rebuild the index, then open it "
+                               f"again (restart the server)")
+        self.cache.set_advice(self.rebuild_advice)
         self._category_indexes: dict[str, tuple[faiss.Index, np.ndarray]] = {}
         self._lock = threading.Lock()
 
@@ -78,10 +86,27 @@ class CatalogIndex:
     def search(self, queries: np.ndarray, k: int, category: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, index rows) for each query [Q, E]; exact within `category` when one is given."""
         if category is None:
-            return search_index(self.index, queries, k)
-        sub, rows = self._category_index(category)
-        scores, local = sub.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+            scores, rows = search_index(self.index, queries, k)
+        else:
+            sub, sub_rows = self._category_index(category)
+            scores, local = sub.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+            rows = np.where(local >= 0, sub_rows[np.maximum(local, 0)], -1)
+        self._check_scores(queries, scores, rows)
+        return scores, rows
+
+    def _check_scores(self, queries: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> None:
+        """Item vectors are unit-norm, so a score is at most the query's norm in size (1 for the model's unit
+        queries; the slack allows float16 and PQ rounding); anything else, or NaN, comes from a damaged
+        vectors.faiss (e.g. a bit flipped in place, which a size check cannot see)."""
+        slack = PQ_SCORE_SLACK if self.manifest["index"].get("storage") == "pq" else SCORE_SLACK
+        limit = slack * np.linalg.norm(np.asarray(queries, dtype=np.float32), axis=1, keepdims=True) + 1e-3
+        found = rows >= 0
+        bad = found & ~(np.abs(scores) <= limit)   # also NaN
+        if bad.any():
+            q, j = np.argwhere(bad)[0]
+            raise DamagedIndex(str(self.folder / self.manifest["index"]["file"]),
+                               f"a search scored {scores[q, j]:g} for item {self.ids[rows[q, j]]!r}, impossible for "
+                               f"unit-norm item vectors (|score| <= {limit[q, 0]:.3f})", self.rebuild_advice)
 
 
 def read_vectors(pin: PinnedFolder, manifest: dict) -> faiss.Index:
@@ -101,8 +126,8 @@ def read_vectors(pin: PinnedFolder, manifest: dict) -> faiss.Index:
     return index
 
 
-def read_shard(pin: PinnedFolder, shard: dict) -> dict:
-    """One feature shard of a pinned folder, memory-mapped and checked against the manifest."""
+def read_shard(pin: PinnedFolder, shard: dict) -> Shard:
+    """One feature shard of a pinned folder, opened (its own descriptor) and checked against the manifest."""
     label = str(pin.folder / shard["file"])
     try:
         path = pin.path(shard["file"])
