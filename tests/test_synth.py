@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import hashlib
@@ -481,3 +482,62 @@ def test_sampled_triplets_equal_what_the_fashioniq_reader_reads_back(catalog):
     for (category, split), triplets in sampled.items():
         assert reader.triplets(split, category) == triplets, (category, split)
         assert [t.asks for t in reader.triplets(split, category)] == [t.asks for t in triplets]
+
+
+def _start_drawing(out: Path) -> subprocess.Popen:
+    """`sdfn synth` with 2 drawing processes in its own process group (as a terminal runs it), once it is drawing."""
+    process = subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
+                                "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not any(len(list((s / "images").glob("*.png"))) >= 5 for s in _staging_folders(out.parent)):
+        assert process.poll() is None, f"the generation ended before it could be stopped: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "the generating process drew no images"
+        time.sleep(0.05)
+    return process
+
+
+def _children(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the drawing processes in /proc")
+def test_ctrl_c_while_drawing_stops_with_one_line_and_no_worker_tracebacks(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the drawing workers ignore it, the parent stops.
+    The workers get it first here (a second before the parent), so that one that did not ignore it would
+    always have the time to print its traceback."""
+    out = tmp_path / "synthetic"
+    process = _start_drawing(out)
+    try:
+        workers = _children(process.pid)
+        assert workers, "expected drawing processes"
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow a killed parent on Linux")
+def test_kill_9_of_the_parent_ends_the_drawing_workers_quietly(tmp_path):
+    out = tmp_path / "synthetic"
+    process = _start_drawing(out)
+    try:
+        os.kill(process.pid, signal.SIGKILL)
+        _, err = process.communicate(timeout=60)   # EOF once every worker has closed the shared stderr too
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -11,10 +11,15 @@ no metadata, each image drawn from its own seed whatever the number of drawing p
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import ctypes
 import io
 import json
 import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -54,6 +59,22 @@ def _draw_job(job: tuple[str, int, str, str, tuple[tuple[str, str], ...]]) -> No
     Path(images_dir, f"{item_id}.png").write_bytes(png_bytes(image))
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(parent: int) -> None:
+    """Drawing-process set-up. Ctrl-C reaches the whole process group: the parent handles it (leaving the pool
+    ends the workers), so workers ignore SIGINT instead of each printing a KeyboardInterrupt traceback. A worker
+    whose parent is killed (kill -9) ends at once and quietly (Linux: the kernel sends it SIGTERM), instead of
+    drawing on and printing BrokenPipeError tracebacks."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent was gone before the line above took effect
+        os._exit(0)
+
+
 def draw_images(items: Sequence[Item], images_dir: Path, seed: int, workers: int, progress: bool) -> None:
     """Draw all images, in `workers` processes when more than one."""
     jobs = [(str(images_dir), seed, item.id, item.category, tuple(item.attrs.items())) for item in items]
@@ -64,7 +85,7 @@ def draw_images(items: Sequence[Item], images_dir: Path, seed: int, workers: int
             bar.update()
     else:
         # "spawn" never copies the caller's threads or locks (torch, tqdm), unlike fork.
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (os.getpid(),)) as pool:
             for _ in pool.imap_unordered(_draw_job, jobs, chunksize=16):
                 bar.update()
     bar.close()
