@@ -525,3 +525,15 @@ def test_full_verification_at_open_finds_a_same_size_same_mtime_change(catalog_c
     np.testing.assert_array_equal(rows[:, 0], np.arange(len(index)))
     assert np.all(np.abs(scores) <= 1.01)
 
+
+
+def test_bytes_that_are_no_image_are_described_as_bytes_not_as_a_file(indexed, checkpoint):
+    from sdfn.errors import ImageError
+    from sdfn.retrieval import Retriever
+    retriever = Retriever(checkpoint, indexed, progress=False)
+    for data, said in ((b"", "no image data (empty bytes)"), (b"not an image at all", "not an image")):
+        with pytest.raises(ImageError) as err:
+            retriever.search(data, "is red", k=3)
+        message = str(err.value)
+        assert said in message and "bytes in memory" in message and "bytes of an image file" in message, message
+        assert "replace or remove the file" not in message, message

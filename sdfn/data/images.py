@@ -86,12 +86,16 @@ def load_image(source: Source, *, max_side: int = DEFAULT_MAX_SIDE,
             raise ImageError(f"{name}: truncated or corrupt image data ({err}); "
                              f"replace or remove the file") from err
     name = _describe(source)
+    if isinstance(source, bytes | bytearray) and not source:
+        raise ImageError(f"{name}: no image data (empty bytes); give the bytes of an image file (JPEG, PNG, ...)")
+    fix = ("replace or remove the file" if isinstance(source, str | Path)
+           else "give the complete bytes of an image file (JPEG, PNG, ...)")
     stream = _open_stream(source, name)
     try:
         # Pillow warns above its own limit; the explicit check in _decode replaces that warning.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return _decode(stream, name, max_side, max_pixels)
+            return _decode(stream, name, max_side, max_pixels, fix)
     finally:
         if isinstance(source, str | Path):  # only the file we opened; a caller's stream stays theirs
             stream.close()
@@ -132,15 +136,16 @@ def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
                          f"{max_pixels / 1e6:g} megapixels, or raise max_pixels")
 
 
-def _decode(stream: BinaryIO, name: str, max_side: int, max_pixels: int) -> Image.Image:
+def _decode(stream: BinaryIO, name: str, max_side: int, max_pixels: int,
+            fix: str = "replace or remove the file") -> Image.Image:
     try:
         image = Image.open(stream)
     except UnidentifiedImageError as err:
-        raise ImageError(f"{name}: not an image (no known image format); replace or remove the file") from err
+        raise ImageError(f"{name}: not an image (no known image format); {fix}") from err
     except Image.DecompressionBombError as err:
         raise ImageError(_pillow_bomb_message(name, err)) from err
     except _DECODE_ERRORS as err:
-        raise ImageError(f"{name}: corrupt image header ({err}); replace or remove the file") from err
+        raise ImageError(f"{name}: corrupt image header ({err}); {fix}") from err
     _check_pixels(image, name, max_pixels)
     try:
         if image.format == "JPEG":
@@ -152,8 +157,7 @@ def _decode(stream: BinaryIO, name: str, max_side: int, max_pixels: int) -> Imag
     except Image.DecompressionBombError as err:  # animated GIF frames are checked as they are decoded
         raise ImageError(_pillow_bomb_message(name, err)) from err
     except _DECODE_ERRORS as err:
-        raise ImageError(f"{name}: truncated or corrupt image data ({err}); "
-                         f"replace or remove the file") from err
+        raise ImageError(f"{name}: truncated or corrupt image data ({err}); {fix}") from err
 
 
 def _finish(image: Image.Image, name: str, max_side: int) -> Image.Image:
