@@ -58,7 +58,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 apply_override(data, item)
             cfg = from_dict(TrainConfig, data)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    check_writable(Path(args.resume) if args.resume else out)
+    if args.resume:
+        try:
+            check_writable(Path(args.resume))
+        except OSError as err:
+            raise CheckpointError(f"cannot resume {args.resume}: its folder cannot be written ({err.strerror or err}"
+                                  f": {err.filename}); a resumed run writes into its own folder. Make it writable, "
+                                  "or copy the run folder somewhere writable and resume the copy.") from err
+    else:
+        check_writable(out)
     result = run_training(cfg, out, resume=Path(args.resume) if args.resume else None,
                           stop_after=args.stop_after, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -70,6 +78,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _run_to_resume(path: Path) -> Path:
     """The last/ checkpoint of a run folder (or the folder itself when it is one), with a clear error otherwise."""
+    from sdfn.training.state import stopped_before_first_checkpoint, stopped_early_message
+
+    if stopped_before_first_checkpoint(path):
+        raise CheckpointError(stopped_early_message(path))
     folder = path / "last" if (path / "last").is_dir() else path
     if not (folder / "train_config.json").is_file():
         why = ("does not exist" if not path.exists()

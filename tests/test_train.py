@@ -352,3 +352,59 @@ def test_two_ranks_see_the_loss_and_gradient_of_the_whole_global_batch(tmp_path)
     for part, full in (("img", img.grad), ("txt", txt.grad)):
         got = torch.cat([torch.tensor(r[part]) for r in ranks]) / 2     # each rank's loss is its half's mean
         torch.testing.assert_close(got, full, atol=1e-6, rtol=1e-5)
+
+
+# ---- resume: damaged state, a run stopped before its first checkpoint, a read-only run ---------------------
+
+@pytest.fixture(scope="module")
+def one_epoch_run(small_catalog, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("resumable") / "run"
+    run_training(small_config(small_catalog, "optim.epochs=2", "eval.every=0"), run, stop_after=1, progress=False)
+    return run
+
+
+@pytest.mark.parametrize("name,content,why", [
+    ("train_state.json", b"", "not valid JSON"),
+    ("train_state.json", b'{"x": 1}', "it lacks epoch"),
+    ("train_state.json", b"[1, 2]", "not a JSON object"),
+    ("train_state.safetensors", b"", "not a readable safetensors file"),
+    ("train_state.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00garbage garbage!", "not a readable safetensors"),
+], ids=["json-empty", "json-no-keys", "json-list", "tensors-empty", "tensors-garbage"])
+def test_a_damaged_train_state_is_a_one_line_error_naming_the_file(one_epoch_run, tmp_path, capsys, name, content,
+                                                                   why):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    (run / "last" / name).write_bytes(content)
+    assert cli(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdfn train: error:") and "\n" not in err and "Traceback" not in err, err
+    assert f"{run / 'last' / name} is damaged ({why}" in err, err
+    assert "best/" in err and "without --resume" in err, err      # what is safe, what to do
+    assert [e["epoch"] for e in epochs_of(run)] == [0]            # nothing was trained or logged
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_to_start_again(small_catalog, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()   # what Ctrl-C during the first epoch leaves: the resolved config and the log, no last/
+    (run / "config.json").write_text(json.dumps(small_config(small_catalog).to_dict()))
+    (run / "log.jsonl").write_text("")
+    assert cli(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "stopped before its first checkpoint" in err, err
+    assert "start it again without --resume" in err and "not a training run" not in err, err
+    with pytest.raises(CheckpointError, match="stopped before its first checkpoint"):
+        run_training(small_config(small_catalog), tmp_path / "x", resume=run, progress=False)
+
+
+def test_resuming_a_read_only_run_folder_says_so_for_a_resume(one_epoch_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run)
+    with read_only(run):
+        code = cli(["train", "--resume", str(run), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("sdfn train: error:") and "\n" not in err, err
+    assert f"cannot resume {run}" in err and "cannot be written" in err and "resume the copy" in err, err
+    assert "--out" not in err, err
+

@@ -15,7 +15,7 @@ from sdfn.training.data import ensure_synthetic_catalogs
 from sdfn.training.distributed import setup_distributed
 from sdfn.training.pretrain import SUMMARY, run_pretraining
 from sdfn.training.runlog import RunLog
-from sdfn.training.state import resumable_folder
+from sdfn.training.state import check_last, resumable_folder
 from sdfn.training.trainer import Trainer
 
 
@@ -40,6 +40,8 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
     dist_info = setup_distributed()
     started = time.time()
     last = resumable_folder(resume) if resume is not None else None
+    if last is not None:
+        check_last(last)  # a damaged train_state.* stops here, with its name, before any work
     out = last.parent if last is not None else Path(out)
     if dist_info.main:
         writable_run_folder(out)

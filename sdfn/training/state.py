@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sdfn.config import TrainConfig, from_dict
@@ -23,6 +24,24 @@ from sdfn.fsio import atomic_write_text, save_safetensors, staging_folder
 from sdfn.model import ComposedRetrievalModel, config_differences
 
 RESUME_FILES = ("train_config.json", "train_state.json", "train_state.safetensors")
+STATE_KEYS = ("epoch", "step", "best", "history", "optimizer", "scheduler", "scaler", "triplets")
+# What a run folder holds before its first checkpoint (see stages.run_training): the resolved config, the log,
+# stage 1.
+_EARLY_RUN_FILES = ("config.json", "log.jsonl", "stage1")
+
+
+def stopped_before_first_checkpoint(path: Path | str) -> bool:
+    """Whether `path` is a run folder that was stopped (Ctrl-C, kill) before its first last/ checkpoint."""
+    path = Path(path)
+    checkpoint = (path / "train_config.json").exists() or any(path.glob("*.safetensors*"))  # last/ or best/ itself
+    return (path.is_dir() and not (path / "last").exists() and not checkpoint
+            and any((path / name).exists() for name in _EARLY_RUN_FILES))
+
+
+def stopped_early_message(path: Path | str) -> str:
+    return (f"cannot resume {path}: the run stopped before its first checkpoint (last/ is written at the end of "
+            f"every epoch): start it again without --resume (`sdfn train --config {Path(path) / 'config.json'} "
+            f"--out {path}`, or your original command).")
 
 
 def resumable_folder(path: Path | str) -> Path:
@@ -31,6 +50,8 @@ def resumable_folder(path: Path | str) -> Path:
     if not path.is_dir():
         raise CheckpointError(f"cannot resume: {path} does not exist. Give the folder of a run (the --out of "
                               "`sdfn train`) or its last/ checkpoint, or start a new run with --config.")
+    if stopped_before_first_checkpoint(path):
+        raise CheckpointError(stopped_early_message(path))
     folder = path / "last" if (path / "last").is_dir() else path
     for name in RESUME_FILES:
         if not (folder / name).is_file():
@@ -67,11 +88,51 @@ def read_last(folder: Path, cfg: TrainConfig, triplets: int) -> tuple[dict[str, 
     if diffs:
         raise CheckpointError(f"cannot resume from {folder}: it was trained with another model configuration ("
                               + "; ".join(diffs) + "). Resume with its own config or start a new run.")
-    state = json.loads((folder / "train_state.json").read_text())
+    state = read_state(folder)
     if state["triplets"] != triplets:
         raise CheckpointError(f"cannot resume from {folder}: it trained on {state['triplets']} triplets, "
                               f"this data has {triplets}. Point data.root at the same data set.")
-    return load_file(str(folder / "train_state.safetensors")), state
+    return read_state_tensors(folder), state
+
+
+def damaged_state(folder: Path, name: str, why: str) -> CheckpointError:
+    """The error for a damaged file of a `last/` checkpoint: which file, and what to do."""
+    run = folder.parent if folder.name == "last" else folder
+    return CheckpointError(f"cannot resume from {run}: {folder / name} is damaged ({why}). The run's best/ "
+                           f"checkpoint (if it has one) is not affected: start the run again without --resume, or "
+                           f"restore {folder} from a backup.")
+
+
+def read_state(folder: Path) -> dict:
+    """`train_state.json` of a `last/` checkpoint, checked to hold what a resume reads."""
+    name = "train_state.json"
+    try:
+        state = json.loads((folder / name).read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise damaged_state(folder, name, f"not valid JSON: {err}") from err
+    if not isinstance(state, dict):
+        raise damaged_state(folder, name, "not a JSON object")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise damaged_state(folder, name, f"it lacks {', '.join(missing)}")
+    if not isinstance(state["optimizer"], dict) or not isinstance(state["triplets"], int):
+        raise damaged_state(folder, name, "its optimizer or triplets entry has the wrong type")
+    return state
+
+
+def read_state_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """`train_state.safetensors` of a `last/` checkpoint (optimiser moments, SPD memory)."""
+    name = "train_state.safetensors"
+    try:
+        return load_file(str(folder / name))
+    except (SafetensorError, ValueError) as err:
+        raise damaged_state(folder, name, f"not a readable safetensors file: {err}") from err
+
+
+def check_last(folder: Path) -> None:
+    """Read a `last/` checkpoint's training state now, so that damage stops a resume before any work."""
+    read_state(folder)
+    read_state_tensors(folder)
 
 
 def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -41,7 +41,7 @@ from sdfn.training.data import (
 from sdfn.training.distributed import Dist, epoch_seed, seed_everything, setup_distributed
 from sdfn.training.optim import autocast_dtype, param_groups, warmup_cosine_schedule
 from sdfn.training.runlog import RunLog
-from sdfn.training.state import flatten_optimizer, read_last, unflatten_optimizer, write_last
+from sdfn.training.state import damaged_state, flatten_optimizer, read_last, unflatten_optimizer, write_last
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +271,16 @@ class Trainer:
         tensors, state = read_last(Path(folder), self.cfg, len(self.triplets))
         fresh = ComposedRetrievalModel.load(folder, device=self.device)
         self.model.load_state_dict(fresh.state_dict())
-        self.optimizer.load_state_dict(unflatten_optimizer(tensors, state["optimizer"]))
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        if self.spd is not None:
-            self.spd.memory.copy_(tensors["spd.memory"])
-            self.spd.filled.copy_(tensors["spd.filled"])
+        try:  # the files parsed; what they hold must still fit this run's optimiser, schedule and SPD memory
+            self.optimizer.load_state_dict(unflatten_optimizer(tensors, state["optimizer"]))
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            if self.spd is not None:
+                self.spd.memory.copy_(tensors["spd.memory"])
+                self.spd.filled.copy_(tensors["spd.filled"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:
+            why = f"it and train_state.safetensors do not fit this run's optimiser: {err!r:.200}"
+            raise damaged_state(Path(folder), "train_state.json", why) from err
         self.epoch, self.step, self.best, self.history = state["epoch"], state["step"], state["best"], state["history"]
         if state.get("world", 1) != self.dist.world:
             log.warning("resuming a run of %d process(es) on %d: the batches and the schedule differ from the "
