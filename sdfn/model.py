@@ -288,6 +288,10 @@ def open_clip_config(backbone: Backbone) -> dict:
 def read_checkpoint_meta(folder: Path) -> dict:
     """sdfn_config.json of a checkpoint folder, once the folder is seen to hold every file a checkpoint has."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} is a file, not a folder: a checkpoint is the folder written by "
+                              "`sdfn train` (runs/NAME/best or runs/NAME/last) that holds sdfn_config.json and its "
+                              "weights; give that folder, or leave it out for the shipped sdfn-tiny.")
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist. Give a folder written by "
                               "`sdfn train` (runs/NAME/best or runs/NAME/last), or leave it out for the shipped "

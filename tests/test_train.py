@@ -408,3 +408,13 @@ def test_resuming_a_read_only_run_folder_says_so_for_a_resume(one_epoch_run, tmp
     assert f"cannot resume {run}" in err and "cannot be written" in err and "resume the copy" in err, err
     assert "--out" not in err, err
 
+
+
+def test_a_checkpoint_path_that_is_a_file_is_called_a_file(tmp_path):
+    file = tmp_path / "passwd"
+    file.write_text("root:x:0:0::/root:/bin/sh\n")
+    with pytest.raises(CheckpointError, match=r"is a file, not a folder"):
+        ComposedRetrievalModel.load(file)
+    with pytest.raises(CheckpointError) as err:
+        ComposedRetrievalModel.load(file)
+    assert str(file) in str(err.value) and "does not exist" not in str(err.value)
