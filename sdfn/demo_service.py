@@ -292,8 +292,10 @@ class DemoService:
         """Load model, catalog and index (generating the default catalog, building the index when needed)."""
         with self._lock:
             if self._retriever is None:
+                # A server checks every index checksum once at start (~0.3 s at 6k items): a file damaged with its
+                # size and time kept would otherwise be served until a search hits it.
                 self._retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
-                                            progress=self.progress).load()
+                                            progress=self.progress, verify="full").load()
                 self._policy = TrainingPolicy([self._retriever.catalog.root], self.train_root)
         self.captions()
         return self
@@ -421,7 +423,8 @@ class DemoService:
         a staging folder beside the old one and published atomically, never rewritten in place); searches keep
         being answered by the old snapshot, which keeps its opened files, until the new one replaces it."""
         old = self.retriever
-        retriever = Retriever(checkpoint, old.catalog_path, threads=self.threads, progress=self.progress).load()
+        retriever = Retriever(checkpoint, old.catalog_path, threads=self.threads, progress=self.progress,
+                              verify="full").load()
         with self._lock:
             self._retriever = retriever
         log.info("now serving %s (model %s)", checkpoint, retriever.model.fingerprint())

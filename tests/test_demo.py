@@ -336,6 +336,26 @@ def test_index_rebuilt_from_outside_does_not_change_the_answers(small_catalog, t
         demo.close()
 
 
+def test_a_server_start_checks_every_index_checksum(small_catalog, tiny_checkpoint, tmp_path):
+    """A file of the index altered with its size and modification time kept (bit rot, a careless copy) passes the
+    cheap checks a one-off search makes; a server checks every checksum when it starts, so it rebuilds instead
+    of serving the damage."""
+    shutil.copytree(small_catalog, tmp_path / "catalog", ignore=shutil.ignore_patterns("index"))
+    Retriever(tiny_checkpoint, tmp_path / "catalog", threads=1, progress=False)      # builds the index
+    vectors = tmp_path / "catalog" / "index" / "vectors.faiss"
+    stat = vectors.stat()
+    with open(vectors, "r+b") as handle:
+        handle.seek(stat.st_size - 64 * 4 + 3)
+        byte = handle.read(1)[0]
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte ^ 0x40]))
+    os.utime(vectors, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    service = DemoService(tiny_checkpoint, tmp_path / "catalog", threads=1, progress=False,
+                          runs=tmp_path / "runs").load()
+    status = service.retriever.index_status
+    assert status.action == "rebuilt" and "vectors.faiss" in status.message, status.message
+
+
 # ---- what the web server hands out ----------------------------------------------------------------------------
 
 def test_only_catalog_images_are_downloadable(served_demo, catalog):
