@@ -23,7 +23,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import free_port, markdown_table, write_section  # noqa: E402
 from sdfn.paths import SHIPPED_CHECKPOINT  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -72,12 +71,6 @@ def checkpoint_for(args: argparse.Namespace, into: Path) -> tuple[Path | None, s
     folder = into / "random-sdfn-tiny"
     ComposedRetrievalModel(load_config("tiny-synthetic").model).save(folder)
     return folder, "random-init sdfn-tiny (sdfn/configs/tiny-synthetic.json's model; the shipped one is not there)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_server(url: str, process: subprocess.Popen, log: Path) -> None:

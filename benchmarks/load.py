@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import markdown_table, write_section  # noqa: E402
+from benchmarks.results import free_port, markdown_table, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_P95_S = 1.5
@@ -56,12 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="a sentence recorded under the table (what else was going on)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

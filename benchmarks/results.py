@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: record a result section in a committed markdown file.
+"""Shared by the benchmark scripts: record a result section in a committed markdown file (and find a free port
+for the ones that start a server).
 
 Each benchmark owns one section of `benchmarks/RESULTS.md`, delimited by HTML comments, and replaces
 only that section, so the file always holds every benchmark's latest run.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +18,13 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nLatest run of each script in `benchmarks/`; each script rewrites its own section.\n"
 REPO = RESULTS.parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def shown_path(path: Path | str) -> str:

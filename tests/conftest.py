@@ -44,7 +44,8 @@ def served_demo(small_catalog, tiny_checkpoint, tmp_path_factory):
     """The Gradio demo on a copy of the small catalog with the tiny checkpoint, served in this process on a free
     port, once per test module: yields (service, url)."""
     import shutil
-    import socket
+
+    from helpers import free_port
 
     from sdfn.demo_app import build_demo, launch
     from sdfn.demo_service import DemoService
@@ -52,9 +53,7 @@ def served_demo(small_catalog, tiny_checkpoint, tmp_path_factory):
     folder = tmp_path_factory.mktemp("demo")
     shutil.copytree(small_catalog, folder / "catalog")
     service = DemoService(tiny_checkpoint, folder / "catalog", threads=1, progress=False, runs=folder / "runs").load()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo = build_demo(service)
     _, url, _ = launch(demo, service, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     yield service, url

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from helpers import png_1bit
+from helpers import free_port, png_1bit
 
 from sdfn.catalog import build_catalog
 from sdfn.demo_app import build_demo, launch, route_outputs
@@ -119,9 +118,7 @@ class RawClient:
 
 
 def serve(service: DemoService) -> tuple[object, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo = build_demo(service)
     _, url, _ = launch(demo, service, "127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     return demo, url
@@ -588,9 +585,7 @@ def _alive(pid: int) -> bool:
 def _start_demo_with_a_training_run(catalog: Path, checkpoint: Path, tmp: Path) -> tuple[subprocess.Popen, int]:
     """demo.py as its own process (temp folder and SDFN_HOME under `tmp`), with a long training run started from
     the Train view; returns the demo and the training run's pid."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "TMPDIR": str(tmp), "SDFN_HOME": str(tmp / "home")}
     env.pop("SPACE_ID", None)
     demo = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--catalog", str(catalog), "--checkpoint",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client
+from helpers import free_port
 
 from sdfn.space_files import MAX_FILE_BYTES, copy_space, space_files
 
@@ -35,12 +36,6 @@ def test_the_upload_list_is_the_app_and_its_package_and_nothing_generated():
     assert max((REPO / f).stat().st_size for f in files) <= MAX_FILE_BYTES
     front_matter = (REPO / "README.md").read_text().split("---")[1]
     assert "app_file: demo.py" in front_matter and "sdk: gradio" in front_matter
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_copy_of_the_upload_serves_search_as_a_space(small_catalog, tmp_path):

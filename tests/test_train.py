@@ -7,7 +7,6 @@ import json
 import math
 import os
 import random
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import free_port
 from safetensors.torch import save_file
 
 from sdfn.backbone import Backbone, BackboneConfig
@@ -330,9 +330,7 @@ def _rank_losses(rank: int, world: int, port: int, out: str) -> None:
 
 
 def test_two_ranks_see_the_loss_and_gradient_of_the_whole_global_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mp.spawn(_rank_losses, args=(2, port, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     x, y, keys, img, txt = _global_batch()
