@@ -75,15 +75,15 @@ class Catalog:
         return resolve_image(self.root, self.rows[row]["image"])
 
     def image_name(self, row: int) -> str:
-        """The image as users and JSON answers see it: a path relative to the catalog folder ('images/a.png';
-        '../photos/a.jpg' for an image outside it), never an absolute path of this machine."""
-        image = self.rows[row]["image"]
-        if not Path(image).is_absolute():
-            return Path(image).as_posix()
+        """The image as users and answers see it: relative to the catalog folder ('images/a.png'), or, for an
+        image kept outside the catalog, its file name alone; never a folder of the machine that serves it."""
+        path = Path(self.rows[row]["image"])
+        if not path.is_absolute():
+            return path.as_posix()
         try:
-            return Path(os.path.relpath(image, self.root)).as_posix()
-        except ValueError:  # another drive (Windows)
-            return Path(image).name
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return path.name
 
     def external_image_folders(self) -> list[Path]:
         """The folders outside the catalog folder that hold catalog images (resolved, none inside another): what a

@@ -299,7 +299,7 @@ class Retriever:
             if reference in index.unreadable:
                 raise DataError(f"catalog item '{reference}' is not searchable: {index.unreadable[reference]}. "
                                 f"Fix the file, then run `sdfn index --catalog {catalog.root}`.")
-            image = public_image(catalog, catalog.row_of[reference])
+            image = catalog.image_name(catalog.row_of[reference])
             return _Query(_info(reference, image), index_row=index.row_of[reference])
         if isinstance(reference, Path) or (isinstance(reference, str) and _looks_like_path(reference)):
             return _Query(_info(UPLOADED, Path(reference).name), pixels=self._pixels(reference))
@@ -402,25 +402,12 @@ class Retriever:
             if row < 0 or row == drop or len(items) == q.k:
                 continue
             at = int(self._catalog_row[row])
-            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), public_image(catalog, at),
+            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), catalog.image_name(at),
                                     catalog.image_path(at), catalog.metadata(at)))
         return SearchResult(q.info, items, trace)
 
 
 _QUERY_KEYS = {"reference", "text", "k", "category", "exclude_reference"}
-
-
-def public_image(catalog: Catalog, row: int) -> str:
-    """A catalog row's image as results name it: relative to the catalog folder (posix), or, for an image kept
-    outside the catalog, its file name alone (never a folder of the server)."""
-    stored = catalog.rows[row]["image"]
-    path = Path(stored)
-    if not path.is_absolute():
-        return path.as_posix()
-    try:
-        return path.relative_to(catalog.root).as_posix()
-    except ValueError:
-        return path.name
 
 
 def _info(reference: str, image: str | None) -> QueryInfo:
