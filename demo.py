@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = DemoService(args.checkpoint, args.catalog, threads=args.threads, train_root=args.train_root,
                               max_batch=args.max_batch).load()
-    except SdfnError as err:
+    except (SdfnError, OSError) as err:   # a bad catalog or checkpoint, an unwritable data folder: one line
         print(f"sdfn demo: error: {err}", file=sys.stderr)
         return 2
     print(f"sdfn demo: ready in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
@@ -94,4 +94,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:   # Ctrl-C or SIGTERM before the server runs (imports, catalog, index): no traceback
+        print("sdfn demo: stopped", file=sys.stderr)
+        sys.exit(130)

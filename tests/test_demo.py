@@ -631,6 +631,25 @@ def test_sigterm_and_kill_leave_no_training_run_nor_served_images(catalog, tiny_
     assert served() == []
 
 
+def test_a_demo_stopped_while_it_draws_its_first_catalog_says_so_and_leaves_nothing(tmp_path):
+    """The first start draws the default catalog (a minute); SIGTERM or Ctrl-C then is a one-line stop, not a
+    traceback, and no half-drawn catalog is left for the next start."""
+    home = tmp_path / "home"
+    env = {**os.environ, "SDFN_HOME": str(home)}
+    env.pop("SPACE_ID", None)
+    demo = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--port", str(free_port()), "--no-training"],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    drawing = home / "catalogs"
+    deadline = time.time() + 120
+    while not any((p / "images").is_dir() for p in drawing.glob(".synthetic.tmp-*")) and time.time() < deadline:
+        assert demo.poll() is None, demo.stderr.read()
+        time.sleep(0.1)
+    demo.send_signal(signal.SIGTERM)
+    _, err = demo.communicate(timeout=60)
+    assert demo.returncode == 130 and "sdfn demo: stopped" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in drawing.iterdir()) == []
+
+
 @pytest.mark.skipif(not (SHIPPED_CHECKPOINT / "sdfn_config.json").is_file(),
                     reason="the shipped assets/sdfn-tiny checkpoint is not trained yet")
 def test_shipped_model_serves_the_demo(catalog, tmp_path):

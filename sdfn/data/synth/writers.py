@@ -20,7 +20,8 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -60,6 +61,7 @@ def _draw_job(job: tuple[str, int, str, str, tuple[tuple[str, str], ...]]) -> No
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _init_worker(parent: int) -> None:
@@ -75,6 +77,44 @@ def _init_worker(parent: int) -> None:
         os._exit(0)
 
 
+@contextlib.contextmanager
+def _stop_signals_deferred() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM that arrive inside the block are noted instead of acted on (main thread only, where
+    Python runs signal handlers); the caller re-raises them where it can clean up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield []
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _STOP_SIGNALS}
+    try:
+        yield caught
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _draw_in_processes(jobs: list[tuple], workers: int, bar: tqdm) -> None:
+    """Draw `jobs` in a pool of "spawn" processes (spawn never copies the caller's threads or locks, torch's and
+    tqdm's, as fork does). Stopping it (Ctrl-C, SIGTERM) must leave no worker to print a traceback: a stop waits
+    while the pool starts its workers (one half-started would read its set-up from a closed pipe), and on any
+    stop every worker still alive is killed and reaped before the pool's locks go away."""
+    with _stop_signals_deferred() as caught:
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (os.getpid(),))
+    try:
+        for signum in caught:   # a stop that came while the pool started lands here
+            signal.raise_signal(signum)
+        for _ in pool.imap_unordered(_draw_job, jobs, chunksize=16):
+            bar.update()
+    except BaseException:
+        pool.terminate()
+        for child in multiprocessing.active_children():   # workers the pool started while it was ending
+            child.kill()
+            child.join(10)
+        raise
+    finally:
+        pool.terminate()
+
+
 def draw_images(items: Sequence[Item], images_dir: Path, seed: int, workers: int, progress: bool) -> None:
     """Draw all images, in `workers` processes when more than one."""
     jobs = [(str(images_dir), seed, item.id, item.category, tuple(item.attrs.items())) for item in items]
@@ -84,10 +124,7 @@ def draw_images(items: Sequence[Item], images_dir: Path, seed: int, workers: int
             _draw_job(job)
             bar.update()
     else:
-        # "spawn" never copies the caller's threads or locks (torch, tqdm), unlike fork.
-        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (os.getpid(),)) as pool:
-            for _ in pool.imap_unordered(_draw_job, jobs, chunksize=16):
-                bar.update()
+        _draw_in_processes(jobs, workers, bar)
     bar.close()
 
 
