@@ -149,14 +149,23 @@ def publish_folder(src: Path | str, dst: Path | str) -> None:
     """Put folder `src` at `dst`, replacing an old `dst`; the old one is removed."""
     src, dst = Path(src), Path(dst)
     if not dst.exists():
-        os.replace(src, dst)
-        return
+        try:
+            os.replace(src, dst)
+            return
+        except OSError as err:
+            # Another writer published `dst` between the check and the rename: the newer folder wins below.
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
     if _exchange(src, dst):
         shutil.rmtree(src, ignore_errors=True)  # src now holds the old folder
         return
     old = _staging_name(dst, "old")
     os.replace(dst, old)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        os.replace(old, dst)  # put the old folder back: `dst` is never left missing
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -51,6 +51,55 @@ def test_readers_always_find_a_whole_folder_while_it_is_replaced(tmp_path):
     assert (out / "v.txt").read_text() == "199"
 
 
+class _UnseenPath(type(fsio.Path())):
+    """A path whose `exists` says no: a writer that looked before another writer published the folder."""
+
+    def exists(self, *args, **kwargs) -> bool:
+        return False
+
+
+def _folder_with(parent, name, text):
+    folder = parent / name
+    folder.mkdir()
+    (folder / "v.txt").write_text(text)
+    return folder
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "rename-fallback"])
+def test_two_first_publishes_of_a_folder_both_succeed_and_the_later_one_wins(tmp_path, monkeypatch, exchange):
+    """Two first index builds: both saw the folder missing; the second one's rename onto the now non-empty
+    folder (ENOTEMPTY) is no error, it replaces the folder published a moment earlier."""
+    out = tmp_path / "out"
+    first, second = _folder_with(tmp_path, "a", "first"), _folder_with(tmp_path, "b", "second")
+    fsio.publish_folder(first, out)
+    if not exchange:
+        monkeypatch.setattr(fsio, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(fsio, "Path", _UnseenPath)
+    fsio.publish_folder(second, out)
+    monkeypatch.undo()
+    assert (out / "v.txt").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_a_failed_fallback_publish_puts_the_old_folder_back(tmp_path, monkeypatch):
+    out = _folder_with(tmp_path, "out", "old")
+    new = _folder_with(tmp_path, "new", "new")
+    monkeypatch.setattr(fsio, "_exchange", lambda a, b: False)
+    replace = os.replace
+
+    def refuse_the_new_folder(a, b):
+        if str(a) == str(new):
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(b))
+        replace(a, b)
+
+    monkeypatch.setattr(fsio.os, "replace", refuse_the_new_folder)
+    with pytest.raises(OSError):
+        fsio.publish_folder(new, out)
+    monkeypatch.undo()
+    assert (out / "v.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+
+
 def test_staging_of_a_dead_writer_is_removed_and_a_live_writers_is_kept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     abandoned = tmp_path / f".out.tmp-{int(dead.stdout)}-0badc0de"
