@@ -61,7 +61,6 @@ class Catalog:
     def __init__(self, root: Path, columns: list[str], rows: list[dict[str, str]], keys: list[ItemKey]):
         self.root, self.columns, self.rows, self.keys = root, columns, rows, keys
         self.row_of = {row["id"]: i for i, row in enumerate(rows)}
-        self._external: list[Path] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -77,24 +76,11 @@ class Catalog:
     def image_name(self, row: int) -> str:
         """The image as users and answers see it: relative to the catalog folder ('images/a.png'), or, for an
         image kept outside the catalog, its file name alone; never a folder of the machine that serves it."""
-        path = Path(self.rows[row]["image"])
-        if not path.is_absolute():
-            return path.as_posix()
+        path = self.image_path(row)
         try:
             return path.relative_to(self.root).as_posix()
         except ValueError:
             return path.name
-
-    def external_image_folders(self) -> list[Path]:
-        """The folders outside the catalog folder that hold catalog images (resolved, none inside another): what a
-        server must allow, besides the catalog's own images, to serve every result image."""
-        if self._external is None:
-            folders = sorted({self.image_path(r).resolve().parent for r in range(len(self.rows))
-                              if Path(self.rows[r]["image"]).is_absolute()
-                              and not self.image_path(r).resolve().is_relative_to(self.root)})
-            self._external = [f for i, f in enumerate(folders)
-                              if not any(f.is_relative_to(g) for g in folders[:i])]
-        return list(self._external)
 
     def metadata(self, row: int) -> dict[str, str]:
         """Every column but id and image: category, title, attributes, whatever the table holds."""
@@ -131,8 +117,9 @@ class Catalog:
 
 
 def resolve_image(root: Path, image: str) -> Path:
-    path = Path(image)
-    return path if path.is_absolute() else root / path
+    """A row's `image` (absolute, or relative to the catalog folder `root`) as one path with no '..' left in:
+    '../photos/a.png' is the file in the photos folder beside the catalog folder (normalised lexically)."""
+    return Path(os.path.normpath(root / image))
 
 
 def open_catalog(root: Path | str) -> Catalog:

@@ -247,13 +247,29 @@ def test_images_outside_the_catalog_folder_are_named_for_server_and_user(photos,
     row = catalog.find("dresses/red.jpg")
     assert catalog.image_path(row) == (photos / "dresses" / "red.jpg").resolve()  # absolute: for the server
     assert catalog.image_name(row) == "red.jpg"                  # for users and answers: no folder of the server
-    assert catalog.external_image_folders() == [photos.resolve()]
 
 
 def test_images_inside_the_catalog_are_named_relative(small_catalog):
     catalog = open_catalog(small_catalog)
     assert catalog.image_name(0) == catalog.rows[0]["image"] and not catalog.image_name(0).startswith("/")
-    assert catalog.image_path(0).is_absolute() and catalog.external_image_folders() == []
+    assert catalog.image_path(0).is_absolute()
+
+
+def test_a_relative_row_that_leaves_the_catalog_folder_is_named_by_its_file_alone(photos, tmp_path):
+    """A hand-written row '../photos/...' is an image outside the catalog: its name is the file name, its path
+    absolute with no '..' in it; a row like 'images/../x.png' that stays inside is named relative."""
+    root = tmp_path / "cat"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(root / "images" / "x.png")
+    (root / "catalog.csv").write_text("id,image,category\n"
+                                      "a,../photos/dresses/red.jpg,dress\n"
+                                      "b,images/../images/x.png,shirt\n")
+    catalog = open_catalog(root)
+    assert catalog.image_name(0) == "red.jpg"
+    assert catalog.image_path(0) == (photos / "dresses" / "red.jpg").resolve()
+    assert ".." not in catalog.image_path(0).parts
+    assert catalog.image_name(1) == "images/x.png"
+    assert catalog.image_path(1) == root.resolve() / "images" / "x.png"
 
 
 def test_build_writes_no_partial_files(photos, tmp_path):
