@@ -537,3 +537,21 @@ def test_bytes_that_are_no_image_are_described_as_bytes_not_as_a_file(indexed, c
         message = str(err.value)
         assert said in message and "bytes in memory" in message and "bytes of an image file" in message, message
         assert "replace or remove the file" not in message, message
+
+
+def test_a_missing_feature_shard_is_one_clean_error_and_nothing_on_stderr(tmp_path, capfd, monkeypatch):
+    """A shard that cannot be opened raises DamagedIndex naming it; the half-made Shard is collected silently
+    (no 'Exception ignored in __del__' printed by the interpreter, caught here through sys.unraisablehook)."""
+    import gc
+
+    from sdfn.index.features import Shard
+    from sdfn.index.manifest import DamagedIndex
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with pytest.raises(DamagedIndex, match=r"features-00000\.safetensors.*cannot be opened"):
+        Shard(tmp_path / "features-00000.safetensors", "features-00000.safetensors")
+    gc.collect()
+    err = capfd.readouterr().err
+    assert "Exception ignored" not in err and "AttributeError" not in err
+    assert [str(u.exc_value) for u in unraisable] == []

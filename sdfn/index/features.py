@@ -2,10 +2,11 @@
 
 A shard holds `tokens` [n, N, D] and `pooled` [n, E] for n consecutive index rows. A `Shard` opens its file
 once (a file descriptor), reads and checks the safetensors header, and then reads only the rows asked for
-with `os.pread`: using a catalog item as a query reference reads one row and encodes no image. Nothing is
-memory-mapped: a file replaced by a rebuild (a new inode) keeps being read through the descriptor, so an
-opened cache is a snapshot, and a file truncated or rewritten in place under a running server gives a
-short read, reported as `DamagedIndex` naming the file (a mapped file would kill the process with SIGBUS).
+with `os.preadv` at their offset (seek + read under a lock where the system has no preadv): using a catalog
+item as a query reference reads one row and encodes no image. Nothing is memory-mapped: a file replaced by a
+rebuild (a new inode) keeps being read through the descriptor, so an opened cache is a snapshot, and a file
+truncated or rewritten in place under a running server gives a short read, reported as `DamagedIndex` naming
+the file (a mapped file would kill the process with SIGBUS).
 """
 
 from __future__ import annotations
@@ -37,16 +38,17 @@ def shard_name(number: int) -> str:
 
 
 class Shard:
-    """One feature shard file, opened now and read row by row with `os.pread` on its own descriptor.
+    """One feature shard file, opened now and read row by row with `os.preadv` on its own descriptor.
 
     `label` names the file in messages, `advice` (set by the owner, e.g. the command that rebuilds the index)
     ends every message about damage found while reading."""
 
     def __init__(self, path: Path | str, label: str, rows: int | None = None):
         self.label, self.advice = label, ""
-        self._lock = threading.Lock()  # only where the system has no pread (seek + read share the offset)
+        self._lock = threading.Lock()  # only where the system has no preadv (seek + read share the offset)
+        self._fd: int | None = None    # set first: __del__ closes it even when the open below fails
         try:
-            self._fd: int | None = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            self._fd = os.open(str(path), os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as err:
             raise DamagedIndex(label, f"cannot be opened: {err.strerror}") from err
         try:
