@@ -131,8 +131,11 @@ def compose_queries(model: ComposedRetrievalModel, references: ImageFeatures, te
     """
     if references.pooled.shape[0] != len(texts):
         raise ValueError(f"compose_queries: {references.pooled.shape[0]} references for {len(texts)} texts")
+    # A served model is already in eval mode and shared (route statistics may compose beside a search): it is
+    # never switched. Only a model being trained goes to eval for these queries and back to training after.
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     queries, traces = [], []
     spent = {"encode_text": 0.0, "fuse": 0.0}
     try:
@@ -152,7 +155,8 @@ def compose_queries(model: ComposedRetrievalModel, references: ImageFeatures, te
             spent["encode_text"] += 1000 * (middle - clock)
             spent["fuse"] += 1000 * (time.perf_counter() - middle)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
     if timings is not None:
         for stage, ms in spent.items():
             timings[stage] = timings.get(stage, 0.0) + ms

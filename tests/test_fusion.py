@@ -155,6 +155,33 @@ def test_one_interactive_query_runs_a_trace_with_the_eager_results(router):
     assert batch.query.requires_grad and len(model._fusion_traces) == 1
 
 
+def test_composing_never_switches_a_served_eval_model_and_restores_a_training_one():
+    """The served model is shared (route statistics compose beside searches): compose_queries must not flip an
+    eval model's mode at all; a model in training mode composes in eval and comes back training."""
+    from sdfn.backbone import BackboneConfig
+    from sdfn.encode import compose_queries
+    from sdfn.model import ComposedRetrievalModel, ModelConfig
+
+    model = ComposedRetrievalModel(ModelConfig(BackboneConfig(model="sdfn-tiny", pretrained=None),
+                                               FusionConfig(width=32, heads=2, router_hidden=16)))
+    modes, switch = [], model.train
+
+    def recording_train(mode: bool = True):
+        modes.append(mode)
+        return switch(mode)
+
+    model.eval()
+    model.train = recording_train
+    with torch.no_grad():
+        image = model.encode_images(torch.randn(2, 3, 96, 96))
+        served, _ = compose_queries(model, image, ["is red", "is blue"], 1)
+        assert modes == [] and not model.training
+        switch(True)
+        trained, _ = compose_queries(model, image, ["is red", "is blue"], 1)
+    assert modes == [False, True] and model.training
+    assert torch.allclose(served, trained, atol=1e-5)        # the training model composed in eval mode
+
+
 def test_interactive_queries_reuse_the_recorded_trace():
     """Each query through the one compose loop switches the model to eval mode; that must not throw the recorded
     trace away (re-recording it cost ~170 ms a query instead of ~15 ms on 2 cores)."""
