@@ -2,14 +2,17 @@
 thread takes everything that has queued up (up to `max_batch`) and runs it as one batch.
 
 The demo's web server calls a search once per visitor request, from many threads at once. Run one by one, 40
-concurrent searches wait for each other (each ~20 ms of model time, plus the queue); run as one batch, the text
-encoder, the fusion network and FAISS each run once for all of them. No waiting window is added: a lone request
-runs at once, and requests that arrive while a batch runs form the next batch.
+concurrent searches wait for each other (each ~20 ms of model time, plus the queue); run as one batch, the image
+encoder (uploads), the text encoder and the fusion network each run once for all of them (FAISS then ranks each
+query on its own: its own k and category). No waiting window is added: a lone request runs at once, and requests
+that arrive while a batch runs form the next batch.
 
-    batcher = Batcher(lambda items: retriever.search_batch(items), max_batch=64, name="search")
-    result = batcher.submit({"reference": "dress-000004", "text": "is red", "k": 10})   # from any thread
+    batcher = Batcher(retriever.run_batch, max_batch=64, name="search")
+    result = batcher.submit(retriever.prepare("dress-000004", "is red", k=10))   # from any thread
 
-When a batch fails, its items are run one at a time, so each caller gets its own answer or its own error.
+Check items before submitting them (the demo prepares each query on its caller's thread), so a bad one fails its
+own caller there; when a batch fails anyway, its items are run one at a time, so each caller gets its own answer
+or its own error.
 """
 
 from __future__ import annotations
@@ -37,22 +40,25 @@ class Batcher(Generic[Item, Answer]):
         self._run, self.max_batch = run, max_batch
         self._queue: queue.SimpleQueue[tuple[Item, Future] | None] = queue.SimpleQueue()
         self._closed = False
+        self._closing = threading.Lock()   # a submit and a close never interleave: no item queues after the stop
         self._worker = threading.Thread(target=self._serve, name=f"sdfn-{name}-batcher", daemon=True)
         self._worker.start()
 
     def submit(self, item: Item, timeout: float | None = None) -> Answer:
         """Queue `item`, wait for its batch, and return its answer (or raise its error)."""
-        if self._closed:
-            raise RuntimeError("this batcher is closed")
         future: Future = Future()
-        self._queue.put((item, future))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("this batcher is closed")
+            self._queue.put((item, future))
         return future.result(timeout)
 
     def close(self) -> None:
-        """Stop the worker once the items already queued are answered."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(None)
+        """Stop the worker once the items already queued are answered; a later submit raises RuntimeError."""
+        with self._closing:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
 
     def _serve(self) -> None:
         while True:

@@ -43,7 +43,7 @@ from sdfn.errors import ConfigError, DataError
 from sdfn.evaluate import join_captions
 from sdfn.fsio import atomic_write_bytes, staging_folder
 from sdfn.paths import sdfn_home
-from sdfn.retrieval import Retriever, SearchResult, check_k
+from sdfn.retrieval import PreparedQuery, Retriever, SearchResult
 from sdfn.routes import RouteStatistics, route_statistics
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ class DemoService:
         self._training: TrainingRun | None = None
         self._policy: TrainingPolicy | None = None
         self.images = ServedImages(images)
-        self._batcher: Batcher[dict, SearchResult] = Batcher(self._search_batch, max_batch, name="search")
+        self._batcher: Batcher[tuple[Retriever, PreparedQuery], SearchResult] = Batcher(
+            self._search_batch, max_batch, name="search")
 
     # the engine ---------------------------------------------------------------------------------------------
 
@@ -369,9 +370,11 @@ class DemoService:
 
         k must be a whole number from 1 to sdfn.retrieval.MAX_K (2.0 is 2; 2.5 and 1e300 are refused, by the
         engine's own check). Concurrent calls are answered together in one batch."""
-        k = check_k(k)     # the engine's own rule, checked before the query joins a batch
-        retriever, result = self._batcher.submit({"reference": reference, "text": text, "k": k,
-                                                  "category": category})
+        retriever = self.retriever    # the snapshot this query is prepared against, and answered by
+        # Checked, resolved and (an upload) decoded here, on the caller's thread: a bad query fails only its own
+        # caller, and uploads decode in parallel (under sdfn.data.images' decode budget), not on the batch thread.
+        prepared = retriever.prepare(reference, text, k, category)
+        result = self._batcher.submit((retriever, prepared))
         reference_id = reference if isinstance(reference, str) else None
         known = self.captions().known_target(reference_id, text)
         check = None
@@ -380,9 +383,20 @@ class DemoService:
             check = TargetCheck(known.target, known.split, ranks[0] if ranks else None, len(result.items))
         return SearchOutcome(result, check, retriever.catalog.root)
 
-    def _search_batch(self, queries: Sequence[dict]) -> list[tuple[Retriever, SearchResult]]:
-        retriever = self.retriever    # one snapshot for the whole batch
-        return [(retriever, r) for r in retriever.search_batch(list(queries))]
+    @staticmethod
+    def _search_batch(queries: Sequence[tuple[Retriever, PreparedQuery]]) -> list[SearchResult]:
+        """Run prepared queries, one batch per retriever they were prepared against (a model switch between two
+        queries' preparing leaves two snapshots in one batch; index rows belong to their own)."""
+        groups: dict[int, list[int]] = {}
+        for position, (retriever, _) in enumerate(queries):
+            groups.setdefault(id(retriever), []).append(position)
+        answers: list[SearchResult | None] = [None] * len(queries)
+        for positions in groups.values():
+            retriever = queries[positions[0]][0]
+            results = retriever.run_batch([queries[p][1] for p in positions])
+            for position, result in zip(positions, results, strict=True):
+                answers[position] = result
+        return answers  # type: ignore[return-value]  (every position is in one group)
 
     def routes(self, reference: str | Path, texts: Sequence[str]) -> list[SearchResult]:
         """The router traces of several texts on one reference (one batch; results trimmed to one item)."""

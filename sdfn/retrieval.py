@@ -162,14 +162,18 @@ def check_k(k: Any) -> int:
 
 
 @dataclass
-class _Query:
-    """One validated query, its reference resolved: a catalog item (row in the index) or preprocessed pixels."""
+class PreparedQuery:
+    """One validated query, its reference resolved: a catalog item (row in the index) or preprocessed pixels.
+
+    Made by `Retriever.prepare` and run by that same retriever's `run_batch` (an index row belongs to the
+    snapshot it was prepared against)."""
 
     info: QueryInfo
     index_row: int | None = None        # catalog reference: its row in the index / feature cache
     pixels: torch.Tensor | None = None  # uploaded reference: [3, H, W] preprocessed
     tokens: torch.Tensor | None = None  # composed query: the text's token ids [L], tokenised once
     k: int = 0                          # after clamping
+    preprocess_ms: float = 0.0          # time `prepare` took (decoding an upload, tokenising)
 
 
 class Retriever:
@@ -242,24 +246,49 @@ class Retriever:
         from 1 to MAX_K; k larger than the catalog (or category) returns all of it; the result's notes say so,
         and when text was truncated.
         """
-        clock = time.perf_counter()
-        return self._run([self._prepare(reference, text, k, category, exclude_reference)], clock)[0]
+        return self.run_batch([self.prepare(reference, text, k, category, exclude_reference)])[0]
 
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[SearchResult]:
-        """Many searches at once (keys as `search`'s arguments); images and texts are encoded in batches."""
-        clock = time.perf_counter()
+        """Many searches at once (keys as `search`'s arguments); images and texts are encoded in batches.
+        One bad query fails the whole call (ConfigError/DataError/ImageError naming its position's problem);
+        to keep the good ones, `prepare` each query yourself and `run_batch` those that prepared."""
         prepared = []
         for position, query in enumerate(queries):
             unknown = set(query) - _QUERY_KEYS
             if unknown or "reference" not in query:
                 raise ConfigError(f"query {position}: give 'reference' and optionally text, k, category, "
                                   f"exclude_reference (unknown keys: {', '.join(sorted(unknown)) or 'none'})")
-            prepared.append(self._prepare(**query))
-        return self._run(prepared, clock) if prepared else []
+            prepared.append(self.prepare(**query))
+        return self.run_batch(prepared)
 
-    def _run(self, prepared: list[_Query], clock: float) -> list[SearchResult]:
+    def prepare(self, reference: Reference, text: str | None = "", k: int = 10, category: str | None = None,
+                exclude_reference: bool = True) -> PreparedQuery:
+        """Check one query and resolve its reference (arguments as `search`'s): a catalog item becomes its index
+        row, an upload is decoded and preprocessed here (on the caller's thread), the text is tokenised. A bad
+        query raises here (ConfigError, DataError or ImageError), so it never joins a batch. Run the result with
+        this retriever's `run_batch`."""
+        clock = time.perf_counter()
+        text = text or ""
+        if not isinstance(text, str):
+            raise ConfigError(f"text must be a string, got {type(text).__name__}")
+        k = check_k(k)
+        q = self._resolve_reference(reference)
+        q.info.text, q.info.k, q.info.category = text, k, category
+        q.info.exclude_reference = bool(exclude_reference)
+        self._prepare_text(q)
+        q.k = self._clamp_k(q)
+        q.preprocess_ms = _ms_since(clock)
+        return q
+
+    def run_batch(self, prepared: Sequence[PreparedQuery]) -> list[SearchResult]:
+        """Answer queries made by this retriever's `prepare`, in order: the uploaded references are encoded
+        together and the text encoder and fusion run once for all of them; FAISS then ranks each query (its own
+        k and category). Every result's timings are the batch's (preprocess: the prepares' time summed)."""
+        if not prepared:
+            return []
         timings = dict.fromkeys(STAGES, 0.0)
-        timings["preprocess"] = _ms_since(clock)
+        timings["preprocess"] = sum(q.preprocess_ms for q in prepared)
+        prepared = list(prepared)
         with torch.inference_mode():
             clock = time.perf_counter()
             references = self._reference_features(prepared)
@@ -273,20 +302,7 @@ class Retriever:
             result.timings_ms = dict(timings)
         return results
 
-    def _prepare(self, reference: Reference, text: str | None = "", k: int = 10, category: str | None = None,
-                 exclude_reference: bool = True) -> _Query:
-        text = text or ""
-        if not isinstance(text, str):
-            raise ConfigError(f"text must be a string, got {type(text).__name__}")
-        k = check_k(k)
-        q = self._resolve_reference(reference)
-        q.info.text, q.info.k, q.info.category = text, k, category
-        q.info.exclude_reference = bool(exclude_reference)
-        self._prepare_text(q)
-        q.k = self._clamp_k(q)
-        return q
-
-    def _resolve_reference(self, reference: Reference) -> _Query:
+    def _resolve_reference(self, reference: Reference) -> PreparedQuery:
         index, catalog = self.index, self.catalog
         if (isinstance(reference, str) and not reference.strip()) or (isinstance(reference, Path) and
                                                                       str(reference) == "."):  # Path("") is "."
@@ -294,15 +310,15 @@ class Retriever:
                               f"the path of an image file, a PIL image or image bytes")
         if isinstance(reference, Image.Image | bytes | bytearray):
             source = bytes(reference) if isinstance(reference, bytearray) else reference
-            return _Query(_info(UPLOADED, None), pixels=self._pixels(source))
+            return PreparedQuery(_info(UPLOADED, None), pixels=self._pixels(source))
         if isinstance(reference, str) and reference in catalog.row_of:
             if reference in index.unreadable:
                 raise DataError(f"catalog item '{reference}' is not searchable: {index.unreadable[reference]}. "
                                 f"Fix the file, then run `sdfn index --catalog {catalog.root}`.")
             image = catalog.image_name(catalog.row_of[reference])
-            return _Query(_info(reference, image), index_row=index.row_of[reference])
+            return PreparedQuery(_info(reference, image), index_row=index.row_of[reference])
         if isinstance(reference, Path) or (isinstance(reference, str) and _looks_like_path(reference)):
-            return _Query(_info(UPLOADED, Path(reference).name), pixels=self._pixels(reference))
+            return PreparedQuery(_info(UPLOADED, Path(reference).name), pixels=self._pixels(reference))
         if isinstance(reference, str):
             catalog.find(reference)  # raises: unknown id, with close matches and where ids come from
         raise ConfigError(f"reference must be a catalog item id, an image path, a PIL image or image bytes; "
@@ -311,7 +327,7 @@ class Retriever:
     def _pixels(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
         return self.model.backbone.preprocess(self.decode_image(source))
 
-    def _prepare_text(self, q: _Query) -> None:
+    def _prepare_text(self, q: PreparedQuery) -> None:
         info = q.info
         stripped = " ".join(info.text.split())
         if not stripped:
@@ -333,7 +349,7 @@ class Retriever:
             info.notes.append(f"text truncated to {room} tokens (the model reads {backbone.context_length} "
                               f"including start and end; the text had {len(pieces)})")
 
-    def _clamp_k(self, q: _Query) -> int:
+    def _clamp_k(self, q: PreparedQuery) -> int:
         info, catalog = q.info, self.catalog
         excluded = info.exclude_reference and q.index_row is not None
         if info.category is None:
@@ -356,7 +372,7 @@ class Retriever:
             return available
         return info.k
 
-    def _reference_features(self, prepared: list[_Query]) -> ImageFeatures:
+    def _reference_features(self, prepared: list[PreparedQuery]) -> ImageFeatures:
         """Features of every query's reference, in query order: cache rows for catalog items, encoded uploads."""
         index, model = self.index, self.model
         cached = [i for i, q in enumerate(prepared) if q.index_row is not None]
@@ -371,7 +387,7 @@ class Retriever:
             order += uploaded
         return ImageFeatures.cat(parts)[torch.tensor(np.argsort(order, kind="stable"))]
 
-    def _query_vectors(self, prepared: list[_Query], references: ImageFeatures,
+    def _query_vectors(self, prepared: list[PreparedQuery], references: ImageFeatures,
                        timings: dict[str, float]) -> tuple[np.ndarray, list[RouterTrace | None]]:
         """[Q, E] query vectors: composed for queries with text, the reference's target embedding otherwise."""
         model = self.model
@@ -393,7 +409,7 @@ class Retriever:
             timings["fuse"] += _ms_since(clock)
         return vectors.numpy(), traces
 
-    def _rank(self, q: _Query, vector: np.ndarray, trace: RouterTrace | None) -> SearchResult:
+    def _rank(self, q: PreparedQuery, vector: np.ndarray, trace: RouterTrace | None) -> SearchResult:
         index, catalog = self.index, self.catalog
         drop = q.index_row if q.info.exclude_reference else None
         scores, rows = index.search(vector, q.k + (drop is not None), category=q.info.category)

@@ -32,7 +32,7 @@ from sdfn.demo_app import build_demo, launch, route_outputs
 from sdfn.demo_batching import Batcher
 from sdfn.demo_service import DemoService
 from sdfn.demo_training import TrainingPolicy, TrainingSettings
-from sdfn.errors import ConfigError
+from sdfn.errors import ConfigError, SdfnError
 from sdfn.evaluate import join_captions
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
@@ -307,6 +307,42 @@ def test_concurrent_searches_all_answered_as_sequential(client, service):
         assert [r["score"] for r in con["results"]] == pytest.approx([r["score"] for r in seq["results"]], abs=1e-5)
 
 
+def test_a_bad_query_fails_only_its_caller_and_the_good_ones_stay_one_batch(service, monkeypatch):
+    """Queries are checked on their caller's thread: a bad one never joins the batch, so the good ones queued
+    beside it run as one batch (not one by one) and answer as they would alone."""
+    retriever = service.retriever
+    good = [(i, text) for i, text in zip(retriever.catalog.ids[:3], ("is red", "has a belt", ""), strict=True)]
+    alone = [retriever.search(ref, text, k=5) for ref, text in good]
+    run_batch, release, batches = retriever.run_batch, threading.Event(), []
+
+    def counted(prepared):
+        batches.append(len(prepared))
+        release.wait(30)                       # the first batch holds the worker while the others queue up
+        return run_batch(prepared)
+
+    monkeypatch.setattr(retriever, "run_batch", counted)
+    with ThreadPoolExecutor(len(good) + 3) as pool:
+        first = pool.submit(service.search, good[0][0], "is red", 5)
+        while not batches:
+            time.sleep(0.01)
+        jobs = [pool.submit(service.search, ref, text, 5) for ref, text in good]
+        bad_k = pool.submit(service.search, good[0][0], "is red", 2.5)
+        unknown = pool.submit(service.search, "no-such-item-000001", "is red", 5)
+        with pytest.raises(ConfigError, match="k must be a whole number from 1 to 1,000, got 2.5"):
+            bad_k.result(30)
+        with pytest.raises(SdfnError, match="no-such-item-000001"):
+            unknown.result(30)
+        while service._batcher._queue.qsize() < len(good):
+            time.sleep(0.01)
+        release.set()
+        assert first.result(30).result.items
+        answers = [job.result(30).result for job in jobs]
+    assert batches == [1, len(good)]             # the good three ran as one batch, the bad ones never did
+    for one, batched in zip(alone, answers, strict=True):
+        assert [r.id for r in batched.items] == [r.id for r in one.items]
+        assert [r.score for r in batched.items] == pytest.approx([r.score for r in one.items], abs=1e-5)
+
+
 # ---- one snapshot: what answers is what /info names ------------------------------------------------------------
 
 def test_index_rebuilt_from_outside_does_not_change_the_answers(small_catalog, tiny_checkpoint, tmp_path):
@@ -489,6 +525,8 @@ def test_batcher_answers_each_caller_with_its_own_answer_or_error():
                 assert job.result(30) == i * 10
     assert sorted(batches[1]) == sorted(items)      # all six were answered as one batch first
     batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):  # refused at once, not queued behind the stop forever
+        batcher.submit(7, timeout=30)
 
 
 # ---- training in the background -------------------------------------------------------------------------------
