@@ -77,15 +77,6 @@ def save_tensors(tensors: dict[str, torch.Tensor], folder: Path, stem: str,
     return [*names, f"{stem}{INDEX_SUFFIX}"]
 
 
-def tensor_files(folder: Path, stem: str) -> list[Path]:
-    """The files holding STEM's tensors in `folder` (the single file, or the index and its shards); [] if none."""
-    folder = Path(folder)
-    single, index = folder / f"{stem}.safetensors", folder / f"{stem}{INDEX_SUFFIX}"
-    if index.is_file():
-        return [index, *sorted(folder / f for f in set(_read_index(index)["weight_map"].values()))]
-    return [single] if single.is_file() else []
-
-
 def has_tensors(folder: Path, stem: str) -> bool:
     folder = Path(folder)
     return (folder / f"{stem}.safetensors").is_file() or (folder / f"{stem}{INDEX_SUFFIX}").is_file()

@@ -64,9 +64,6 @@ class CatalogIndex:
         """Fingerprint of the backbone whose features the cache holds."""
         return self.manifest["model"]["backbone_fingerprint"]
 
-    def category_count(self, category: str) -> int:
-        return len(self._category_rows(category))
-
     def _category_rows(self, category: str) -> np.ndarray:
         rows = self.catalog.rows_in_category(category)  # raises, listing the categories, when empty
         ids = self.catalog.ids
