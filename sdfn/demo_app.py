@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ import plotly.graph_objects as go
 
 from sdfn import viz
 from sdfn.config import list_presets
-from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome, public_path
+from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome
 from sdfn.demo_training import TrainingSettings, TrainingStatus, preset_defaults
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.retrieval import SearchResult, strongest_path, trace_to_json
@@ -595,13 +596,15 @@ def client_message(service: DemoService, err: SdfnError, upload: str | None = No
     message = str(err)
     if upload:
         message = message.replace(str(upload), Path(upload).name)
-    root = str(service.retriever.catalog.root)
-    message = message.replace(root + "/", "").replace(root, service.retriever.catalog.root.name)
+    root = service.retriever.catalog.root
+    # the root only where a path ends there: /srv/cat is the catalog, /srv/catalogs/other is another folder
+    message = re.sub(re.escape(str(root)) + r"(?:/|(?![\w~-]|\.\w))",
+                     lambda match: "" if match.group(0).endswith("/") else root.name, message)
 
     def name(match: re.Match) -> str:
         path = match.group(0)
         tail = len(path) - len(path.rstrip(".:"))
-        return public_path(path[:len(path) - tail], None).rsplit("/", 1)[-1] + path[len(path) - tail:]
+        return os.path.basename(os.path.normpath(path[:len(path) - tail])) + path[len(path) - tail:]
 
     return _ABSOLUTE_PATH.sub(name, message).replace(_LOCAL_IMAGE_HINT, _REMOTE_IMAGE_HINT)
 
@@ -647,9 +650,7 @@ def api_endpoints(service: DemoService) -> None:
         except SdfnError as err:
             raise _api_error(service, err, image) from None
         cells = list(result.trace.cells) if result.trace is not None else []
-        query = vars(result.query).copy()
-        if query.get("reference_image"):
-            query["reference_image"] = public_path(query["reference_image"], service.retriever.catalog.root)
+        query = vars(result.query).copy()   # reference_image: already Catalog.image_name or an upload's file name
         return {"query": query, "routing": trace_to_json(result.trace),
                 "cell_usage": cell_usage(result.trace)[0].tolist() if result.trace is not None else None,
                 "modules": [{"name": c, "description": viz.cell_description(c)} for c in cells]}

@@ -21,7 +21,6 @@ import atexit
 import contextlib
 import hashlib
 import logging
-import os
 import random
 import secrets
 import tempfile
@@ -142,32 +141,11 @@ class TargetCheck:
 class SearchOutcome:
     result: SearchResult
     target: TargetCheck | None
-    catalog_root: Path | None = None   # image paths in to_json() are relative to it
 
     def to_json(self) -> dict[str, Any]:
-        """The engine's JSON plus the target check; image paths relative to the catalog folder (the server's own
-        folders are not the client's business: an image outside the catalog, or an upload, is named by its file
-        name)."""
-        answer = {**self.result.to_json(), "target": self.target.to_json() if self.target else None}
-        for item in answer["results"]:
-            item["image"] = public_path(item["image"], self.catalog_root)
-        query = answer["query"]
-        if query.get("reference_image"):
-            query["reference_image"] = public_path(query["reference_image"], self.catalog_root)
-        return answer
-
-
-def public_path(path: str | Path, root: Path | None) -> str:
-    """`path` as an API answer names it: relative to `root` (posix) when inside it, else the file name alone.
-    Catalog image paths are already absolute and normalised (open_catalog resolves its root), so this is string
-    work, no file system calls."""
-    text = os.path.normpath(str(path))
-    if root is not None and os.path.isabs(text):
-        base = os.path.normpath(str(root))
-        if text.startswith(base + os.sep):
-            return Path(text[len(base) + 1:]).as_posix()
-        return os.path.basename(text)
-    return Path(text).as_posix()
+        """The engine's JSON plus the target check. Images are named as Catalog.image_name names them (relative
+        to the catalog folder; an image outside it, or an upload, by its file name): no folder of the server."""
+        return {**self.result.to_json(), "target": self.target.to_json() if self.target else None}
 
 
 @dataclass
@@ -381,7 +359,7 @@ class DemoService:
         if known is not None:
             ranks = [item.rank for item in result.items if item.id == known.target]
             check = TargetCheck(known.target, known.split, ranks[0] if ranks else None, len(result.items))
-        return SearchOutcome(result, check, retriever.catalog.root)
+        return SearchOutcome(result, check)
 
     @staticmethod
     def _search_batch(queries: Sequence[tuple[Retriever, PreparedQuery]]) -> list[SearchResult]:

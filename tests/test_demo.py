@@ -19,6 +19,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -28,11 +29,11 @@ from gradio_client.exceptions import AppError
 from helpers import free_port, png_1bit
 
 from sdfn.catalog import build_catalog
-from sdfn.demo_app import build_demo, launch, route_outputs
+from sdfn.demo_app import build_demo, client_message, launch, route_outputs
 from sdfn.demo_batching import Batcher
 from sdfn.demo_service import DemoService
 from sdfn.demo_training import TrainingPolicy, TrainingSettings
-from sdfn.errors import ConfigError, SdfnError
+from sdfn.errors import ConfigError, DataError, SdfnError
 from sdfn.evaluate import join_captions
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
@@ -223,6 +224,23 @@ def test_static_fusion_says_it_has_no_route(tiny_checkpoint, catalog, tmp_path):
 
 
 # ---- bad input: a message that says what to do ----------------------------------------------------------------
+
+def test_error_messages_shorten_the_catalog_folder_only_where_a_path_ends_there(tmp_path):
+    """The catalog root is cut from messages only as a whole path part: a sibling folder whose name starts with
+    the catalog's is another folder, named by its last part like any other server path."""
+    root = tmp_path / "cat"
+    service = SimpleNamespace(retriever=SimpleNamespace(catalog=SimpleNamespace(root=root)))
+
+    def shown(text: str) -> str:
+        return client_message(service, DataError(text))
+
+    assert shown(f"cannot read {root}/images/a.jpg: truncated") == "cannot read images/a.jpg: truncated"
+    assert shown(f"the index of catalog {root} is stale.") == "the index of catalog cat is stale."
+    assert shown(f"see {root}") == "see cat"
+    for sibling in (f"{root}alogs/other/b.jpg", f"{root}.bak/b.jpg", f"{root}-old/b.jpg", f"{root}_2/b.jpg"):
+        assert shown(f"cannot read {sibling}.") == "cannot read b.jpg.", sibling
+    assert str(tmp_path) not in shown(f"{root}alogs/other/b.jpg and {root}/c.jpg")
+
 
 def test_search_without_a_reference(client):
     assert "give a reference" in refused(client, "/search", "", None, "is red", 10, "")
