@@ -458,9 +458,13 @@ class DemoService:
     def use_trained_model(self, session: str | None = None) -> tuple[Path, str]:
         """Serve the current run's checkpoint (see use_checkpoint); only the session that started the run may."""
         run = self._training
-        checkpoint = run.checkpoint() if run is not None else None
-        if run is None or checkpoint is None or run.poll().running:
+        status = run.poll() if run is not None else None
+        if status is None or status.running or status.checkpoint is None:
             raise ConfigError("no finished run with a checkpoint to use yet.")
+        if status.state != "finished":   # a failed or cancelled run may have left last/: not a model to serve
+            raise ConfigError(f"the training run {status.state}: its checkpoint is not a finished model; "
+                              "start a new run.")
+        checkpoint = status.checkpoint
         if not run.owned_by(session):
             raise ConfigError("this model was trained by another visitor: only they can switch the demo to it.")
         return checkpoint, self.use_checkpoint(checkpoint)

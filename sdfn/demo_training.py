@@ -19,6 +19,7 @@ closed), so nothing a client sends is trusted:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -37,6 +38,7 @@ from typing import Any
 
 from sdfn.data.base import open_dataset
 from sdfn.errors import ConfigError, DataError
+from sdfn.retrieval import whole_number
 from sdfn.training.runlog import RunLog
 
 log = logging.getLogger(__name__)
@@ -149,16 +151,6 @@ class TrainingPolicy:
                        pretrain_epochs=int(settings.pretrain_epochs), lr=float(lr), catalog_path=root)
 
 
-def whole_number(name: str, value: Any, low: int, high: int) -> int:
-    """`value` as an int when it is a whole number from `low` to `high` (2.0 is 2; 2.5, 1e300, NaN, True and
-    text are refused with a message naming `name` and the range)."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) \
-        and float(value).is_integer() and low <= value <= high
-    if not ok:
-        raise ConfigError(f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}.")
-    return int(value)
-
-
 def _preset(name: str) -> dict:
     from sdfn.config import PRESET_DIR, list_presets
 
@@ -182,13 +174,29 @@ def preset_defaults(name: str) -> dict[str, Any]:
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child before exec (Linux): be sent SIGKILL when the demo goes, however it goes (kill -9 too)."""
+def _find_prctl() -> Any:
+    """libc's prctl, looked up once here in the demo (Linux; None elsewhere): the forked child of a threaded
+    server must not load libraries (dlopen takes locks another thread may have held at the fork)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _find_prctl()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child before exec (Linux): be sent SIGKILL when the demo goes, however it goes (kill -9 too). Only
+    calls the prctl found at import: nothing is loaded or looked up after the fork."""
+    if _PRCTL is None:
         return
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:   # the demo went before prctl took effect
         os._exit(1)
 
@@ -213,7 +221,7 @@ class _Launcher:
             done["event"].set()
 
     def popen(self, *args: Any, **kwargs: Any) -> subprocess.Popen:
-        if sys.platform.startswith("linux"):
+        if _PRCTL is not None:
             parent = os.getpid()
             kwargs["preexec_fn"] = lambda: _die_with_parent(parent)
         with self._lock:
@@ -252,8 +260,9 @@ _TQDM = re.compile(r"(stage 1 )?epoch (\d+)/(\d+):\s+(\d+)%")
 class TrainingRun:
     """One `python -m sdfn train` subprocess: its folder (log.jsonl, best/, last/), its console output in
     OUT/console.log, and its owner (the session that started it). A subprocess, not a thread: cancelling is
-    terminating it, and its CPU use cannot stall the server's searches (it is left one core fewer than the
-    machine has)."""
+    terminating it, and it holds no lock of the server's. It still shares the CPU with the searches: it runs
+    with one OpenMP thread fewer than the cores this process may use, so searches are slower while it runs
+    but keep a core."""
 
     def __init__(self, settings: TrainingSettings, out: Path, owner: str | None = None, cwd: Path | None = None):
         self.settings, self.out, self.owner = settings, out, owner
@@ -276,11 +285,14 @@ class TrainingRun:
     def cancel(self) -> None:
         if self.process.poll() is None:
             self.cancelled = True
-            os.killpg(self.process.pid, signal.SIGTERM)
+            # the run may end (and a poll() on another thread reap it) between the check and the signal
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
 
     def records(self) -> list[dict]:

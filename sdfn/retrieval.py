@@ -151,14 +151,19 @@ def strongest_path(trace: RouterTrace) -> list[str]:
 MAX_K = 1000  # results one search may return (the demo's API allows the same)
 
 
-def check_k(k: Any) -> int:
-    """`k` as an int when it is a whole number from 1 to MAX_K (2.0 is 2; 2.5, 1e300, NaN, True and text are
-    refused with a message naming k and the range)."""
-    ok = not isinstance(k, bool) and isinstance(k, int | float | np.integer | np.floating) \
-        and math.isfinite(k) and float(k).is_integer() and 1 <= k <= MAX_K
+def whole_number(name: str, value: Any, low: int, high: int) -> int:
+    """`value` as an int when it is a whole number from `low` to `high` (2.0 and numpy numbers too; 2.5, 1e300,
+    NaN, True and text are refused with a message naming `name` and the range)."""
+    ok = not isinstance(value, bool | np.bool_) and isinstance(value, int | float | np.integer | np.floating) \
+        and math.isfinite(value) and float(value).is_integer() and low <= value <= high
     if not ok:
-        raise ConfigError(f"k must be a whole number from 1 to {MAX_K:,}, got {k!r}.")
-    return int(k)
+        raise ConfigError(f"{name} must be a whole number from {low:,} to {high:,}, got {value!r}.")
+    return int(value)
+
+
+def check_k(k: Any) -> int:
+    """`k` as an int when it is a whole number from 1 to MAX_K (see whole_number)."""
+    return whole_number("k", k, 1, MAX_K)
 
 
 @dataclass

@@ -583,6 +583,13 @@ def test_cancel_stops_the_run(service, catalog):
     run = service.start_training(TrainingSettings("tiny-synthetic", str(catalog), 20, 32, 1e-3, 0))
     run.cancel()
     assert run.poll().state == "cancelled"
+    run.cancel()                                   # again, the run long gone: nothing to signal, no error
+    # a cancelled (or failed) run may have saved last/ after an epoch: it is not a finished model to serve
+    (run.out / "last").mkdir(exist_ok=True)
+    (run.out / "last" / "sdfn_config.json").write_text("{}")
+    assert run.poll().checkpoint == run.out / "last"
+    with pytest.raises(ConfigError, match="the training run cancelled: its checkpoint is not a finished model"):
+        service.use_trained_model()
 
 
 # ---- the entry point -------------------------------------------------------------------------------------------

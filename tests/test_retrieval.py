@@ -360,3 +360,16 @@ def test_cli_search_errors_are_one_line(checkpoint, catalog, capsys):
     assert main(["search", "--catalog", str(catalog), "--checkpoint", str(checkpoint), "--ref", "dress-000001",
                  "--text", "is red", "-k", "0", "--quiet"]) == 2
     assert "k must be a whole number" in capsys.readouterr().err
+
+
+def test_k_and_the_demo_training_bounds_share_one_whole_number_rule():
+    from sdfn.demo_training import whole_number as training_rule
+    from sdfn.retrieval import check_k, whole_number
+
+    assert training_rule is whole_number
+    assert check_k(np.int64(3)) == 3 and check_k(np.float32(2.0)) == 2 and check_k(5.0) == 5
+    for bad in (0, 2.5, 1e300, float("nan"), True, "3", np.float64(1001)):
+        with pytest.raises(ConfigError, match=r"k must be a whole number from 1 to 1,000, got "):
+            check_k(bad)
+    with pytest.raises(ConfigError, match="epochs must be a whole number from 1 to 20, got 2.5"):
+        whole_number("epochs", 2.5, 1, 20)
