@@ -118,9 +118,8 @@ def caption_queries(catalog: Path, count: int, seed: int) -> list[tuple[str, str
 def time_variant(label: str, checkpoint: Path, catalog: Path, queries: list[tuple[str, str]],
                  threads: int | None) -> dict:
     """Per query kind: {stage: [ms per query]}."""
-    retriever = Retriever(checkpoint, catalog, progress=True, threads=threads)
     start = time.perf_counter()
-    retriever.load()
+    retriever = Retriever(checkpoint, catalog, progress=True, threads=threads)   # opens everything
     print(f"{label}: ready in {time.perf_counter() - start:.1f} s ({retriever.index_status.message})")
     images = retriever.catalog
     kinds = {"catalog reference": lambda ref: ref,

@@ -273,10 +273,12 @@ class DemoService:
             if self._retriever is None:
                 # A server checks every index checksum once at start (~0.3 s at 6k items): a file damaged with its
                 # size and time kept would otherwise be served until a search hits it.
-                self._retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
-                                            progress=self.progress, verify="full").load()
-                self._policy = TrainingPolicy([self._retriever.catalog.root], self.train_root)
-        self.captions()
+                retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
+                                      progress=self.progress, verify="full")
+                self._policy = TrainingPolicy([retriever.catalog.root], self.train_root)
+                # read by every query without a lock: made once (a model switch keeps the catalog, and so these)
+                self._captions = Captions(retriever.catalog.root)
+                self._retriever = retriever
         return self
 
     @property
@@ -285,11 +287,10 @@ class DemoService:
         return self._policy
 
     def captions(self) -> Captions:
-        with self._lock:
-            root = self.retriever.catalog.root
-            if self._captions is None or self._captions.root != root:
-                self._captions = Captions(root)
-            return self._captions
+        """The served catalog's annotated captions (suggestions, known targets), made once by load()."""
+        if self._captions is None:
+            raise ConfigError("DemoService.load() has not been called yet.")
+        return self._captions
 
     def describe(self) -> dict[str, Any]:
         """What is being served: model, catalog and index, for the page header and the API. Paths are relative
@@ -416,7 +417,7 @@ class DemoService:
         being answered by the old snapshot, which keeps its opened files, until the new one replaces it."""
         old = self.retriever
         retriever = Retriever(checkpoint, old.catalog_path, threads=self.threads, progress=self.progress,
-                              verify="full").load()
+                              verify="full")
         with self._lock:
             self._retriever = retriever
         log.info("now serving %s (model %s)", checkpoint, retriever.model.fingerprint())

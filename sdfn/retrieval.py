@@ -38,7 +38,7 @@ from sdfn.backbone import ImageFeatures
 from sdfn.catalog import IMAGE_EXTENSIONS, Catalog, open_catalog
 from sdfn.data.images import load_model_image
 from sdfn.encode import compose_queries
-from sdfn.errors import CheckpointError, ConfigError, DataError
+from sdfn.errors import ConfigError, DataError
 from sdfn.fusion import RouterTrace
 from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
@@ -198,7 +198,8 @@ class Retriever:
     Construction loads the model and the catalog and opens the index (building or updating it first when it is
     missing or stale): everything a search reads is in memory or in files opened then, so an index that
     another process rebuilds later (another model, say) does not change what this retriever answers. An index
-    whose model fingerprint is not this model's is refused. To serve another model, make a new Retriever.
+    built by another model is rebuilt for this one at construction (sdfn.index.open_index), so a retriever
+    always serves its own model's index. To serve another model, make a new Retriever.
     """
 
     def __init__(self, checkpoint: Path | str | None = None, catalog: Path | str | None = None,
@@ -214,22 +215,12 @@ class Retriever:
         index, status = open_index(catalog_, model, index_type, fp16, progress=progress, verify=verify)
         self.index_status: IndexStatus = status
         log.info("%s", status.message)
-        if index.manifest["model"]["fingerprint"] != model.fingerprint():
-            raise CheckpointError(
-                f"the index of catalog {catalog_.root} was built by another model (fingerprint "
-                f"{index.manifest['model']['fingerprint']}) than {self.checkpoint or 'the shipped model'} "
-                f"(fingerprint {model.fingerprint()}); run `sdfn index --catalog {catalog_.root}` with this "
-                f"checkpoint, or open the catalog with the model that built its index.")
         self.model: ComposedRetrievalModel = model
         self.index: CatalogIndex = index
         self.catalog: Catalog = catalog_
         # Index row -> catalog row, and the searchable items per category, once (not per query or result).
         self._catalog_row = np.array([catalog_.row_of[i] for i in index.ids], dtype=np.int64)
         self._category_size = Counter(catalog_.rows[r]["category"] for r in self._catalog_row.tolist())
-
-    def load(self) -> Retriever:
-        """Everything is open since construction; kept so that `Retriever(...).load()` still reads naturally."""
-        return self
 
     @property
     def fingerprint(self) -> str:
