@@ -377,7 +377,7 @@ def test_index_rebuilt_from_outside_does_not_change_the_answers(small_catalog, t
         served = client.predict(api_name="/info")["model_fingerprint"]
         # before the demo's first search (a lazy server would read the cached features only now)
         other = Retriever(other_checkpoint(tmp_path / "other"), tmp_path / "catalog", threads=1,
-                          progress=False).load()   # rebuilds CATALOG/index for the other model
+                          progress=False)   # rebuilds CATALOG/index for the other model
         assert other.model.fingerprint() != served and other.index_status.action != "reused"
         after = search(client, "dress-000001", text="is red", k=5)
         assert [r["id"] for r in after["results"]] == [i.id for i in expected.items]
