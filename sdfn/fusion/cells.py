@@ -5,10 +5,15 @@ Every cell maps the routed image stream X [B, N, d] to X' [B, N, d], reading the
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+_RECORDING = threading.local()   # recording_attention(): this thread's list of (cell, weights), else unset
 
 
 @dataclass
@@ -73,10 +78,26 @@ class CrossModalRefinementCell(nn.Module):
         nn.init.zeros_(self.film.bias)
 
     def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
-        attended, _ = self.attn(self.norm(x), text.words, text.words, key_padding_mask=~text.mask,
-                                need_weights=False)
+        records = getattr(_RECORDING, "records", None)
+        attended, weights = self.attn(self.norm(x), text.words, text.words, key_padding_mask=~text.mask,
+                                      need_weights=records is not None)
+        if records is not None:   # [B, tokens, words], averaged over heads; each image token's row sums to 1
+            records.append((self, weights.detach()))
         gamma, beta = self.film(attended).chunk(2, dim=-1)
         return x * (1 + gamma) + beta
+
+
+@contextmanager
+def recording_attention() -> Iterator[list[tuple[CrossModalRefinementCell, torch.Tensor]]]:
+    """Within the block, on this thread only, every CrossModalRefinementCell that runs appends (cell, weights):
+    its word-to-region attention [B, image tokens, word tokens], averaged over heads (sdfn.explain reads it).
+    Outside the block the cells ask for no weights, so normal inference (and its torch.jit traces) is unchanged."""
+    previous = getattr(_RECORDING, "records", None)
+    _RECORDING.records = records = []
+    try:
+        yield records
+    finally:
+        _RECORDING.records = previous
 
 
 CELLS: dict[str, type[nn.Module]] = {
