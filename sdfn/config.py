@@ -30,6 +30,13 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     skip_missing_images: bool = True      # skip (and list) training triplets whose images are missing
+    # Ours (issue 9, everyday language; 0 = off, the paper-faithful training): each training triplet also gets
+    # this many everyday requests ("i want it in crimson", "lose the belt", "darker") drawn from the TRAIN part
+    # of sdfn.data.synth.phrasing only (synthetic catalogs: they need catalog.csv), cached with the captions;
+    # a training sample uses one of them with probability `phrasing_share`, else its annotated captions.
+    phrasing_variants: int = 0
+    phrasing_share: float = 0.5
+    phrasing_seed: int = 0
 
 
 @dataclass

@@ -1,10 +1,12 @@
 """Everyday-language requests: they ask for exactly the changes of the pair, and the held-out part never
-occurs in training (frames, words and whole requests), nor in the caption grammar the shipped model learnt."""
+occurs in training (frames, constructions, words and whole requests; in the stage-2 training path of
+data.phrasing_variants too), nor in the caption grammar the shipped model learnt."""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import random
 import re
 from pathlib import Path
@@ -18,7 +20,15 @@ import sdfn.data.synth.captions as captions_module
 from sdfn.data.attributes import APPLIES, ATTRIBUTES, CATEGORIES, satisfies
 from sdfn.data.base import open_dataset
 from sdfn.data.synth import phrasing
-from sdfn.data.synth.phrasing import HELDOUT, TRAIN, Bank, PhrasedDataset, catalog_attributes, phrase_request
+from sdfn.data.synth.phrasing import (
+    HELDOUT,
+    TRAIN,
+    Bank,
+    PhrasedDataset,
+    catalog_attributes,
+    phrase_request,
+    training_requests,
+)
 from sdfn.errors import ConfigError
 from sdfn.evaluate import EncodeResult
 
@@ -63,6 +73,30 @@ def words_in(text: str) -> str:
     return " " + re.sub(r"[^a-z0-9' -]", " ", text.lower()) + " "
 
 
+def held_out_shapes() -> list[re.Pattern]:
+    """The held-out frames and constructions ("i'd love {np}", "switch it to {w}", "not so light") as patterns
+    over a lower-cased request without punctuation; frames are anchored at both ends."""
+    patterns = []
+    for name, bank in all_banks().items():
+        if name.split("[")[0] in WORD_BANKS:
+            continue
+        for template in bank.heldout:
+            body = re.sub(r"\\\{[a-z]+\\\}", ".+", re.escape(template.lower()))
+            patterns.append(re.compile(f"^{body}$" if name.startswith("FRAMES") else rf"\b{body}\b"))
+    return patterns
+
+
+def assert_no_held_out_part(texts: list[str]) -> None:
+    """No held-out fashion word, frame or construction in `texts` (training texts)."""
+    text = "\n".join(words_in(t) for t in texts)
+    leaked = sorted(w for w in held_out_words() if f" {w} " in text)
+    assert not leaked, leaked
+    shapes = held_out_shapes()
+    plain = [re.sub(r"[,.?!]", "", t.lower()) for t in texts]
+    matched = sorted({(p.pattern, t) for p in shapes for t in plain if p.search(t)})
+    assert not matched, matched[:5]
+
+
 def test_train_and_held_out_banks_are_disjoint():
     for name, bank in all_banks().items():
         assert not set(bank.train) & set(bank.heldout), name
@@ -81,9 +115,9 @@ def test_held_out_fashion_words_are_not_in_the_caption_grammar():
 def test_held_out_words_and_requests_never_occur_in_training_requests():
     train = requests(TRAIN, seed=1) + requests(TRAIN, seed=2)
     held = requests(HELDOUT, seed=1)
-    train_text = "\n".join(words_in(r.text) for r in train)
-    leaked = sorted(w for w in held_out_words() if f" {w} " in train_text)
-    assert not leaked, leaked
+    assert_no_held_out_part([r.text for r in train])
+    shapes = held_out_shapes()
+    assert sum(any(p.search(re.sub(r"[,.?!]", "", r.text.lower())) for p in shapes) for r in held) > 0.5 * len(held)
     normalised = {re.sub(r"[^a-z ]", "", r.text.lower()) for r in train}
     assert not normalised & {re.sub(r"[^a-z ]", "", r.text.lower()) for r in held}
     assert any(r.novel for r in held) and not all(r.novel for r in held)
@@ -206,3 +240,72 @@ def test_benchmark_on_a_tiny_checkpoint_writes_a_sane_section(small_catalog, tin
     assert "<!-- phrasing:start -->" in text and "| held-out phrasings |" in text
     assert "| annotated captions |" in text and tmp_path.as_posix() not in text
     assert text.count("<!-- phrasing:start -->") == 1 and "an older run" not in text  # replaces its section
+
+
+def test_issue_words_and_shapes_are_taught():
+    """The words and shapes issue 9 names are in the training part (a model must know them), not held out."""
+    train = "\n".join(words_in(r.text) for r in requests(TRAIN, 6000, 6))
+    for word in ("burgundy", "crimson", "cream", "charcoal", "roomy", "slouchy", "oversized", "gingham",
+                 "houndstooth", "scoop neck", "ankle-length", "maxi", "turn it", "give it", "not so tight",
+                 "lose the belt", "without sleeves", "no print", "i want", "looking for", "do you have", "is there one",
+                 "like this but", "darker", "longer"):
+        assert f" {word} " in train, word
+    assert not {"cream", "slouchy", "houndstooth", "charcoal", "crimson"} & held_out_words()
+
+
+def phrased_config(catalog: Path, *overrides: str):
+    from sdfn.config import load_config
+
+    return load_config("tiny-synthetic", [
+        "model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
+        "data.synthesize=false", "optim.batch_size=16", "optim.num_workers=0", "eval.every=0",
+        f"data.root={catalog}", *overrides])
+
+
+def test_training_path_feeds_only_training_part_requests(small_catalog, tmp_path):
+    """data.phrasing_variants: every training triplet gets cached TRAIN-part requests, a step reads them, and
+    none of them carries a held-out word, frame or construction or equals a held-out request."""
+    from sdfn.training import Trainer
+    from sdfn.training.data import PhrasedTriplet, training_text
+
+    trainer = Trainer(phrased_config(small_catalog, "data.phrasing_variants=3", "data.phrasing_share=1.0"),
+                      tmp_path, progress=False)
+    phrased = [t for t in trainer.triplets if isinstance(t, PhrasedTriplet)]
+    assert len(phrased) >= 0.9 * len(trainer.triplets)
+    texts = [r for t in phrased for r in t.requests]
+    assert len(texts) > 2 * len(phrased)                       # several distinct variants per triplet
+    assert_no_held_out_part(texts)
+    base = open_dataset("fashioniq", small_catalog)
+    held = {re.sub(r"[^a-z ]", "", t.captions[0].lower()) for t in PhrasedDataset(base, HELDOUT).triplets("train")}
+    assert not held & {re.sub(r"[^a-z ]", "", r.lower()) for r in texts}
+    assert set(texts) <= set(trainer.texts.rows_of)           # cached beside the captions
+    attrs = catalog_attributes(small_catalog)
+    rng = random.Random(0)
+    for t in phrased[:50]:
+        text = training_text(t, rng)                            # share 1.0: always an everyday request
+        assert text in t.requests
+        assert text in training_requests(t, attrs, 3)           # fixed by seed and triplet
+    assert math.isfinite(trainer.train_step(list(range(16)), random.Random(0))["loss"])
+
+
+def test_phrasing_off_keeps_the_paper_training_and_refuses_a_catalog_without_attributes(small_catalog, tmp_path):
+    from types import SimpleNamespace
+
+    from sdfn.training.data import PhrasedTriplet, training_text, with_phrasings
+
+    cfg = phrased_config(small_catalog)
+    base = open_dataset("fashioniq", small_catalog)
+    triplets = base.triplets("train")
+    assert with_phrasings(base, triplets, cfg) is triplets
+    assert not any(isinstance(t, PhrasedTriplet) for t in triplets)
+    mixed = with_phrasings(base, triplets[:200], phrased_config(small_catalog, "data.phrasing_variants=2",
+                                                                "data.phrasing_share=0.25"))
+    rng = random.Random(0)
+    chosen = [training_text(t, rng) in t.requests for t in mixed if isinstance(t, PhrasedTriplet)]
+    assert 0.1 < sum(chosen) / len(chosen) < 0.4               # the share of steps on an everyday request
+    with pytest.raises(ConfigError, match="phrasing_variants"):
+        with_phrasings(SimpleNamespace(root=tmp_path), triplets, phrased_config(small_catalog,
+                                                                                "data.phrasing_variants=2"))
+    with pytest.raises(ConfigError, match="phrasing_share"):
+        with_phrasings(base, triplets, phrased_config(small_catalog, "data.phrasing_variants=2",
+                                                      "data.phrasing_share=0"))

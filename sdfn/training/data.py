@@ -2,13 +2,18 @@
 
 With a frozen image tower every image the run needs (train triplets and the evaluation gallery) is encoded
 once up front, and with a frozen text tower every training text too; a step then reads rows of these tables.
+
+Ours (issue 9, `data.phrasing_variants` > 0; off by default): each training triplet also carries everyday
+requests from the TRAIN part of `sdfn.data.synth.phrasing` (`PhrasedTriplet.requests`), and a sample's text is
+one of them with probability `data.phrasing_share`, else its joined captions. The held-out part never reaches
+training (tests/test_phrasing.py checks these texts).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,7 +62,7 @@ def training_triplets(dataset: RetrievalDataset, cfg: TrainConfig, out: Path | N
         raise DataError(f"{dataset.root}: the {cfg.data.train_split} split has no triplets with targets.")
     missing = sorted({i for t in triplets for i in (t.reference, t.target) if not dataset.image_path(i).is_file()})
     if not missing:
-        return triplets
+        return with_phrasings(dataset, triplets, cfg)
     if not cfg.data.skip_missing_images:
         raise DataError(f"{len(missing)} training images are missing under {dataset.root} (e.g. "
                         f"{dataset.image_path(missing[0])}). Download them, or set data.skip_missing_images=true "
@@ -72,7 +77,42 @@ def training_triplets(dataset: RetrievalDataset, cfg: TrainConfig, out: Path | N
     log.warning(message)
     if not kept:
         raise DataError(f"no training triplet has both images under {dataset.root}; check data.root.")
-    return kept
+    return with_phrasings(dataset, kept, cfg)
+
+
+@dataclass(frozen=True)
+class PhrasedTriplet(Triplet):
+    """A training triplet with everyday requests (TRAIN part of sdfn.data.synth.phrasing) beside its captions;
+    `share`: the probability that a training sample uses one of them."""
+
+    requests: tuple[str, ...] = field(default=(), hash=False)
+    share: float = field(default=0.0, hash=False)
+
+
+def with_phrasings(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainConfig) -> list[Triplet]:
+    """`triplets` as they are (data.phrasing_variants=0, the paper's training), or each with up to
+    data.phrasing_variants everyday requests of the TRAIN phrasing part (synthetic catalogs only)."""
+    d = cfg.data
+    if d.phrasing_variants <= 0:
+        return triplets
+    from sdfn.data.synth.phrasing import catalog_attributes, training_requests
+
+    if not 0.0 < d.phrasing_share <= 1.0:
+        raise ConfigError(f"data.phrasing_share must be in (0, 1], not {d.phrasing_share!r}")
+    try:
+        attributes = catalog_attributes(dataset.root)
+    except DataError as err:
+        raise ConfigError(f"data.phrasing_variants={d.phrasing_variants} needs a synthetic catalog with "
+                          f"attributes: {err} (or set data.phrasing_variants=0)") from err
+    out: list[Triplet] = []
+    for t in triplets:
+        texts = training_requests(t, attributes, d.phrasing_variants, d.phrasing_seed)
+        out.append(PhrasedTriplet(**{f: getattr(t, f) for f in Triplet.__dataclass_fields__},
+                                  requests=texts, share=d.phrasing_share) if texts else t)
+    log.info("everyday requests: %d distinct texts for %d of %d training triplets",
+             sum(len(getattr(t, "requests", ())) for t in out), sum(isinstance(t, PhrasedTriplet) for t in out),
+             len(out))
+    return out
 
 
 def target_keys(triplets: list[Triplet]) -> dict[str, int]:
@@ -82,7 +122,10 @@ def target_keys(triplets: list[Triplet]) -> dict[str, int]:
 
 
 def training_text(triplet: Triplet, rng: random.Random) -> str:
-    """CLIP4Cir's augmentation: the two captions joined in a random order."""
+    """CLIP4Cir's augmentation: the two captions joined in a random order; for a PhrasedTriplet (ours), one of
+    its everyday requests with probability `share` instead."""
+    if isinstance(triplet, PhrasedTriplet) and triplet.requests and rng.random() < triplet.share:
+        return rng.choice(triplet.requests)
     captions = list(triplet.captions)
     if len(captions) == 2 and rng.random() < 0.5:
         captions.reverse()
@@ -165,8 +208,9 @@ def cache_image_features(model: ComposedRetrievalModel, dataset: RetrievalDatase
 
 @torch.no_grad()
 def cache_text_features(model: ComposedRetrievalModel, triplets: list[Triplet], progress: bool) -> TextFeatureTable:
-    """Frozen text tower too: every training text (both caption orders) is encoded once."""
-    texts = sorted({join_captions(order) for t in triplets for order in (list(t.captions), list(reversed(t.captions)))})
+    """Frozen text tower too: every training text (both caption orders, everyday requests) is encoded once."""
+    texts = {join_captions(order) for t in triplets for order in (list(t.captions), list(reversed(t.captions)))}
+    texts = sorted(texts | {r for t in triplets for r in getattr(t, "requests", ())})
     was_training = model.training
     model.eval()
     parts = [model.encode_texts(texts[i:i + 512]).to(device="cpu", dtype=torch.float16)
