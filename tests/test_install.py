@@ -65,7 +65,9 @@ def run(installed: dict, *argv, timeout: int = 600) -> subprocess.CompletedProce
 
 def test_the_wheel_carries_presets_model_configs_and_the_shipped_model(installed):
     names = set(zipfile.ZipFile(installed["wheel"]).namelist())
-    shipped = {p.name for p in (REPO / "sdfn" / "assets" / "sdfn-tiny").iterdir()}
+    assets = REPO / "sdfn" / "assets" / "sdfn-tiny"
+    shipped = {p.relative_to(assets).as_posix() for p in assets.rglob("*") if p.is_file()}
+    assert "combiner/fusion.safetensors" in shipped    # the Combiner beside the model (sdfn.explain)
     assert {f"sdfn/assets/sdfn-tiny/{name}" for name in shipped} <= names
     assert {"sdfn/configs/tiny-synthetic.json", "sdfn/configs/fashioniq-vitb32.json",
             "sdfn/model_configs/sdfn-tiny.json"} <= names
