@@ -30,7 +30,7 @@ from benchmarks.quality import PROTOCOL  # noqa: E402
 from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
 from sdfn.data.attributes import KINDS_OF_CHANGE  # noqa: E402
 from sdfn.data.base import RetrievalDataset, open_dataset  # noqa: E402
-from sdfn.encode import ModelQueryEncoder  # noqa: E402
+from sdfn.encode import ImageFeatureTable, ModelQueryEncoder  # noqa: E402
 from sdfn.evaluate import evaluate  # noqa: E402
 from sdfn.fusion.dfn import uniform_routes  # noqa: E402
 from sdfn.model import ComposedRetrievalModel  # noqa: E402
@@ -63,12 +63,13 @@ def uniform_route_cost(model: ComposedRetrievalModel, dataset: RetrievalDataset,
 
 
 def measure(model: ComposedRetrievalModel, dataset: RetrievalDataset, route_split: str = "test",
-            recall_split: str = "val") -> dict:
-    """Every measure of this script for one model (a routed fusion)."""
+            recall_split: str = "val", table: ImageFeatureTable | None = None) -> dict:
+    """Every measure of this script for one model (a routed fusion). `table`: image features of every catalog
+    image by this model's backbone, when already computed (else they are computed here)."""
     if not model.fusion.has_routes:
         raise ValueError(f"{model.config.fusion.name} has no routes to measure")
-    encoder = ModelQueryEncoder(model, batch_size=256)
-    stats = route_statistics(model, dataset, route_split, table=None)
+    encoder = ModelQueryEncoder(model, batch_size=256, table=table)
+    stats = route_statistics(model, dataset, route_split, table=table)
     return {"differences": kind_differences(stats), "entropy_ratio": entropy_ratio(stats),
             "entropy": stats.overall.entropy, "queries": stats.overall.queries,
             "recall": uniform_route_cost(model, dataset, recall_split, encoder)}

@@ -64,6 +64,28 @@ class SPDConfig:
 
 
 @dataclass
+class RouteShapingConfig:
+    """Ours, not in the paper (issue 9, routes that depend on the query): terms on the routers' paths added to
+    stage 2's loss (sdfn.losses.route_shaping). Every weight 0 (the default) is the paper's objective.
+
+    Per routing layer, on the incoming distributions p [B, K_in, K_out] (each column sums to 1): `entropy`
+    is the mean per-query entropy (small = each query takes few paths), `balance` minus the entropy of the
+    batch's mean incoming distribution (small = the batch uses every cell: queries must differ), `sparsity`
+    the mean open path weight above `budget` (a compute budget: DIME's ReLU(tanh) paths close exactly at 0).
+    Summed over layers. `router` = "text" reads the text router's part only (its own incoming
+    distributions), leaving the image router free. The terms are off before `start_epoch` and ramp linearly
+    to full weight over `ramp_epochs` (fractional epochs count steps)."""
+
+    entropy_weight: float = 0.0
+    balance_weight: float = 0.0
+    sparsity_weight: float = 0.0
+    budget: float = 0.0
+    router: str = "both"                  # both | text
+    start_epoch: float = 0.0
+    ramp_epochs: float = 0.0
+
+
+@dataclass
 class PretrainConfig:
     """Stage 1 (synthetic catalogs): image-text contrastive training of the backbone on absolute descriptions."""
 
@@ -98,6 +120,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     spd: SPDConfig = field(default_factory=SPDConfig)
+    routes: RouteShapingConfig = field(default_factory=RouteShapingConfig)   # ours; all 0 = paper
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache_features: bool = True           # cache image features when the image tower is frozen

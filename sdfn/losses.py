@@ -24,6 +24,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from sdfn.fusion.base import RouterTrace
+from sdfn.fusion.dfn import mix_incoming
 
 MAX_LOGIT_SCALE = 100.0   # CLIP's clamp: temperature never below 0.01
 
@@ -131,3 +132,47 @@ class SelfPathDistillation(nn.Module):
 def spd_ramp(epoch: int, epochs: int, alpha_max: float) -> float:
     """PS-KD's schedule: alpha_t = alpha_T * t / T for epoch t = 0 .. T-1, so 0 in the first epoch."""
     return alpha_max * epoch / max(epochs, 1)
+
+
+ROUTE_SHAPING_ROUTERS = ("both", "text")
+
+
+def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
+    p = p.clamp_min(1e-9)
+    return -(p * p.log()).sum(dim=dim)
+
+
+def route_shaping(trace: RouterTrace, router: str = "both", budget: float = 0.0) -> dict[str, torch.Tensor]:
+    """Ours, not in the paper: the route-shaping terms of `sdfn.config.RouteShapingConfig`, each summed over the
+    routing layers (weight them and add them to the loss; see that class for what each one asks).
+
+    - "entropy": mean over queries and cells of the entropy of each incoming distribution;
+    - "balance": minus the mean over cells of the entropy of the batch's mean incoming distribution;
+    - "sparsity": relu(mean open path weight - budget).
+
+    `router="text"` reads the text router's part of the paths only (msr routers; its incoming distributions are
+    renormalised the way `mix_incoming` does it for the whole weight)."""
+    if router not in ROUTE_SHAPING_ROUTERS:
+        raise ValueError(f"route shaping router {router!r}; use one of {ROUTE_SHAPING_ROUTERS}")
+    if router == "text":
+        if trace.text is None:
+            raise ValueError(f"route shaping on the text router needs modality-specific routers, not '{trace.mode}'")
+        weights = [2 * t for t in trace.text]       # the text part is half of the path weight
+        incoming = [mix_incoming(w) for w in weights]
+    else:
+        weights, incoming = trace.weights, trace.incoming
+    zero = incoming[0].new_zeros(())
+    entropy, balance, sparsity = zero, zero, zero
+    for w, p in zip(weights, incoming, strict=True):
+        entropy = entropy + _entropy(p, 1).mean()
+        balance = balance - _entropy(p.mean(dim=0), 0).mean()
+        sparsity = sparsity + torch.relu(w.mean() - budget)
+    return {"entropy": entropy, "balance": balance, "sparsity": sparsity}
+
+
+def shaping_ramp(progress: float, start: float, ramp: float) -> float:
+    """Factor of the route-shaping terms at `progress` (epochs done, fractional): 0 before `start`, then a
+    linear ramp to 1 over `ramp` epochs (at once when ramp is 0)."""
+    if progress < start:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (progress - start) / ramp)

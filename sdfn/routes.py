@@ -12,6 +12,7 @@ import torch
 
 from sdfn.data.attributes import KINDS_OF_CHANGE
 from sdfn.data.base import RetrievalDataset, Triplet
+from sdfn.data.synth.phrasing import HELDOUT, catalog_attributes, phrase_request, request_rng
 from sdfn.encode import ImageFeatureTable, compose_queries, extract_image_features
 from sdfn.errors import DataError
 from sdfn.evaluate import join_captions
@@ -153,3 +154,72 @@ def route_statistics(model: ComposedRetrievalModel, dataset: RetrievalDataset, s
     stats.distinct_strongest_paths = len(counts)
     stats.top_path_share = max(counts.values()) / len(paths)
     return stats
+
+
+def route_js_divergence(a: RouterTrace, b: RouterTrace) -> torch.Tensor:
+    """[B]: Jensen-Shannon divergence (nats, 0 .. log 2) between two traces' incoming distributions, per
+    query, averaged over every cell of every layer."""
+    parts = []
+    for p, q in zip(a.incoming, b.incoming, strict=True):
+        m = (p + q) / 2
+        kl = [(x.clamp_min(1e-9) * (x.clamp_min(1e-9).log() - m.clamp_min(1e-9).log())).sum(dim=1) for x in (p, q)]
+        parts.append(((kl[0] + kl[1]) / 2).mean(dim=1))
+    return torch.stack(parts, dim=1).mean(dim=1)
+
+
+@dataclass
+class ParaphraseConsistency:
+    pairs: int                  # paraphrase pairs compared (pairs with the same text are left out)
+    same_strongest_path: float  # share of pairs whose strongest paths (sdfn.routes.strongest_paths) are equal
+    js_divergence: float        # mean JS divergence between the pairs' routes (nats; log 2 = 0.693 at most)
+    part: str
+    paraphrases: int
+
+    def to_json(self) -> dict:
+        return {"pairs": self.pairs, "same_strongest_path": self.same_strongest_path,
+                "js_divergence": self.js_divergence, "part": self.part, "paraphrases": self.paraphrases}
+
+
+def paraphrase_consistency(model: ComposedRetrievalModel, dataset: RetrievalDataset, split: str = "test",
+                           part: str = HELDOUT, paraphrases: int = 3, seed: int = 0,
+                           table: ImageFeatureTable | None = None, limit: int | None = None,
+                           batch_size: int = 256) -> ParaphraseConsistency | None:
+    """Do paraphrases of one request take the same route? (issue 9 §4: what self path distillation is for)
+
+    Each triplet of `split` (a synthetic catalog: its catalog.csv gives the attributes) is asked
+    `paraphrases` times with `sdfn.data.synth.phrasing.phrase_request` (the `part` words and frames, streams
+    seed, seed + 1, ...; every paraphrase asks for the same changes), on the same reference image. Over every
+    pair of a triplet's paraphrases whose texts differ: the share with the same strongest path, and the mean
+    JS divergence of their routes. None for a static fusion."""
+    if not model.fusion.has_routes:
+        return None
+    attributes = catalog_attributes(dataset.root)
+    triplets = [t for t in dataset.triplets(split) if t.target is not None][:limit]
+    paths = [dataset.image_path(t.reference) for t in triplets]
+    if table is None:
+        table = extract_image_features(model, sorted(set(paths)))
+    features, failed = table.rows(paths)
+    keep = [i for i in range(len(triplets)) if i not in failed]
+    if not keep:
+        raise DataError(f"no reference image of the {len(triplets)} {split} queries could be read")
+    features = features[torch.tensor(keep)]
+    texts, traces = [], []
+    for j in range(paraphrases):
+        asked = [phrase_request(attributes[triplets[i].reference], attributes[triplets[i].target],
+                                triplets[i].category, part, request_rng(seed + j, part, triplets[i])).text
+                 for i in keep]
+        texts.append(asked)
+        traces.append(compose_queries(model, features, asked, batch_size)[1])
+    strongest = [strongest_paths(t) for t in traces]
+    same, js = [], []
+    for a in range(paraphrases):
+        for b in range(a + 1, paraphrases):
+            differ = torch.tensor([x != y for x, y in zip(texts[a], texts[b], strict=True)])
+            if not differ.any():
+                continue
+            index = differ.nonzero().squeeze(1)
+            js.append(route_js_divergence(traces[a][index], traces[b][index]))
+            same += [strongest[a][i] == strongest[b][i] for i in index.tolist()]
+    if not same:
+        raise DataError(f"every paraphrase of the {split} queries came out the same text; nothing to compare")
+    return ParaphraseConsistency(len(same), sum(same) / len(same), float(torch.cat(js).mean()), part, paraphrases)

@@ -24,7 +24,7 @@ from sdfn.data.base import Triplet
 from sdfn.encode import ImageFeatureTable, ModelQueryEncoder
 from sdfn.errors import ConfigError
 from sdfn.evaluate import EvalProtocol, evaluate
-from sdfn.losses import SelfPathDistillation, spd_ramp
+from sdfn.losses import ROUTE_SHAPING_ROUTERS, SelfPathDistillation, route_shaping, shaping_ramp, spd_ramp
 from sdfn.model import ComposedRetrievalModel
 from sdfn.training.data import (
     TextFeatureTable,
@@ -88,7 +88,27 @@ class Trainer:
         self.amp = autocast_dtype(cfg.optim.precision, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.spd = self._make_spd()
+        self.shaping = self._check_shaping()
         self.epoch, self.step, self.best, self.history = 0, 0, None, []
+
+    def _check_shaping(self) -> bool:
+        """Whether the route-shaping terms (ours, cfg.routes) are on; a setting that cannot apply is an error."""
+        r = self.cfg.routes
+        weights = {"entropy_weight": r.entropy_weight, "balance_weight": r.balance_weight,
+                   "sparsity_weight": r.sparsity_weight}
+        bad = [f"routes.{k}={v!r}" for k, v in weights.items() if not v >= 0]
+        if bad:
+            raise ConfigError(f"{', '.join(bad)}: route-shaping weights are >= 0 (0 = off, the paper's loss)")
+        if r.router not in ROUTE_SHAPING_ROUTERS:
+            raise ConfigError(f"routes.router={r.router!r}; use one of {', '.join(ROUTE_SHAPING_ROUTERS)}")
+        on = any(v > 0 for v in weights.values())
+        if on and not self.model.fusion.has_routes:
+            raise ConfigError(f"routes.* shaping weights are set but model.fusion.name="
+                              f"{self.cfg.model.fusion.name!r} has no routes; set them to 0 for a static fusion")
+        if on and r.router == "text" and self.cfg.model.fusion.router != "msr":
+            raise ConfigError(f"routes.router='text' shapes the text router of modality-specific routers, but "
+                              f"model.fusion.router={self.cfg.model.fusion.router!r}; use routes.router=both")
+        return on
 
     def _make_spd(self) -> SelfPathDistillation | None:
         if not (self.cfg.spd.enabled and self.model.fusion.has_routes):
@@ -147,6 +167,14 @@ class Trainer:
             ramp = spd_ramp(self.epoch, self.cfg.optim.epochs, self.cfg.spd.alpha)
             spd_value = self.spd(trace, sample_ids)
             loss = bbc + self.cfg.spd.weight * ramp * spd_value
+        shaped = {}
+        if self.shaping:
+            r = self.cfg.routes
+            progress = self.epoch + (self.step % self.steps_per_epoch) / self.steps_per_epoch
+            factor = shaping_ramp(progress, r.start_epoch, r.ramp_epochs)
+            shaped = route_shaping(trace, r.router, r.budget)
+            loss = loss + factor * (r.entropy_weight * shaped["entropy"] + r.balance_weight * shaped["balance"]
+                                    + r.sparsity_weight * shaped["sparsity"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -158,7 +186,7 @@ class Trainer:
             self._remember_routes(trace.flat_route().detach(), sample_ids)
         self.step += 1
         return {"loss": loss.item(), "bbc": bbc.item(), "spd": spd_value.item(), "grad_norm": grad_norm.item(),
-                "temperature": 1 / criterion.scale().item()}
+                "temperature": 1 / criterion.scale().item(), **{f"route_{k}": v.item() for k, v in shaped.items()}}
 
     def _remember_routes(self, routes: torch.Tensor, sample_ids: torch.Tensor) -> None:
         """Every rank keeps the whole memory: a sample may land on another rank next epoch."""

@@ -1,0 +1,242 @@
+"""Route-shaping sweep: which route option (ours, `routes.*` in the config) makes SDFN's routes depend on the
+query and earn their place, at what recall, measured against the paper, the Combiner and its own ablations.
+
+    python benchmarks/route_sweep.py --stage1 sdfn/assets/sdfn-tiny --out runs/route-sweep --workers 12
+
+Every run is stage 2 of the tiny-synthetic recipe on the same frozen stage-1 backbone (cached features), the
+same epochs and learning rate (0.001, the rate benchmarks/quality.py's sweep picked for sdfn and combiner),
+best epoch by val R@1. Per run (one JSON line of OUT/results.jsonl): best val R@1, test R@K and sat@K
+(benchmarks/quality.py's protocol), the route measures of benchmarks/routes.py (per-kind largest module-usage
+difference, entropy over uniform, val R@1 cost of uniform routes) and the paraphrase consistency of
+`sdfn.routes.paraphrase_consistency` (held-out phrasings, 3 per test query).
+
+Phase 1 screens every option of `--options` with seed 0 (plus the paper, the Combiner and the paper without
+SPD at every seed). The option with the most issue-9 route goals met (entropy <= 0.75 of uniform, every kind
+>= 10 points, uniform routes cost >= 5 points, val R@1 at most 1 point below the paper's), then the highest
+val R@1, is picked; phase 2 runs it at the other seeds and its ablations at every seed: without SPD, with a
+shared router, and, with `--final`, the shipped recipe's extra overrides. Workers are processes that share the
+feature caches across their runs; the whole sweep stops starting runs after `--budget-s`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# Route options (ours): routes.* overrides. Small on purpose: each one is a lever named in issue 9.
+OPTIONS: dict[str, list[str]] = {
+    "ent_bal_0.5": ["routes.entropy_weight=0.5", "routes.balance_weight=0.5"],
+    "ent_bal_1_late": ["routes.entropy_weight=1.0", "routes.balance_weight=1.0", "routes.start_epoch=2",
+                       "routes.ramp_epochs=2"],
+    "ent_bal_2_late": ["routes.entropy_weight=2.0", "routes.balance_weight=2.0", "routes.start_epoch=3",
+                       "routes.ramp_epochs=1"],
+    "ent_bal_0.3_T0.5": ["routes.entropy_weight=0.3", "routes.balance_weight=0.3",
+                         "model.fusion.router_temperature=0.5"],
+    "text_ent_bal_1_late": ["routes.router=text", "routes.entropy_weight=1.0", "routes.balance_weight=1.0",
+                            "routes.start_epoch=1", "routes.ramp_epochs=2"],
+    "sparse_bal": ["routes.sparsity_weight=1.0", "routes.budget=0.25", "routes.balance_weight=0.5"],
+    "sparse_ent_bal": ["routes.sparsity_weight=1.0", "routes.budget=0.25", "routes.entropy_weight=0.3",
+                       "routes.balance_weight=0.5"],
+    "sparse_ent_bal_late": ["routes.sparsity_weight=1.0", "routes.budget=0.25", "routes.entropy_weight=0.3",
+                            "routes.balance_weight=0.5", "routes.start_epoch=1", "routes.ramp_epochs=2"],
+    "sparse_ent_bal1": ["routes.sparsity_weight=1.0", "routes.budget=0.25", "routes.entropy_weight=0.3",
+                        "routes.balance_weight=1.0"],
+    "sparse_strong_late": ["routes.sparsity_weight=2.0", "routes.budget=0.15", "routes.entropy_weight=0.5",
+                           "routes.balance_weight=1.0", "routes.start_epoch=1", "routes.ramp_epochs=2"],
+}
+REFERENCES: dict[str, list[str]] = {
+    "paper": [],
+    "paper_no_spd": ["spd.enabled=false"],
+    "combiner": ["model.fusion.name=combiner"],
+}
+ABLATIONS: dict[str, list[str]] = {"no_spd": ["spd.enabled=false"], "shared_router": ["model.fusion.router=shared"]}
+
+
+def route_goals(r: dict, paper_r1: float | None) -> int:
+    rm = r.get("routes")
+    if not rm:
+        return 0
+    met = [rm["entropy_ratio"] <= 0.75, min(rm["differences"].values()) >= 10, rm["recall"]["cost"] >= 5,
+           paper_r1 is None or r["val_R@1"] >= paper_r1 - 1.0]
+    return sum(met)
+
+
+# -- one worker process: runs queued jobs, keeps the feature caches between them
+
+
+def run_job(job: dict, args, state: dict) -> dict:
+    import pandas as pd
+
+    from benchmarks.quality import split_metrics
+    from benchmarks.routes import measure
+    from sdfn.config import load_config
+    from sdfn.data.base import open_dataset
+    from sdfn.encode import extract_image_features
+    from sdfn.model import ComposedRetrievalModel
+    from sdfn.routes import paraphrase_consistency
+    from sdfn.training import run_training
+
+    if "dataset" not in state:
+        state["dataset"] = open_dataset("fashioniq", args.catalog)
+        state["catalog"] = pd.read_csv(args.catalog / "catalog.csv", dtype=str,
+                                       keep_default_na=False).set_index("id")
+        state["caches"], state["table"] = None, None
+    overrides = [f"data.root={args.catalog}", "data.synthesize=false", "pretrain.epochs=0",
+                 f"model.backbone.model=local-dir:{args.stage1.resolve()}", f"seed={job['seed']}",
+                 f"optim.lr={args.lr}", f"optim.epochs={args.epochs}", *args.overrides,
+                 *job["overrides"]]
+    cfg = load_config(args.preset, overrides)
+    cfg.name = f"sweep-{job['name']}"
+    folder = args.out / "runs" / f"{job['name']}-seed{job['seed']}"
+    start = time.time()
+    result = run_training(cfg, folder, progress=False, caches=state["caches"])
+    state["caches"] = result["caches"]
+    record = {**job, "val_R@1": result["best"]["score"], "best_epoch": result["best"]["epoch"],
+              "train_seconds": round(time.time() - start, 1)}
+    model = ComposedRetrievalModel.load(folder / "best")
+    if state["table"] is None:       # every catalog image, once per worker: the backbone is the same frozen one
+        paths = sorted({state["dataset"].image_path(i) for i in state["catalog"].index})
+        state["table"] = extract_image_features(model, paths, batch_size=256)
+    table = state["table"]
+    record["test"] = split_metrics(folder / "best", state["dataset"], state["catalog"], "test", table)
+    if model.fusion.has_routes:
+        record["routes"] = measure(model, state["dataset"], table=table)
+        record["paraphrases"] = paraphrase_consistency(model, state["dataset"], "test", table=table).to_json()
+    record["seconds"] = round(time.time() - start, 1)
+    return record
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    queue, claimed = args.out / "queue", args.out / "claimed"
+    state: dict = {}
+    while True:
+        jobs = sorted(queue.glob("*.json"))
+        if not jobs:
+            if (args.out / "closed").exists():
+                return
+            time.sleep(1.0)
+            continue
+        mine = claimed / f"{jobs[0].name}.{os.getpid()}"
+        try:
+            os.rename(jobs[0], mine)
+        except OSError:
+            continue
+        job = json.loads(mine.read_text())
+        try:
+            record = run_job(job, args, state)
+        except Exception as err:   # a failed run is a result too: the sweep goes on
+            record = {**job, "error": repr(err)[:500]}
+        with (args.out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"[{time.strftime('%H:%M:%S')}] {job['name']} seed {job['seed']}: "
+              + (record.get("error") or f"val R@1 {record['val_R@1']:.2f}, test R@1 {record['test']['R@1']:.2f}"
+                 + (f", entropy {record['routes']['entropy_ratio']:.3f}, min kind "
+                    f"{min(record['routes']['differences'].values()):.1f}, uniform cost "
+                    f"{record['routes']['recall']['cost']:+.2f}, same path "
+                    f"{record['paraphrases']['same_strongest_path']:.3f}, JS "
+                    f"{record['paraphrases']['js_divergence']:.4f}" if "routes" in record else "")
+                 + f" ({record['seconds']:.0f} s)"), flush=True)
+
+
+# -- the coordinator
+
+
+def enqueue(args, priority: int, name: str, seed: int, overrides: list[str]) -> None:
+    path = args.out / "queue" / f"{priority:03d}-{name}-seed{seed}.json"
+    path.write_text(json.dumps({"name": name, "seed": seed, "overrides": overrides}))
+
+
+def results(args) -> list[dict]:
+    path = args.out / "results.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def coordinate(args) -> None:
+    for sub in ("queue", "claimed", "runs"):
+        (args.out / sub).mkdir(parents=True, exist_ok=True)
+    (args.out / "closed").unlink(missing_ok=True)
+    options = {k: OPTIONS[k] for k in args.options.split(",")} if args.options else OPTIONS
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for name, ov in options.items():
+        enqueue(args, 10, name, seeds[0], ov)
+    for name in ("paper", "combiner", "paper_no_spd"):
+        enqueue(args, 10 if name == "paper" else 20, name, seeds[0], REFERENCES[name])
+        for seed in seeds[1:]:
+            enqueue(args, 30, name, seed, REFERENCES[name])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
+    started, picked = time.time(), None
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(2.0)
+            done = results(args)
+            if picked is None:
+                screened = {r["name"]: r for r in done if r["seed"] == seeds[0] and "error" not in r}
+                if all(n in screened or any(r["name"] == n for r in done) for n in [*options, "paper"]):
+                    paper = screened.get("paper", {}).get("val_R@1")
+                    ranked = sorted((n for n in options if n in screened),
+                                    key=lambda n: (route_goals(screened[n], paper), screened[n]["val_R@1"]),
+                                    reverse=True)
+                    picked = ranked[0] if ranked else "none"
+                    print(f"picked {picked}: " + ", ".join(f"{n} {route_goals(screened[n], paper)} goals "
+                                                           f"{screened[n]['val_R@1']:.2f}" for n in ranked),
+                          flush=True)
+                    (args.out / "picked.json").write_text(json.dumps({"picked": picked, "ranked": ranked}))
+                    if ranked:
+                        ov = options[picked]
+                        for seed in seeds[1:]:
+                            enqueue(args, 15, picked, seed, ov)
+                        for ab, extra in ABLATIONS.items():
+                            for seed in seeds:
+                                enqueue(args, 25, f"{picked}+{ab}", seed, [*ov, *extra])
+                        if args.final:
+                            for seed in seeds:
+                                enqueue(args, 12, f"{picked}+final", seed, [*ov, *args.final.split()])
+                    (args.out / "closed").touch()
+            if time.time() - started > args.budget_s:
+                for job in (args.out / "queue").glob("*.json"):
+                    job.unlink(missing_ok=True)     # no new runs; the ones running finish
+                (args.out / "closed").touch()
+    finally:
+        for p in procs:
+            p.wait()
+    print(json.dumps({"results": len(results(args)), "seconds": round(time.time() - started)}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage1", type=Path, required=True, help="stage-1 backbone folder (e.g. the shipped model)")
+    parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
+    parser.add_argument("--preset", default="tiny-synthetic")
+    parser.add_argument("--options", default="", help="comma-separated names of OPTIONS (default: all)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=0.001)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--budget-s", type=float, default=480.0, help="no run starts after this many seconds")
+    parser.add_argument("--final", default="", help="space-separated overrides: the picked option with them too")
+    parser.add_argument("--out", type=Path, default=Path("runs/route-sweep"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    args = parser.parse_args()
+    args.out = args.out.resolve()
+    args.catalog = args.catalog.resolve()
+    if args.worker:
+        worker(args)
+    else:
+        coordinate(args)
+
+
+if __name__ == "__main__":
+    main()
