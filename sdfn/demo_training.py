@@ -1,5 +1,8 @@
-"""The demo's background training: what a visitor may ask for (`TrainingPolicy`), and the `python -m sdfn train`
-subprocess that runs it (`TrainingRun`).
+"""The demo's background training: what a visitor may ask for (`TrainingPolicy`), and the `sdfn train` subprocess
+that runs it (`TrainingRun`), started through sdfn.demo_training_worker: it lowers its own CPU priority (nice +10)
+and runs torch on one thread fewer than the cores (at least one), so searches go first, and it writes every
+progress bar as a structured record into the run's progress.jsonl. The Train view's progress and phase come from
+those records, its loss and recall from log.jsonl (sdfn.training.runlog), never from the console text.
 
 The Train view's handlers answer raw `POST /gradio_api/queue/join` requests too (hidden from the API docs is not
 closed), so nothing a client sends is trusted:
@@ -14,7 +17,7 @@ closed), so nothing a client sends is trusted:
     settings = policy.check(TrainingSettings("tiny-synthetic", "synthetic", epochs=2, batch_size=64, lr=1e-3,
                                              pretrain_epochs=0))
     run = TrainingRun(settings, out=Path("runs/demo-1"), owner=session_hash)
-    run.poll()          # TrainingStatus: state, progress, log records, console tail, checkpoint
+    run.poll()          # TrainingStatus: state, progress, phase, log records, console tail, checkpoint
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sdfn.data.base import open_dataset
+from sdfn.demo_training_worker import PROGRESS_ENV, ProgressLog, run_threads
 from sdfn.errors import ConfigError, DataError
 from sdfn.retrieval import whole_number
 from sdfn.training.runlog import RunLog
@@ -47,6 +52,16 @@ MAX_EPOCHS = 20                      # a 6k-item catalog: about a minute an epoc
 MAX_PRETRAIN_EPOCHS = 3
 MIN_BATCH, MAX_BATCH = 2, 512
 MAX_PRETRAIN_ITEMS_PER_CATEGORY = 1000   # the stage-1 catalog a demo run may generate (the preset's is 3000)
+MAX_LR = 1.0
+PROGRESS_FILE = "progress.jsonl"
+
+
+class TrainingFieldError(ConfigError):
+    """A Train view field with a value the policy refuses; `field` names it (as TrainingSettings does)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 # ---- what a visitor asks for, and what the server allows ----------------------------------------------------
@@ -74,7 +89,8 @@ class TrainingSettings:
                      f"data.root={self.catalog_path}", "data.synthesize=false"]
         if stage1_items > MAX_PRETRAIN_ITEMS_PER_CATEGORY:
             overrides.append(f"pretrain.synth_items_per_category={MAX_PRETRAIN_ITEMS_PER_CATEGORY}")
-        return [sys.executable, "-m", "sdfn", "train", "--config", self.preset, "--out", str(out), *overrides]
+        return [sys.executable, "-m", "sdfn.demo_training_worker", "train", "--config", self.preset, "--out",
+                str(out), *overrides]
 
 
 @dataclass(frozen=True)
@@ -126,27 +142,47 @@ class TrainingPolicy:
             return found
         raise ConfigError(f"catalog '{text}' is not one this server trains on; choose one of: {self.describe()}.")
 
-    def check(self, settings: TrainingSettings) -> TrainingSettings:
-        """Refuse bad settings with a message naming the field and the accepted range; returns the settings with
-        the catalog resolved to its allowed folder."""
+    def problems(self, settings: TrainingSettings) -> list[TrainingFieldError]:
+        """Every field of `settings` the policy refuses, each with a message naming the field and the accepted
+        range (the catalog is checked by `catalog`, which needs the file system)."""
         from sdfn.config import list_presets
 
+        found = []
         presets = list_presets()
         if settings.preset not in presets:
-            raise ConfigError(f"unknown preset '{settings.preset}'; choose one of {', '.join(presets)}.")
-        for name, value, low, high in (("epochs", settings.epochs, 1, self.max_epochs),
-                                       ("batch size", settings.batch_size, MIN_BATCH, self.max_batch_size),
-                                       ("stage-1 epochs", settings.pretrain_epochs, 0, self.max_pretrain_epochs)):
-            whole_number(name, value, low, high)
+            found.append(TrainingFieldError("preset", f"unknown preset '{settings.preset}'; choose one of "
+                                                      f"{', '.join(presets)}."))
+        for attr, name, value, low, high in (
+                ("epochs", "epochs", settings.epochs, 1, self.max_epochs),
+                ("batch_size", "batch size", settings.batch_size, MIN_BATCH, self.max_batch_size),
+                ("pretrain_epochs", "stage-1 epochs", settings.pretrain_epochs, 0, self.max_pretrain_epochs)):
+            try:
+                whole_number(name, value, low, high)
+            except ConfigError as err:
+                found.append(TrainingFieldError(attr, str(err)))
         lr = settings.lr
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not 0 < lr <= 1:
-            raise ConfigError(f"learning rate must be above 0 and at most 1, got {lr!r}.")
-        root = self.catalog(settings.catalog)
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not 0 < lr <= MAX_LR:
+            found.append(TrainingFieldError("lr", f"learning rate must be above 0 and at most {MAX_LR:g}, "
+                                                  f"got {lr!r}."))
+        return found
+
+    def check(self, settings: TrainingSettings) -> TrainingSettings:
+        """Refuse bad settings with a message naming the field and the accepted range (TrainingFieldError, the
+        first of `problems`); returns the settings with the catalog resolved to its allowed folder."""
+        problems = self.problems(settings)
+        if problems:
+            raise problems[0]
+        lr = settings.lr
+        try:
+            root = self.catalog(settings.catalog)
+        except ConfigError as err:
+            raise TrainingFieldError("catalog", str(err)) from None
         try:
             open_dataset("fashioniq", root).triplets("train")
         except DataError as err:
-            raise ConfigError(f"cannot train on catalog {root.name}: {err}. Training needs a FashionIQ-format "
-                              "catalog with train captions, such as the synthetic one (`sdfn synth`).") from err
+            raise TrainingFieldError("catalog", f"cannot train on catalog {root.name}: {err}. Training needs a "
+                                     "FashionIQ-format catalog with train captions, such as the synthetic one "
+                                     "(`sdfn synth`).") from err
         return replace(settings, epochs=int(settings.epochs), batch_size=int(settings.batch_size),
                        pretrain_epochs=int(settings.pretrain_epochs), lr=float(lr), catalog_path=root)
 
@@ -248,30 +284,101 @@ class TrainingStatus:
     records: list[dict] = field(default_factory=list)
     console: str = ""               # the last lines the run printed
     checkpoint: Path | None = None  # best/ (else last/) once one is written
+    step: float | None = None       # 0..1 through the current phase, when it counts its work (None: it does not)
+    step_label: str = ""            # the current phase's count, e.g. "1,200 / 5,000 img"
+    elapsed_s: float = 0.0          # since the run was started
 
     @property
     def running(self) -> bool:
         return self.state == "running"
 
 
-_TQDM = re.compile(r"(stage 1 )?epoch (\d+)/(\d+):\s+(\d+)%")
+_EPOCH = re.compile(r"^(stage 1 )?epoch (\d+)/(\d+)$")
+# what each progress bar of `sdfn train` means, in the Train view's words
+_PHASES = {"starting": "starting the training process",
+           "loading": "loading torch, the data and the model",
+           "drawing": "drawing the stage-1 catalog's images",
+           "decoding images": "stage 1: decoding the catalog images",
+           "caching image features": "encoding every catalog image once (frozen image tower)",
+           "caching text features": "encoding every training text once (frozen text tower)",
+           "encoding images": "validating: encoding images",
+           "encoding queries": "validating: encoding queries",
+           "checking images": "checking the catalog images"}
+
+
+def describe_phase(name: str) -> str:
+    """A progress record's phase in the Train view's words."""
+    found = _EPOCH.match(name)
+    if found:
+        stage1, epoch, total = found.groups()
+        return (f"stage 1 (backbone pre-training): epoch {epoch} of {total}" if stage1
+                else f"training: epoch {epoch} of {total}")
+    return _PHASES.get(name, name)
+
+
+def _count(value: float) -> str:
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def progress_of(settings: TrainingSettings, progress: list[dict], records: list[dict]) -> tuple[float, str,
+                                                                                                 float | None, str]:
+    """(overall fraction, phase in words, fraction of the current phase or None, its count) from the run's
+    progress records and log.jsonl records. Overall counts epochs: stage 1's and stage 2's, each one through
+    its progress bar's steps; the preparation phases before them (drawing, encoding) show in the phase."""
+    stage1_done, stage2_done = 0.0, float(sum(1 for r in records if r.get("event") == "epoch"))
+    if any(r.get("event") == "stage1-epoch" for r in records):
+        stage1_done = float(sum(1 for r in records if r.get("event") == "stage1-epoch"))
+    phase, step, label = describe_phase("starting"), None, ""
+    for record in progress:
+        name = str(record.get("phase", ""))
+        done, total = record.get("done"), record.get("total")
+        fraction = done / total if isinstance(done, int | float) and isinstance(total, int | float) and total else None
+        found = _EPOCH.match(name)
+        if found:
+            stage1, epoch = found.group(1), int(found.group(2))
+            within = min(fraction or 0.0, 1.0)
+            if stage1:
+                stage1_done = max(stage1_done, epoch - 1 + within)
+            else:
+                stage1_done = float(settings.pretrain_epochs)
+                stage2_done = max(stage2_done, epoch - 1 + within)
+        elif name in ("caching image features", "caching text features"):
+            stage1_done = float(settings.pretrain_epochs)   # stage 2 has begun
+        phase = describe_phase(name)
+        step = fraction
+        unit = str(record.get("unit") or "")
+        label = (f"{_count(done)} / {_count(total)} {unit}".strip() if fraction is not None
+                 else f"{_count(done)} {unit}".strip() if isinstance(done, int | float) and done else "")
+        if record.get("closed") and not found:
+            phase += " (done)"
+    if records and any(r.get("event") in ("step", "epoch") for r in records):
+        stage1_done = float(settings.pretrain_epochs)
+    total_epochs = max(1, settings.pretrain_epochs + settings.epochs)
+    overall = min(1.0, (min(stage1_done, settings.pretrain_epochs) + min(stage2_done, settings.epochs))
+                  / total_epochs)
+    return overall, phase, step, label
 
 
 class TrainingRun:
-    """One `python -m sdfn train` subprocess: its folder (log.jsonl, best/, last/), its console output in
-    OUT/console.log, and its owner (the session that started it). A subprocess, not a thread: cancelling is
-    terminating it, and it holds no lock of the server's. It still shares the CPU with the searches: it runs
-    with one OpenMP thread fewer than the cores this process may use, so searches are slower while it runs
-    but keep a core."""
+    """One `sdfn train` subprocess (the worker, `python -m sdfn.demo_training train ...`): its folder (log.jsonl,
+    progress.jsonl, best/, last/), its console output in OUT/console.log, and its owner (the session that started
+    it). A subprocess, not a thread: cancelling is terminating it, and it holds no lock of the server's. It
+    still shares the CPU with the searches: it runs at a lower priority (nice +NICENESS) and with torch on one
+    thread fewer than the cores this process may use (at least one), so searches are slower while it runs but go
+    first for a core."""
 
     def __init__(self, settings: TrainingSettings, out: Path, owner: str | None = None, cwd: Path | None = None):
         self.settings, self.out, self.owner = settings, out, owner
         command = settings.command(out)
         out.mkdir(parents=True, exist_ok=False)
         self.console_path = out / "console.log"
+        self.progress_log = ProgressLog(out / PROGRESS_FILE)
         self.cancelled = False
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(max(1, cores - 1))}
+        self.started = time.time()
+        self.progress_log.emit("starting")   # the view's first feedback, before the process has even started
+        threads = str(run_threads())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+               PROGRESS_ENV: str(self.progress_log.path)}
         with self.console_path.open("wb") as console:
             # a session of its own: cancelling signals the run and its data-loading workers, and nothing else;
             # started from the launcher thread so that it dies with the demo, even a killed one (see _spawn)
@@ -298,6 +405,10 @@ class TrainingRun:
     def records(self) -> list[dict]:
         """log.jsonl as far as it is written (a line being written is skipped until complete)."""
         return RunLog(self.out / "log.jsonl").records()
+
+    def progress(self) -> list[dict]:
+        """progress.jsonl as far as it is written."""
+        return self.progress_log.records()
 
     def console(self, lines: int = 12) -> str:
         """The run's last printed lines; progress bars redraw with carriage returns, so each redraw is a line."""
@@ -327,36 +438,13 @@ class TrainingRun:
         code = self.process.poll()
         state = "running" if code is None else "cancelled" if self.cancelled else "finished" if code == 0 \
             else "failed"
-        records, console = self.records(), self.console()
-        fraction, phase = self._progress(records, console)
+        records = self.records()
+        fraction, phase, step, label = progress_of(self.settings, self.progress(), records)
         if state == "finished":
-            fraction, phase = 1.0, "finished"
+            fraction, phase, step, label = 1.0, "finished", None, ""
         elif state == "failed":
             phase = f"failed (exit code {code}); the last lines it printed are below"
         elif state == "cancelled":
             phase = "cancelled"
-        return TrainingStatus(state, self.out, fraction, phase, records, console, self.checkpoint())
-
-    def _progress(self, records: list[dict], console: str) -> tuple[float, str]:
-        """Done epochs over all epochs (stage 1 from the progress bar, stage 2 from log.jsonl)."""
-        s = self.settings
-        stage1_done, phase = 0.0, "starting (loading data and model)"
-        matches = _TQDM.findall(console)
-        if matches:
-            stage1, epoch, total, percent = matches[-1]
-            if stage1:
-                stage1_done = int(epoch) - 1 + int(percent) / 100
-                phase = f"stage 1 (backbone pre-training): epoch {epoch}/{total}"
-            else:
-                stage1_done = s.pretrain_epochs
-                phase = f"epoch {epoch}/{total}"
-        epochs = [r for r in records if r.get("event") == "epoch"]
-        steps = [r for r in records if r.get("event") == "step"]
-        stage2_done = float(len(epochs))
-        if epochs and steps and steps[-1]["step"] > epochs[-1]["step"]:
-            per_epoch = epochs[-1]["step"] / len(epochs)
-            stage2_done += min(0.99, (steps[-1]["step"] - epochs[-1]["step"]) / max(1.0, per_epoch))
-        if records:
-            stage1_done = s.pretrain_epochs
-        total = s.pretrain_epochs + s.epochs
-        return min(1.0, (stage1_done + stage2_done) / max(1, total)), phase
+        return TrainingStatus(state, self.out, fraction, phase, records, self.console(), self.checkpoint(), step,
+                              label, time.time() - self.started)
