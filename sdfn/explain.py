@@ -206,6 +206,8 @@ class Explanation:
     grid: tuple[int, int]              # the image patch grid the attention maps are drawn on
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    path_labels: list[str] = field(default_factory=list)     # every path of every layer, e.g. "L2 GLG→CMR"
+    path_effects: np.ndarray | None = None   # [W, paths]: path weight with the word - without it, in points
 
     def to_json(self) -> dict[str, Any]:
         from sdfn.retrieval import trace_to_json
@@ -218,6 +220,8 @@ class Explanation:
                           "attention": "share of an image patch's attention going to the word (a patch's shares "
                                        "over all tokens sum to 1)"},
                 "words": [w.to_json() for w in self.words], "routing": trace_to_json(self.trace),
+                "path_effects": None if self.path_effects is None else
+                {"paths": self.path_labels, "points": np.round(self.path_effects, 3).tolist()},
                 "grid": list(self.grid), "attention": [a.to_json() for a in self.attention],
                 "notes": self.notes, "timings_ms": {k: round(v, 1) for k, v in self.timings_ms.items()}}
 
@@ -266,9 +270,28 @@ def explain_features(model: ComposedRetrievalModel, image: ImageFeatures, text: 
     effects = [WordEffect(i, w, changes[i], float(shifts[i])) for i, w in enumerate(shown)]
     grid = _grid(backbone, image.tokens.shape[1])
     attention = _attention_layers(model, records, spans, grid) if spans else []
+    labels, path_effects = [], None
+    if trace is not None:
+        labels = path_labels(trace)
+        path_effects = torch.cat([(w[0:1] - w[1:]).flatten(1) for w in trace.weights], 1).numpy() * 100
     timings["total"] = _ms(clock)
     return Explanation(reference, used, effects, trace[0:1] if trace is not None else None, attention, grid,
-                       notes, timings)
+                       notes, timings, labels, path_effects)
+
+
+def cell_abbreviation(name: str) -> str:
+    """'cross_modal_refinement' -> 'CMR'."""
+    return "".join(part[0] for part in name.split("_")).upper()
+
+
+def path_labels(trace: RouterTrace) -> list[str]:
+    """'L{layer} FROM→TO' for every path, in the order of the layers' [K_in, K_out] weights flattened."""
+    cells = [cell_abbreviation(c) for c in trace.cells]
+    out = []
+    for r, w in enumerate(trace.weights):
+        targets = cells if w.shape[-1] == len(cells) else ["out"]
+        out += [f"L{r + 1} {a}→{b}" for a in cells for b in targets]
+    return out
 
 
 def _attention_layers(model: ComposedRetrievalModel, records, spans: list[tuple[int, int]],
