@@ -29,7 +29,7 @@ import gradio as gr
 import pandas as pd
 import plotly.graph_objects as go
 
-from sdfn import viz
+from sdfn import demo_explain, viz
 from sdfn.config import list_presets
 from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome
 from sdfn.demo_training import TrainingSettings, TrainingStatus, preset_defaults
@@ -710,10 +710,14 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
                 search, browser, browser_ids, upload = _search_tab(service)
             with gr.Tab("Router", id="router"):
                 router = _router_tab(service, search)
+            with gr.Tab("Explain", id="explain") as explain_tab:
+                explain_opener = demo_explain.explain_tab(service, search.reference, search.text)
             with gr.Tab("Train", id="train"):
                 training = _train_tab(service, header, allow_training)
         _wire_search(service, search, router, browser, browser_ids, upload)
+        explain_opener.wire(explain_tab)
         api_endpoints(service)
+        demo_explain.api_endpoints(service)   # /explain, /compare_models
         # every page load reads the header afresh: a page opened after "Use this model" names the new model
         demo.load(lambda: _header_markdown(service), None, header, api_visibility="private", queue=False)
         if training is not None:
