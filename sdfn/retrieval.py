@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
 from sdfn.paths import default_catalog
 from sdfn.routes import strongest_paths
+from sdfn.scope import ALL, MAX_FIT_ITEMS, MIN_CONFIDENCE, SEED, CatalogProfile, CategoryPrediction, image_summary
 
 log = logging.getLogger(__name__)
 UPLOADED = "uploaded image"
@@ -77,9 +79,15 @@ class QueryInfo:
     text_used: str                 # what the model read: stripped, truncated to its context; '' for image-only
     mode: str                      # "composed" or "image-only"
     k: int                         # as asked; `results` may be fewer (see notes)
-    category: str | None
+    category: str | None           # the category searched; None: the whole catalog
     exclude_reference: bool
     notes: list[str] = field(default_factory=list)
+    # why `category` was searched: "asked" (a category or "all" was given), "reference" (a catalog reference's own
+    # category), "predicted" (an upload's predicted category), "uncertain" (an upload whose category could not
+    # be told or that is out of catalog: the whole catalog)
+    category_source: str = "asked"
+    prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
+    warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
 
 
 @dataclass
@@ -101,8 +109,9 @@ class SearchResult:
     def to_table(self) -> str:
         q = self.query
         head = f"query: reference {q.reference}" + (f' + text "{q.text_used}"' if q.text_used else " (image only)")
-        head += f"; k={q.k}" + (f", category {q.category}" if q.category else "")
-        lines = [head] + [f"note: {n}" for n in q.notes]
+        head += f"; k={q.k}, " + (f"category {q.category}" if q.category else "all categories")
+        head += f" ({_SOURCE_WORDS[q.category_source]})"
+        lines = [head] + ([f"warning: {q.warning}"] if q.warning else []) + [f"note: {n}" for n in q.notes]
         routing = self.routing()
         if routing is not None:
             lines.append("routing (strongest path): " + " -> ".join(routing["strongest_path"]))
@@ -178,6 +187,7 @@ class PreparedQuery:
     pixels: torch.Tensor | None = None  # uploaded reference: [3, H, W] preprocessed
     tokens: torch.Tensor | None = None  # composed query: the text's token ids [L], tokenised once
     k: int = 0                          # after clamping
+    scope_pending: bool = False         # an upload searching its predicted category: decided once it is encoded
     preprocess_ms: float = 0.0          # time `prepare` took (decoding an upload, tokenising)
 
 
@@ -221,11 +231,39 @@ class Retriever:
         # Index row -> catalog row, and the searchable items per category, once (not per query or result).
         self._catalog_row = np.array([catalog_.row_of[i] for i in index.ids], dtype=np.int64)
         self._category_size = Counter(catalog_.rows[r]["category"] for r in self._catalog_row.tolist())
+        self._profile: CatalogProfile | None = None     # fitted on the first upload (see category_profile)
+        self._profile_lock = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
         """Fingerprint of the model whose index this retriever searches (the snapshot it serves)."""
         return self.index.manifest["model"]["fingerprint"]
+
+    def category_profile(self) -> CatalogProfile:
+        """The catalog's image profile (sdfn.scope.CatalogProfile) that predicts an upload's category and says when
+        it is out of catalog; fitted from the index's feature cache on first use (about a second at 10k items)."""
+        with self._profile_lock:
+            if self._profile is None:
+                clock = time.perf_counter()
+                rows = np.arange(len(self.index))
+                if len(rows) > MAX_FIT_ITEMS:
+                    rows = np.sort(np.random.default_rng(SEED).choice(rows, MAX_FIT_ITEMS, replace=False))
+                summaries = torch.cat([image_summary(self.index.cache.features(rows[a:a + 256].tolist()))
+                                       for a in range(0, len(rows), 256)])
+                categories = [self.catalog.rows[r]["category"] for r in self._catalog_row[rows].tolist()]
+                self._profile = CatalogProfile.fit(summaries, categories)
+                log.info("catalog image profile: %d items, %d categories, out-of-catalog threshold %s (%.0f ms)",
+                         len(rows), len(self._profile.categories), self._profile.threshold, _ms_since(clock))
+            return self._profile
+
+    def predict_category(self, reference: Reference) -> CategoryPrediction:
+        """The predicted category of a reference (an image file, PIL image or bytes; a catalog item id works too),
+        with its confidence and whether the image is out of catalog (sdfn.scope). A search of an upload without a
+        category asked searches the predicted one (when confident; the result's `query.prediction` holds this)."""
+        q = self._resolve_reference(reference)
+        with torch.inference_mode():
+            features = self._reference_features([q])
+        return self.category_profile().predict(image_summary(features))[0]
 
     def decode_image(self, source: str | Path | bytes | Image.Image) -> Image.Image:
         """An image decoded as a search decodes an uploaded reference (sdfn.data.images.load_model_image at
@@ -241,6 +279,12 @@ class Retriever:
         Empty or whitespace text searches with the reference alone ("more like this"). k is a whole number
         from 1 to MAX_K; k larger than the catalog (or category) returns all of it; the result's notes say so,
         and when text was truncated.
+
+        category: None (default) searches the reference's own category: a catalog item's, or an uploaded image's
+        predicted category (sdfn.scope: when the prediction is at least MIN_CONFIDENCE sure and the image is not
+        out of catalog; else the whole catalog). "all" searches the whole catalog; a name searches that category.
+        The result's `query` says which (`category`, `category_source`), an upload's prediction
+        (`query.prediction`) and, for an image unlike every catalog item, a `warning`.
         """
         return self.run_batch([self.prepare(reference, text, k, category, exclude_reference)])[0]
 
@@ -269,10 +313,12 @@ class Retriever:
             raise ConfigError(f"text must be a string, got {type(text).__name__}")
         k = check_k(k)
         q = self._resolve_reference(reference)
-        q.info.text, q.info.k, q.info.category = text, k, category
+        q.info.text, q.info.k = text, k
         q.info.exclude_reference = bool(exclude_reference)
+        self._resolve_scope(q, category)
         self._prepare_text(q)
-        q.k = self._clamp_k(q)
+        if not q.scope_pending:
+            q.k = self._clamp_k(q)
         q.preprocess_ms = _ms_since(clock)
         return q
 
@@ -288,6 +334,7 @@ class Retriever:
         with torch.inference_mode():
             clock = time.perf_counter()
             references = self._reference_features(prepared)
+            self._predict_uploads(prepared, references)
             timings["encode_image"] = _ms_since(clock)
             vectors, traces = self._query_vectors(prepared, references, timings)
             clock = time.perf_counter()
@@ -319,6 +366,45 @@ class Retriever:
             catalog.find(reference)  # raises: unknown id, with close matches and where ids come from
         raise ConfigError(f"reference must be a catalog item id, an image path, a PIL image or image bytes; "
                           f"got {type(reference).__name__}")
+
+    def _resolve_scope(self, q: PreparedQuery, category: str | None) -> None:
+        info = q.info
+        if category is not None and not isinstance(category, str):
+            raise ConfigError(f"category must be a category name or '{ALL}', got {type(category).__name__}")
+        name = (category or "").strip()
+        if name:
+            info.category, info.category_source = (None if name.lower() == ALL else name), "asked"
+        elif q.index_row is not None:
+            own = self.catalog.rows[self.catalog.row_of[info.reference]].get("category") or None
+            info.category, info.category_source = own, "reference"
+            if own is None:
+                info.notes.append("the reference has no category: searched the whole catalog")
+        else:
+            q.scope_pending, info.category_source = True, "predicted"
+
+    def _predict_uploads(self, prepared: list[PreparedQuery], references: ImageFeatures) -> None:
+        """Every upload's predicted category and out-of-catalog check; the default scope of those that wait for
+        it (a category too uncertain, or an image out of catalog, searches the whole catalog)."""
+        uploads = [i for i, q in enumerate(prepared) if q.pixels is not None]
+        if not uploads:
+            return
+        predictions = self.category_profile().predict(image_summary(references[torch.tensor(uploads)]))
+        for i, prediction in zip(uploads, predictions, strict=True):
+            q = prepared[i]
+            info = q.info
+            info.prediction, info.warning = prediction.to_json(), prediction.warning()
+            if not q.scope_pending:
+                continue
+            if prediction.out_of_catalog:
+                info.category, info.category_source = None, "uncertain"
+                info.notes.append("the image is out of catalog: searched all categories")
+            elif prediction.confidence < MIN_CONFIDENCE:
+                info.category, info.category_source = None, "uncertain"
+                info.notes.append(f"predicted category {prediction.category} is only {prediction.confidence:.0%} "
+                                  "sure: searched all categories")
+            else:
+                info.category = prediction.category
+            q.k, q.scope_pending = self._clamp_k(q), False
 
     def _pixels(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
         return self.model.backbone.preprocess(self.decode_image(source))
@@ -420,6 +506,8 @@ class Retriever:
 
 
 _QUERY_KEYS = {"reference", "text", "k", "category", "exclude_reference"}
+_SOURCE_WORDS = {"asked": "as asked", "reference": "the reference's category", "predicted": "predicted from the image",
+                 "uncertain": "the image's category is uncertain"}
 
 
 def _info(reference: str, image: str | None) -> QueryInfo:

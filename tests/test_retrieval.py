@@ -105,6 +105,85 @@ def test_category_filter(retriever):
     assert len(result.items) == 5 and {item.metadata["category"] for item in result.items} == {"skirt"}
 
 
+# ---- scope: a catalog reference's own category, an upload's predicted one ----------------------------------------
+
+def test_catalog_reference_searches_its_own_category_by_default(retriever):
+    result = retriever.search("skirt-000003", "is red and has a belt", k=10)
+    assert {item.metadata["category"] for item in result.items} == {"skirt"}
+    query = result.to_json()["query"]
+    assert query["category"] == "skirt" and query["category_source"] == "reference" and query["prediction"] is None
+    assert "category skirt (the reference's category)" in result.to_table().splitlines()[0]
+
+
+@pytest.mark.parametrize("asked", ["all", "All", " ALL "])
+def test_all_searches_the_whole_catalog(retriever, asked):
+    result = retriever.search("skirt-000003", "is red", k=60, category=asked)
+    assert len(result.items) == 60 and len({item.metadata["category"] for item in result.items}) > 1  # 39 skirts
+    assert (result.query.category, result.query.category_source) == (None, "asked")
+    assert "all categories (as asked)" in result.to_table().splitlines()[0]
+
+
+def test_a_named_category_overrides_the_reference_category(retriever):
+    result = retriever.search("skirt-000003", "is red", k=5, category="trousers")
+    assert {item.metadata["category"] for item in result.items} == {"trousers"}
+    assert (result.query.category, result.query.category_source) == ("trousers", "asked")
+
+
+def test_an_upload_searches_its_predicted_category(retriever, catalog):
+    # even this random-init model's features tell most categories apart (0.88 of the catalog's items)
+    right = [retriever.predict_category(i).category == i.split("-")[0] for i in retriever.catalog.ids]
+    assert sum(right) >= 0.8 * len(right)
+    for category in ("dress", "shirt", "skirt", "toptee", "trousers"):
+        result = retriever.search(catalog / "images" / f"{category}-000001.png", "is red", k=5)
+        query = result.query
+        assert query.prediction["category"] == category, query.prediction
+        assert query.prediction["out_of_catalog"] is False and query.warning is None
+        assert (query.category, query.category_source) == (category, "predicted")
+        assert {item.metadata["category"] for item in result.items} == {category}
+    # asked for another category: searched there, the prediction still reported
+    result = retriever.search(catalog / "images" / "dress-000001.png", "is red", k=5, category="shirt")
+    assert (result.query.category, result.query.category_source) == ("shirt", "asked")
+    assert result.query.prediction["category"] == "dress"
+    assert retriever.predict_category(catalog / "images" / "skirt-000001.png").category == "skirt"
+
+
+def _sunset() -> Image.Image:
+    rows = np.linspace(0, 1, 240)[:, None, None]
+    sky = np.array([255, 140, 40]) * (1 - rows) + np.array([60, 20, 90]) * rows   # orange to purple
+    return Image.fromarray(np.repeat(sky, 320, axis=1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Image.fromarray(np.random.default_rng(0).integers(0, 256, (160, 160, 3), dtype=np.uint8)),
+    _sunset], ids=["noise", "sunset"])
+def test_an_upload_unlike_every_catalog_item_is_warned_about(retriever, make):
+    result = retriever.search(make(), "is red", k=5)
+    query = result.query
+    assert query.prediction["out_of_catalog"] is True and query.prediction["distance"] > query.prediction["threshold"]
+    assert query.warning and "unlike every catalog item" in query.warning
+    assert (query.category, query.category_source) == (None, "uncertain")
+    assert "warning: this image looks unlike every catalog item" in result.to_table()
+    assert result.to_json()["query"]["warning"] == query.warning
+
+
+def test_catalog_profile_judges_only_a_catalog_large_enough():
+    from sdfn.scope import MIN_PROFILE_ITEMS, CatalogProfile
+
+    rng = np.random.default_rng(0)
+    centres = {"a": np.zeros(12), "b": np.full(12, 3.0)}
+
+    def draw(n):
+        names = ["a", "b"] * (n // 2)
+        return torch.tensor(np.stack([centres[c] + rng.normal(size=12) for c in names])), names
+
+    small = CatalogProfile.fit(*draw(MIN_PROFILE_ITEMS - 2))
+    assert small.threshold is None and small.predict(torch.zeros(1, 12))[0].out_of_catalog is None
+    profile = CatalogProfile.fit(*draw(600))
+    near, far = profile.predict(torch.tensor(np.stack([np.full(12, 3.0), np.full(12, 40.0)])))
+    assert near.category == "b" and near.confidence > 0.99 and near.out_of_catalog is False
+    assert far.out_of_catalog is True and far.warning() is not None and near.warning() is None
+
+
 def test_search_batch_matches_single_searches(retriever, catalog):
     queries = [{"reference": "dress-000001", "text": "is green", "k": 5},
                {"reference": catalog / "images" / "shirt-000009.png", "text": "has no buttons", "k": 4},
@@ -229,8 +308,10 @@ def test_empty_reference_says_what_to_give(retriever, reference):
 
 
 def test_k_larger_than_catalog_or_category_is_clamped(retriever):
-    result = retriever.search("dress-000001", "is red", k=1000)
+    result = retriever.search("dress-000001", "is red", k=1000, category="all")
     assert len(result.items) == 199 and "k larger than the catalog: returning all 199 items" in result.query.notes
+    result = retriever.search("dress-000001", "is red", k=1000)   # its own category, less itself
+    assert len(result.items) == 39 and "k larger than category 'dress': returning all 39 items" in result.query.notes
     result = retriever.search("dress-000001", "is red", k=50, category="shirt")
     assert len(result.items) == 40
     assert "k larger than category 'shirt': returning all 40 items" in result.query.notes
