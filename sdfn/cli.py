@@ -230,6 +230,8 @@ def _cmd_search(args: argparse.Namespace) -> None:
     result = retriever.search(reference, args.text, k=args.k, category=args.category,
                               exclude_reference=not args.keep_reference)
     print(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if args.json else result.to_table())
+    if args.json and result.query.warning:   # the table says it too; JSON readers get it in query.warning
+        print(f"warning: {result.query.warning}", file=sys.stderr)
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
@@ -245,7 +247,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     ref.add_argument("--ref-image", metavar="PATH", help="reference: an image file")
     p.add_argument("--text", required=True, help='modification text; "" searches with the reference alone')
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
-    p.add_argument("--category", help="only items of this category")
+    p.add_argument("--category", help="where to search: a category name, or 'all' for the whole catalog. Default: the "
+                                      "reference's own category (an image file: its predicted category, or the "
+                                      "whole catalog when that is uncertain or the image is unlike the catalog)")
     p.add_argument("--keep-reference", action="store_true", help="let the reference item appear in the results")
     p.add_argument("--checkpoint", help="checkpoint folder (default: the shipped sdfn-tiny)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -423,6 +423,23 @@ def test_cli_search_json(checkpoint, catalog, capsys):
     assert data["query"]["text"] == "is red 👗" and len(data["results"]) == 4 and data["routing"]["layers"]
 
 
+def test_cli_search_scope(checkpoint, catalog, capsys, tmp_path):
+    base = ["search", "--catalog", str(catalog), "--checkpoint", str(checkpoint), "--text", "is red", "-k", "45",
+            "--json", "--quiet"]
+    assert main([*base, "--ref", "shirt-000002"]) == 0
+    query = json.loads(capsys.readouterr().out)["query"]
+    assert (query["category"], query["category_source"], query["k"]) == ("shirt", "reference", 45)
+    assert main([*base, "--ref", "shirt-000002", "--category", "all"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["query"]["category"] is None and len(data["results"]) == 45   # more than the 39 other shirts
+    sunset = tmp_path / "sunset.png"
+    _sunset().save(sunset)
+    assert main([*base, "--ref-image", str(sunset)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["query"]["prediction"]["out_of_catalog"] is True
+    assert captured.err.startswith("warning: this image looks unlike every catalog item")
+
+
 def test_cli_search_table_with_an_image(checkpoint, catalog, capsys):
     image = catalog / "images" / "skirt-000003.png"
     assert main(["search", "--catalog", str(catalog), "--checkpoint", str(checkpoint), "--ref-image", str(image),
