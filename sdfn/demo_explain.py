@@ -25,7 +25,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from plotly.subplots import make_subplots
 
 from sdfn.demo_service import KNOWN_TARGET_SPLITS, DemoService
@@ -210,32 +210,14 @@ def _placeholder(message: str, height: int = 160) -> go.Figure:
 
 # ---- words → regions -----------------------------------------------------------------------------------------
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:   # Pillow without FreeType: the fixed bitmap font
-        return ImageFont.load_default()
-
-
-def word_strips(e: Explanation, view: Image.Image) -> list[tuple[Image.Image, str]]:
-    """Per word, one image: its attention overlay for each layer side by side (labelled), and a caption."""
-    if not e.attention:
-        return []
-    font = _font(13)
-    label_h = 20
+def word_overlays(e: Explanation, view: Image.Image) -> list[tuple[Image.Image, str]]:
+    """One overlay per word and layer (word by word, layers in order), each captioned with its peak share."""
     out = []
     for w in e.words:
-        strip = Image.new("RGB", (OVERLAY_PX * len(e.attention) + 4 * (len(e.attention) - 1), OVERLAY_PX + label_h),
-                          "white")
-        draw = ImageDraw.Draw(strip)
-        peaks = []
-        for n, layer in enumerate(e.attention):
+        for layer in e.attention:
             heat = layer.maps[w.index]
-            x = n * (OVERLAY_PX + 4)
-            strip.paste(overlay(view, heat, OVERLAY_PX, ATTENTION_VMAX), (x, label_h))
-            peaks.append(float(heat.max()))
-            draw.text((x + 2, 2), f"layer {layer.layer} · peak {heat.max():.2f}", fill=(30, 30, 30), font=font)
-        out.append((strip, f"“{w.word}” · peak share per layer " + ", ".join(f"{p:.2f}" for p in peaks)))
+            out.append((overlay(view, heat, OVERLAY_PX, ATTENTION_VMAX),
+                        f"“{w.word}” · layer {layer.layer} · peak {heat.max():.2f}, mean {heat.mean():.2f}"))
     return out
 
 
@@ -256,12 +238,13 @@ def regions_note(e: Explanation) -> str:
 def comparison_outputs(service: DemoService, c: ModelComparison) -> tuple[list, list, str]:
     def gallery(answer) -> list[tuple[str, str]]:
         return [(str(service.served_image(item["id"])),
-                 ("✓ target · " if item["id"] == c.target else "") + f"#{item['rank']} · {item['score']:.3f}")
+                 ("✓ target " if item["id"] == c.target else "") + f"#{item['rank']}")
                 for item in answer.items]
 
     a, b = c.answers
     lines = [f"**{html.escape(c.text)}** on {c.reference}, {c.searched:,} items searched"
              + (f" (category {c.category})" if c.category else "") + ". " + c.summary()]
+    lines.append("Scores and the full lists: the `/compare_models` endpoint.")
     if c.target is None:
         lines.append("Not an annotated val/test pair, so no target rank: pick a suggested caption marked "
                      "“target known ✓” to see where routing helps.")
@@ -343,7 +326,7 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
             paths = gr.Plot(show_label=False, elem_id="explain-paths")
         with gr.Tab("Words → garment regions"):
             regions_text = gr.Markdown("")
-            regions = gr.Gallery(columns=2, height="auto", allow_preview=True, object_fit="contain", show_label=False,
+            regions = gr.Gallery(columns=3, height="auto", allow_preview=True, object_fit="contain", show_label=False,
                                  elem_id="explain-regions", buttons=[])
         with gr.Tab("SDFN vs Combiner"):
             compare_text = gr.Markdown("", elem_id="explain-compare")
@@ -370,20 +353,22 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
         try:
             ex = explainer_for(service)
             e, view = ex.explain(reference, text or "")
-            known = service.captions().known_target(q.get("reference"), text or "")
-            category = None
-            if q.get("reference"):
-                _, meta = service.item(q["reference"])
-                category = meta.get("category")
-            c = ex.compare_models(reference, text or "", COMPARE_K, category, known.target if known else None)
         except SdfnError as err:
             return (_warn(_message(service, err)), *(gr.skip(),) * 9)
-        left, right, note = comparison_outputs(service, c)
+        known = service.captions().known_target(q.get("reference"), text or "")
+        try:   # the comparison may be refused (a Combiner of another backbone): the explanation still shows
+            category = service.item(q["reference"])[1].get("category") if q.get("reference") else None
+            c = ex.compare_models(reference, text or "", COMPARE_K, category, known.target if known else None)
+            left, right, note = comparison_outputs(service, c)
+            served_label = f"{c.answers[0].model} (served)"
+        except SdfnError as err:
+            left, right, note, served_label = [], [], _warn(_message(service, err)), "served model"
+        overlays = gr.Gallery(word_overlays(e, view), columns=max(1, len(e.attention)))
         head = (f"**Query:** {html.escape(e.reference)} + “{html.escape(e.text)}” · explained in "
                 f"{e.timings_ms['total']:.0f} ms (the {len(e.words)} leave-one-out variants in one batch)")
         head += "".join(f"\n\nNote: {n}" for n in e.notes)
-        return (head, words_html(e), path_figure(e), regions_note(e), word_strips(e, view), note,
-                gr.Gallery(left, label=f"{c.answers[0].model} (served)"), right,
+        return (head, words_html(e), path_figure(e), regions_note(e), overlays, note,
+                gr.Gallery(left, label=served_label), right,
                 known.target if known else None, gr.skip())
 
     outputs = [asked, words, paths, regions_text, regions, compare_text, served, combiner, target, other]
@@ -421,8 +406,8 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
     generate.click(generate_b, [query, change, target], [other, phrasing_text], queue=False, **private)
     compare.click(compare_b, [query, change, other], [phrasing_text, phrasing_plot], concurrency_id="explain",
                   concurrency_limit=2, **private)
-    return _Opener(from_search, show_explanation, [reference_state, text_box, query, change], [query, change], [query, change],
-                   outputs)
+    return _Opener(from_search, show_explanation, [reference_state, text_box, query, change], [query, change],
+                   [query, change], outputs)
 
 
 class _Opener:
