@@ -44,6 +44,7 @@ from sdfn.fsio import atomic_write_bytes, staging_folder
 from sdfn.paths import sdfn_home
 from sdfn.retrieval import PreparedQuery, Retriever, SearchResult
 from sdfn.routes import RouteStatistics, route_statistics
+from sdfn.scope import CategoryPrediction
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +342,11 @@ class DemoService:
         """Decode an uploaded file as the engine will (size checked before decoding): a PIL image, or an
         ImageError that names the file and what is wrong with it."""
         return self.retriever.decode_image(path)
+
+    def predict_category(self, path: Path | str) -> CategoryPrediction:
+        """An uploaded image's predicted category, its confidence and whether it is out of catalog
+        (Retriever.predict_category); a search of it without a category asked uses the prediction's scope."""
+        return self.retriever.predict_category(Path(path))
 
     # searching ---------------------------------------------------------------------------------------------
 

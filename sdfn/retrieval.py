@@ -45,7 +45,7 @@ from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
 from sdfn.paths import default_catalog
 from sdfn.routes import strongest_paths
-from sdfn.scope import ALL, MAX_FIT_ITEMS, MIN_CONFIDENCE, SEED, CatalogProfile, CategoryPrediction, image_summary
+from sdfn.scope import ALL, MAX_FIT_ITEMS, SEED, CatalogProfile, CategoryPrediction, image_summary
 
 log = logging.getLogger(__name__)
 UPLOADED = "uploaded image"
@@ -395,15 +395,14 @@ class Retriever:
             info.prediction, info.warning = prediction.to_json(), prediction.warning()
             if not q.scope_pending:
                 continue
+            info.category = prediction.scope
             if prediction.out_of_catalog:
-                info.category, info.category_source = None, "uncertain"
+                info.category_source = "uncertain"
                 info.notes.append("the image is out of catalog: searched all categories")
-            elif prediction.confidence < MIN_CONFIDENCE:
-                info.category, info.category_source = None, "uncertain"
+            elif info.category is None:
+                info.category_source = "uncertain"
                 info.notes.append(f"predicted category {prediction.category} is only {prediction.confidence:.0%} "
                                   "sure: searched all categories")
-            else:
-                info.category = prediction.category
             q.k, q.scope_pending = self._clamp_k(q), False
 
     def _pixels(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:

@@ -68,6 +68,12 @@ class CategoryPrediction:
                 "threshold": None if self.threshold is None else round(self.threshold, 2),
                 "out_of_catalog": self.out_of_catalog}
 
+    @property
+    def scope(self) -> str | None:
+        """The category a search of this image covers by default: the predicted one when it is at least
+        MIN_CONFIDENCE sure and the image is not out of catalog, else None (the whole catalog)."""
+        return None if self.out_of_catalog or self.confidence < MIN_CONFIDENCE else self.category
+
     def warning(self) -> str | None:
         """A sentence for the user when the image is unlike every catalog item, else None."""
         if not self.out_of_catalog:
