@@ -5,7 +5,9 @@
 
 On a fresh clone it generates the default synthetic catalog (catalogs/synthetic, once; installed: under $SDFN_HOME
 or ~/.cache/sdfn, see catalogs/README.md), builds its index (cached on disk, so later starts only load it), loads
-the shipped model (sdfn/assets/sdfn-tiny) and serves. On Hugging Face
+the shipped model (sdfn/assets/sdfn-tiny) and serves. That first start takes about a minute: the page is served at
+once meanwhile (sdfn.demo_preparing: what it is doing, with counts; the API answers "still preparing"), the
+libraries are imported while the catalog is drawn, and the page turns into the demo when it is ready. On Hugging Face
 Spaces (SPACE_ID is set) it listens on 0.0.0.0 and GRADIO_SERVER_PORT (default 7860), and training is off unless
 the Space sets SDFN_DEMO_TRAINING=1. The layout and handlers are in sdfn/demo_app.py; what the server exposes and
 how to run it publicly: README, "Security and limits".
@@ -19,9 +21,14 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
+from sdfn.demo_progress import StartupProgress, report_progress_bars
 from sdfn.errors import SdfnError
+from sdfn.paths import default_catalog
 
 SPACES_PORT = 7860
 
@@ -70,26 +77,90 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
+def needs_index(catalog: Path) -> bool:
+    """A catalog whose index is not built yet (sdfn.index.manifest.INDEX_DIR; a stale index is found only when the
+    model is loaded): building it takes a while, so the preparing page is served meanwhile."""
+    return (catalog / "catalog.csv").is_file() and not (catalog / "index" / "manifest.json").is_file()
+
+
+class _Preparing(threading.Thread):
+    """Import gradio, serve the preparing page, then import what the demo needs (torch, the model code, the app):
+    while the main thread draws the first catalog (in worker processes), none of it waits for the drawing."""
+
+    def __init__(self, progress: StartupProgress, host: str, port: int | None):
+        super().__init__(name="sdfn-demo-preparing", daemon=True)
+        self.progress, self.host, self.port = progress, host, port
+        self.page: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            from sdfn.demo_preparing import serve_preparing
+
+            self.page, self.port = serve_preparing(self.progress, self.host, self.port)
+            print(f"sdfn demo: preparing; the page is served meanwhile at http://{self.host}:{self.port}/",
+                  file=sys.stderr, flush=True)
+            import sdfn.demo_app  # noqa: F401  (imported now, while the catalog is drawn)
+            import sdfn.demo_service  # noqa: F401
+        except BaseException as err:   # handed to the main thread, which raises it
+            self.error = err
+
+    def finish(self) -> int | None:
+        """Wait for the imports; the port the page was served on (the demo takes it over)."""
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.port
+
+    def close(self) -> None:
+        if self.page is not None:
+            self.page.close()
+            self.page = None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop_on_sigterm()
     logging.basicConfig(level=logging.WARNING, format="sdfn demo: %(name)s: %(message)s")
     logging.getLogger("sdfn").setLevel(logging.INFO)
     start = time.perf_counter()
-    print("sdfn demo: loading the model, the catalog and its index…", file=sys.stderr, flush=True)
-    from sdfn.demo_app import build_demo, launch
-    from sdfn.demo_service import DemoService
-
+    progress = StartupProgress()
+    report_progress_bars(progress.report)   # before sdfn's modules bind tqdm's class: the page shows the counts
+    host, port = address(args)
+    preparing = None
     try:
+        catalog = Path(args.catalog) if args.catalog is not None else default_catalog()
+        draw = args.catalog is None and not (catalog / "catalog.csv").is_file()
+        if draw or needs_index(catalog):
+            preparing = _Preparing(progress, host, port)
+            preparing.start()
+        if draw:
+            print("sdfn demo: first start: drawing the synthetic catalog (once, about a minute)…", file=sys.stderr,
+                  flush=True)
+            progress.set("drawing the synthetic catalog (once)")
+            from sdfn.data.synth import generate_catalog
+
+            generate_catalog(catalog, seed=0, progress=True)
+        if preparing is not None:
+            port = preparing.finish()
+        print("sdfn demo: loading the model, the catalog and its index…", file=sys.stderr, flush=True)
+        progress.set("loading the model, the catalog and its index")
+        from sdfn.demo_app import build_demo, launch
+        from sdfn.demo_service import DemoService
+
         service = DemoService(args.checkpoint, args.catalog, threads=args.threads, train_root=args.train_root,
                               max_batch=args.max_batch).load()
+        progress.set("starting the demo's page")
+        demo = build_demo(service, allow_training=training_allowed(args))
     except (SdfnError, OSError) as err:   # a bad catalog or checkpoint, an unwritable data folder: one line
         print(f"sdfn demo: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if preparing is not None:
+            preparing.close()   # the demo takes its port over
     print(f"sdfn demo: ready in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
-    host, port = address(args)
     with contextlib.suppress(KeyboardInterrupt):   # outside Gradio's own wait (e.g. while it starts): same stop
-        launch(build_demo(service, allow_training=training_allowed(args)), service, host, port)
+        launch(demo, service, host, port)
     return 0
 
 

@@ -88,7 +88,7 @@ def loss_figure(records: Sequence[dict]) -> go.Figure:
     """The training loss at each logged step (log.jsonl "step" records); x from step 0."""
     steps = [r for r in records if r.get("event") == "step" and isinstance(r.get("loss"), int | float)]
     if not steps:
-        return viz.placeholder("The training loss appears here after the first logged steps.", CHART_HEIGHT)
+        return viz.placeholder("The training loss appears here<br>after the first logged steps.", CHART_HEIGHT)
     xs, ys = [r["step"] for r in steps], [r["loss"] for r in steps]
     trace = {"type": "scatter", "x": xs, "y": ys, "mode": "lines+markers" if len(xs) < 30 else "lines",
              "name": "loss", "line": {"color": LOSS_COLOR}, "marker": {"size": 5},
@@ -105,8 +105,8 @@ def recall_figure(records: Sequence[dict], epochs: int | None = None, every: int
     names = sorted({k for r in validated for k in r["val"].get("mean", {}) if k.startswith("R@")},
                    key=lambda k: int(k[2:]))
     if not names:
-        when = f" (every {every} epochs and after the last)" if every and every > 1 else ""
-        return viz.placeholder(f"Validation recall appears here after the first validation{when}.", CHART_HEIGHT)
+        when = f"<br>(every {every} epochs, and after the last)" if every and every > 1 else ""
+        return viz.placeholder(f"Validation recall appears here<br>after the first validation{when}.", CHART_HEIGHT)
     traces, top = [], 0.0
     for i, name in enumerate(names):
         points = [(r["epoch"] + 1, r["val"]["mean"][name]) for r in validated if name in r["val"].get("mean", {})]
@@ -165,7 +165,7 @@ def train_tab(service: DemoService, header: gr.Markdown, allow_training: bool
                            info=notes["epochs"], elem_id="train-epochs")
         batch = gr.Number(defaults["batch_size"], label=f"Batch size (2-{policy.max_batch_size})",
                           info=notes["batch_size"], elem_id="train-batch")
-        lr = gr.Number(defaults["lr"], label="Learning rate (above 0, at most 1)", step=LR_STEP, info=notes["lr"],
+        lr = gr.Number(defaults["lr"], label="Learning rate (up to 1)", step=LR_STEP, info=notes["lr"],
                        elem_id="train-lr")
         pretrain = gr.Number(defaults["pretrain_epochs"], label=f"Stage-1 epochs (0-{policy.max_pretrain_epochs})",
                              info=notes["pretrain_epochs"], elem_id="train-pretrain")

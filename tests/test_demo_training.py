@@ -13,6 +13,7 @@ import pytest
 from test_demo import RawClient
 from tqdm import tqdm
 
+from sdfn.demo_progress import ProgressLog
 from sdfn.demo_train_view import loss_figure, progress_html, recall_figure
 from sdfn.demo_training import (
     PROGRESS_FILE,
@@ -23,7 +24,7 @@ from sdfn.demo_training import (
     describe_phase,
     progress_of,
 )
-from sdfn.demo_training_worker import NICENESS, ProgressLog, run_threads
+from sdfn.demo_training_worker import NICENESS, run_threads
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 START = ["tiny-synthetic", "catalog"]   # preset and catalog as the Train view sends them

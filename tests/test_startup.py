@@ -1,0 +1,96 @@
+"""Start-up: while the demo prepares (drawing the first catalog, building an index) a page is served at once that
+says what it is doing, and every named endpoint answers "still preparing", never a wrong answer; once ready, the
+same address answers searches. No timing is asserted here (benchmarks/demo_startup.py measures it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from helpers import free_port
+from tqdm import tqdm
+
+from sdfn.demo_preparing import ENDPOINTS, PREPARING_TITLE, serve_preparing, status_html
+from sdfn.demo_progress import StartupProgress, reporting_bar_class
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+
+
+def test_startup_progress_follows_the_running_bar(tmp_path):
+    progress = StartupProgress()
+    progress.set("loading the model")
+    assert progress.describe().startswith("loading the model (")
+    Bar = reporting_bar_class(tqdm, progress.report)
+    with (tmp_path / "console").open("w") as console:
+        bar = Bar(total=6000, desc="drawing", unit="img", file=console)   # a bar reports when it starts
+        assert progress.describe().startswith("drawing the synthetic catalog (once): 0 of 6,000 img")
+        bar.update(1500)
+        bar.close()                                                        # and when it ends
+    assert progress.describe().startswith("drawing the synthetic catalog (once): 1,500 of 6,000 img")
+    assert "aria-valuenow='25'" in status_html(progress)
+
+
+def test_the_preparing_page_says_what_it_does_and_every_endpoint_refuses():
+    progress = StartupProgress()
+    progress.report("encoding catalog images", 12, 47, "batch", False)
+    page, port = serve_preparing(progress, "127.0.0.1", free_port())
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.get(f"{url}config", timeout=30).json()["title"] == PREPARING_TITLE
+        client = Client(url, verbose=False)
+        for name, args in (("/search", ("dress-000004", None, "is red", 10, "")), ("/info", ())):
+            with pytest.raises(AppError) as caught:
+                client.predict(*args, api_name=name)
+            message = str(caught.value)
+            assert "still preparing" in message
+            assert "building the catalog's index (encoding its images): 12 of 47 batch" in message
+            assert "Traceback" not in message
+        assert {f"/{e}" for e in ENDPOINTS} <= set(client.view_api(print_info=False, return_format="dict")
+                                                   ["named_endpoints"])
+    finally:
+        page.close()
+
+
+def test_demo_serves_while_it_builds_the_index_then_answers(small_catalog, tiny_checkpoint, tmp_path):
+    """demo.py on a catalog with no index yet: the preparing page first, then the demo at the same address."""
+    catalog = tmp_path / "catalog"
+    shutil.copytree(small_catalog, catalog, ignore=shutil.ignore_patterns("index"))
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "SDFN_HOME": str(tmp_path / "home")}
+    env.pop("SPACE_ID", None)
+    log = tmp_path / "demo.log"
+    with log.open("w") as out:
+        demo = subprocess.Popen([sys.executable, str(ROOT / "demo.py"), "--catalog", str(catalog), "--checkpoint",
+                                 str(tiny_checkpoint), "--port", str(port), "--no-training", "--threads", "1"],
+                                env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        answer, titles = None, set()
+        deadline = time.time() + 300
+        while answer is None and time.time() < deadline:
+            assert demo.poll() is None, log.read_text()
+            try:
+                titles.add(httpx.get(f"{url}config", timeout=10).json()["title"])
+                answer = Client(url, verbose=False).predict("dress-000004", None, "is red", 3, "",
+                                                            api_name="/search")
+            except AppError as err:     # the preparing page: it must say so
+                assert "still preparing" in str(err)
+                time.sleep(0.5)
+            except (httpx.HTTPError, ValueError, OSError):   # not serving yet, or between the two servers
+                time.sleep(0.5)
+        assert answer is not None, log.read_text()
+        assert len(answer["results"]) == 3
+        assert "the page is served meanwhile" in log.read_text()
+        assert PREPARING_TITLE not in titles or len(titles) == 2   # if the preparing page was seen, so was the demo
+    finally:
+        demo.terminate()
+        demo.wait(60)
