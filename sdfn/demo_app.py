@@ -30,9 +30,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from sdfn import demo_explain, viz
-from sdfn.config import list_presets
 from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome
-from sdfn.demo_training import TrainingSettings, TrainingStatus, preset_defaults
+from sdfn.demo_train_view import train_tab
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.retrieval import SearchResult, strongest_path, trace_to_json
 from sdfn.routes import cell_usage
@@ -41,7 +40,6 @@ TITLE = "sdfn · language-based fashion retrieval"
 PER_PAGE = 12
 MAX_K = 100             # the Search view's slider; the API allows up to sdfn.retrieval.MAX_K
 SEARCH_CONCURRENCY = 64  # search events in flight at once: they wait together for one batch (DemoService.search)
-POLL_SECONDS = 2.0
 MAX_UPLOAD = "50mb"
 SAME, ALL = "same", "all"
 EMPTY_RESULTS = "*Results appear here: pick a garment, describe a change and press Search.*"
@@ -454,121 +452,6 @@ def _statistics_section(service: DemoService) -> None:
     button.click(compute, None, [summary, plot, table], api_visibility="private", concurrency_id="statistics")
 
 
-# ---- train view ---------------------------------------------------------------------------------------------
-
-def _progress_html(fraction: float, label: str) -> str:
-    return (f"<div class='sdfn-progress' role='progressbar' aria-valuenow='{fraction * 100:.0f}' "
-            f"aria-valuemin='0' aria-valuemax='100'><div style='width:{fraction * 100:.1f}%'></div></div>"
-            f"<div class='sdfn-progress-label'>{label}</div>")
-
-
-def _train_tab(service: DemoService, header: gr.Markdown, allow_training: bool) -> tuple | None:
-    """The Train view; returns its poll function and outputs, so a page opened during a run follows it.
-
-    Its handlers are private (not in the API docs) but still answer raw queue requests, so each one checks what
-    it is sent: the catalog and the sizes against `service.training_policy`, cancelling and switching models
-    against the session that started the run (`gr.Request.session_hash`, known only to that browser)."""
-    if not allow_training:
-        gr.Markdown("Training is switched off on this server (on Hugging Face Spaces unless the Space sets "
-                    "`SDFN_DEMO_TRAINING=1`). Run the demo locally, or use `sdfn train --config tiny-synthetic`.")
-        return None
-    policy = service.training_policy
-    presets = list_presets()
-    preset_name = "tiny-synthetic" if "tiny-synthetic" in presets else presets[0]
-    defaults = preset_defaults(preset_name)
-    gr.Markdown("Train a model in the background (`python -m sdfn train`, one run at a time) while searches keep "
-                "working. When it is done, **Use this model** serves the new checkpoint; the catalog's index is "
-                f"rebuilt for it beside the old one. Limits: up to {policy.max_epochs} epochs, "
-                f"{policy.max_pretrain_epochs} stage-1 epochs, batch size {policy.max_batch_size}; only the "
-                "catalogs listed; only the visitor who started a run can cancel it or serve its model.")
-    choices = policy.choices()
-    with gr.Row(equal_height=True):
-        preset = gr.Dropdown(presets, value=preset_name, label="Preset", scale=1)
-        # custom values reach the handler, so the policy (not Gradio's list check) answers with its message
-        catalog = gr.Dropdown(choices, value=choices[0], label="Catalog (FashionIQ format)", scale=3,
-                              allow_custom_value=True,
-                              info=f"or a catalog folder inside {policy.root.name}/" if policy.root else None)
-    with gr.Row(equal_height=True):
-        # no minimum/maximum/precision here: Gradio would answer (or round 2.5 to 2) before the policy's message
-        epochs = gr.Number(min(defaults["epochs"], 5), label=f"Epochs (1-{policy.max_epochs})")
-        batch = gr.Number(defaults["batch_size"], label=f"Batch size (2-{policy.max_batch_size})")
-        lr = gr.Number(defaults["lr"], label="Learning rate")
-        pretrain = gr.Number(defaults["pretrain_epochs"], label=f"Stage-1 epochs (0-{policy.max_pretrain_epochs})",
-                             info="backbone pre-training first; 0 skips it")
-    with gr.Row():
-        start = gr.Button("Start training", variant="primary", elem_id="train-start")
-        cancel = gr.Button("Cancel", variant="stop", interactive=False, elem_id="train-cancel")
-        use = gr.Button("Use this model", interactive=False, elem_id="train-use")
-    progress = gr.HTML(_progress_html(0, "No run yet."))
-    status = gr.Markdown("", elem_classes="sdfn-status", elem_id="train-status")
-    curves = gr.Plot(viz.placeholder("Loss and validation recall appear while the run trains.", 300),
-                     show_label=False)
-    console = gr.Textbox(label="Console (last lines the run printed)", lines=8, max_lines=8, interactive=False,
-                         autoscroll=True)
-    timer = gr.Timer(POLL_SECONDS, active=False)
-    private = {"api_visibility": "private"}
-
-    def fill(name: str) -> tuple:
-        try:
-            d = preset_defaults(name)
-        except SdfnError:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return min(d["epochs"], 5), d["batch_size"], d["lr"], d["pretrain_epochs"]
-
-    preset.change(fill, preset, [epochs, batch, lr, pretrain], queue=False, **private)
-
-    def show(session: str | None, message: str = "") -> tuple:
-        run = service.training
-        if run is None:
-            return (_progress_html(0, "No run yet."), gr.skip(), gr.skip(), message, gr.Timer(active=False),
-                    gr.Button(interactive=False), gr.Button(interactive=False))
-        s: TrainingStatus = run.poll()
-        mine = run.owned_by(session)
-        label = f"{s.fraction:.0%} · {s.phase} · run {s.out.name}" + ("" if mine else " (another visitor's)")
-        done = s.state == "finished" and s.checkpoint is not None
-        note = message or {"finished": f"Done: checkpoint {s.out.name}/{s.checkpoint.name}." if done else "Done.",
-                           "failed": _warning("The run failed; see the console below."),
-                           "cancelled": "Cancelled.", "running": "Training…"}[s.state]
-        return (_progress_html(s.fraction, label), viz.training_figure(s.records), s.console, note,
-                gr.Timer(active=s.running), gr.Button(interactive=s.running and mine),
-                gr.Button(interactive=done and mine))
-
-    outputs = [progress, curves, console, status, timer, cancel, use]
-
-    def begin(name: str, folder: str, e: float | None, b: float | None, rate: float | None, p: float | None,
-              request: gr.Request) -> tuple:
-        session = request.session_hash
-        try:
-            run = service.start_training(TrainingSettings(name, folder, e, b, rate, p), session=session)
-        except SdfnError as err:    # refused: the view keeps following the run there is, if any
-            return show(session, _warning(client_message(service, err)))
-        return show(session, f"Started run {run.out.name}.")
-
-    def poll(request: gr.Request) -> tuple:
-        return show(request.session_hash)
-
-    def stop(request: gr.Request) -> tuple:
-        try:
-            service.cancel_training(request.session_hash)
-        except SdfnError as err:
-            return show(request.session_hash, _warning(client_message(service, err)))
-        return show(request.session_hash)
-
-    def switch(request: gr.Request, progress_bar: gr.Progress = gr.Progress()) -> tuple:  # noqa: B008
-        progress_bar(0.1, desc="Loading the new model and building the catalog's index for it…")
-        try:
-            checkpoint, message = service.use_trained_model(request.session_hash)
-        except SdfnError as err:
-            return gr.skip(), _warning(client_message(service, err))
-        return _header_markdown(service), f"Now serving {checkpoint.parent.name}/{checkpoint.name}. {message}"
-
-    start.click(begin, [preset, catalog, epochs, batch, lr, pretrain], outputs, concurrency_id="train", **private)
-    timer.tick(poll, None, outputs, queue=False, **private)
-    cancel.click(stop, None, outputs, concurrency_id="train", **private)
-    use.click(switch, None, [header, status], concurrency_id="train", **private)
-    return poll, outputs
-
-
 # ---- named API endpoints ------------------------------------------------------------------------------------
 
 def _api_reference(service: DemoService, reference: str | None, image: str | None) -> str | Path:
@@ -713,7 +596,7 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
             with gr.Tab("Explain", id="explain") as explain_tab:
                 explain_opener = demo_explain.explain_tab(service, search.reference, search.text)
             with gr.Tab("Train", id="train"):
-                training = _train_tab(service, header, allow_training)
+                training = train_tab(service, header, allow_training)   # sdfn.demo_train_view
         _wire_search(service, search, router, browser, browser_ids, upload)
         explain_opener.wire(explain_tab)
         api_endpoints(service)
