@@ -41,6 +41,8 @@ SECTION = "explain"
 FILLER = {"is", "and", "a", "an", "the", "has", "it", "in", "with", "of", "to", "more", "less"}
 COLOUR = re.compile(r"^(red|blue|green|black|white|gr[ae]y|pink|purple|yellow|orange|brown|beige|navy|maroon|"
                     r"burgundy|colou?red|darker|lighter)$", re.I)
+NECK = re.compile(r"neck|collar|scoop|crew", re.I)
+TOP_ROWS = 2   # the top rows of the patch grid: where a garment's neckline is drawn in the synthetic images
 SLEEVE = re.compile(r"^(sleeves?|sleeveless|strapless|straps?)$", re.I)
 CONTENT = re.compile(r"red|blue|green|black|white|gr[ae]y|pink|purple|yellow|orange|brown|beige|navy|maroon|"
                      r"strip|dot|plaid|check|floral|print|pattern|solid|plain|sleeve|strap|short|long|mini|midi|"
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     times: dict[str, list[float]] = defaultdict(list)
     words_per_query, content, filler, content_shift, filler_shift = [], [], [], [], []
     colour_effects, sleeve_effects = [], []
+    top_share: dict[str, list[float]] = {"neckline words": [], "other words naming a change": []}
     by_kind: dict[str, list[tuple[int, int]]] = defaultdict(list)
     labels: list[str] = []
     searched: list[int] = []
@@ -97,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             elif CONTENT.search(bare):
                 content.append(w.route_points)
                 content_shift.append(w.query_shift)
+            if CONTENT.search(bare) and e.attention:
+                # the share of the word's attention (summed over patches) that the top rows' patches give it
+                mass = [float(a.maps[w.index][:TOP_ROWS].sum() / max(a.maps[w.index].sum(), 1e-9))
+                        for a in e.attention]
+                top_share["neckline words" if NECK.search(bare) else "other words naming a change"].append(
+                    float(np.mean(mass)))
             if COLOUR.match(bare):
                 colour_effects.append(e.path_effects[w.index])
             elif SLEEVE.match(bare):
@@ -127,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         paths = (f"Colour words ({len(colour_effects)}): paths pushed most on average {top(colour)}.  \n"
                  f"Sleeve words ({len(sleeve_effects)}): {top(sleeve)}.  \n"
                  f"Cosine between the two groups' mean path effects: {cosine:.2f} (1 = same paths, same way).")
+    grid_rows = e.grid[0]
+    regions = markdown_table(
+        ["words", "count", f"attention from the top {TOP_ROWS} of {grid_rows} patch rows, mean share",
+         "if spread evenly"],
+        [[name, len(v), f"{np.mean(v):.3f}" if v else "-", f"{TOP_ROWS / grid_rows:.3f}"]
+         for name, v in top_share.items()])
     kinds = []
     for kind in ["all", *KINDS_OF_CHANGE]:
         pairs = by_kind.get(kind)
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.threads} torch threads.\n\n"
             f"### Time per call (in process)\n\n{timing}\n\n"
             f"### What leaving a word out does (shipped SDFN)\n\n{words}\n\n{paths}\n\n"
+            f"### Where the words are read (cross-modal refinement attention, mean over layers)\n\n{regions}\n\n"
             f"### SDFN vs Combiner by kind of change\n\nExact rank of the annotated target among ALL catalog items of "
             f"the reference's category (every split, the reference left out: "
             f"{statistics.mean(searched):,.0f} items on average), as the demo searches; so R@1 here is lower than "
