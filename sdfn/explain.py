@@ -490,7 +490,7 @@ class Explainer:
     def reference(self, reference: Reference) -> tuple[str, ImageFeatures, torch.Tensor]:
         """(name, features [1], model input pixels [3, H, W]) of a catalog id or an image."""
         r = self.retriever
-        q = r.prepare(reference, "", 1)
+        q = r.prepare(reference, "", 1, "all")   # scope does not matter here: no prediction for an upload
         if q.index_row is not None:
             features = r.index.cache.features([q.index_row])
             pixels = r.model.backbone.preprocess(r.decode_image(r.catalog.image_path(r.catalog.row_of[reference])))
@@ -522,8 +522,8 @@ class Explainer:
 
     def compare_models(self, reference: Reference, text: str, k: int = 10, category: str | None = None,
                        target: str | None = None) -> ModelComparison:
-        """The served model and the Combiner answer reference + text over the same items (category, or the
-        whole catalog; the reference left out), ranked exactly over the same backbone features. `target`: the
+        """The served model and the Combiner answer reference + text over the same items (category; None or
+        "all": the whole catalog; the reference left out), ranked exactly over the same backbone features. `target`: the
         annotated answer, whose rank each model gives."""
         r = self.retriever
         text = " ".join((text or "").split())
@@ -532,6 +532,8 @@ class Explainer:
         combiner = self.combiner()
         name, features, _ = self.reference(reference)
         index = r.index
+        if category is not None and category.strip().lower() == "all":
+            category = None
         categories = np.array([r.catalog.rows[r.catalog.row_of[i]]["category"] for i in index.ids])
         scope = np.ones(len(index.ids), bool) if category is None else categories == category
         if category is not None and not scope.any():
