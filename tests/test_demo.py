@@ -141,8 +141,9 @@ def a_known_pair(catalog: Path) -> dict:
 
 def test_endpoints_are_named(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    # exactly these: the UI's own events are private
-    assert named == {"/search", "/route", "/route_plot", "/suggestions", "/route_statistics", "/info"}
+    # exactly these: the UI's own events are private (/explain and /compare_models: sdfn.demo_explain)
+    assert named == {"/search", "/route", "/route_plot", "/suggestions", "/route_statistics", "/info", "/explain",
+                     "/compare_models"}
 
 
 def test_search_by_catalog_item(client, service):
