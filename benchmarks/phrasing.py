@@ -14,7 +14,9 @@ Breakdowns: by number of changes (1/2/3), by phrasing family (imperative, wish, 
 polite) and by whether a held-out request uses a held-out fashion word (`novel`: words such as scarlet,
 houndstooth or slouchy that no training data of this project contains).
 
-Prints the table and writes its section into benchmarks/QUALITY.md.
+Prints the table and writes its section into benchmarks/QUALITY.md; `--metrics FILE` also records the figures
+(and the fixed small val sample that tests/test_phrasing.py re-measures in seconds) as the "phrasing" key of a
+model's metrics.json.
 """
 
 from __future__ import annotations
@@ -33,15 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.quality import PROTOCOL, catalog_answers  # noqa: E402
 from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
-from sdfn.data.base import RetrievalDataset, open_dataset  # noqa: E402
+from sdfn.data.base import RetrievalDataset, Triplet, open_dataset  # noqa: E402
 from sdfn.data.synth.phrasing import HELDOUT, PhrasedDataset, Request  # noqa: E402
 from sdfn.evaluate import QueryEncoder, QueryRanking, evaluate, query_satisfaction  # noqa: E402
+from sdfn.fsio import atomic_write_text  # noqa: E402
 from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QUALITY = HERE / "QUALITY.md"
 SECTION = "phrasing"
 SOURCES = ("held-out phrasings", "annotated captions")
+# The fast test's fixed sample: every EVERY-th val triplet of each category, held-out phrasings of this seed.
+SAMPLE_SPLIT, SAMPLE_EVERY, SAMPLE_SEED = "val", 4, 0
 
 
 def _group_satisfaction(records: Sequence[dict], keep: Callable[[dict], bool]) -> tuple[float, int]:
@@ -58,19 +63,66 @@ def _group_satisfaction(records: Sequence[dict], keep: Callable[[dict], bool]) -
 
 
 def query_records(dataset: RetrievalDataset, catalog: pd.DataFrame, encoder: QueryEncoder,
-                  splits: Sequence[str] = ("val", "test"), part: str = HELDOUT, seed: int = 0) -> list[dict]:
-    """One record per evaluated query of both sources: source, split, category, changes, family, novel, sat@1."""
+                  splits: Sequence[str] = ("val", "test"), part: str = HELDOUT, seed: int = 0,
+                  sources: Sequence[str] = SOURCES) -> list[dict]:
+    """One record per evaluated query of `sources`: source, split, category, changes, family, novel, sat@1."""
     answers = catalog_answers(catalog)
     phrased = PhrasedDataset(dataset, part, seed, attributes={
         i: {a: row[a] for a in catalog.columns} for i, row in catalog.iterrows()})
     records = []
     for source, data in zip(SOURCES, (phrased, dataset), strict=True):
+        if source not in sources:
+            continue
         for split in splits:
             report = evaluate(data, split, encoder, PROTOCOL, return_rankings=True)
             for c in report.categories:
                 for r in c.rankings or []:
                     records.append(_record(source, split, r, answers, phrased if data is phrased else None))
     return records
+
+
+class EveryNth(RetrievalDataset):
+    """`base` with every `every`-th triplet of each category and split (galleries unchanged): a fixed sample."""
+
+    def __init__(self, base: RetrievalDataset, every: int):
+        self.base, self.every = base, every
+        self.name, self.splits, self.root, self.categories = base.name, base.splits, base.root, base.categories
+
+    def triplets(self, split: str, category: str | None = None) -> list[Triplet]:
+        return [t for c in self.selected_categories(category) for t in self.base.triplets(split, c)[::self.every]]
+
+    def gallery(self, split: str, category: str | None = None) -> list[str]:
+        return self.base.gallery(split, category)
+
+    def image_path(self, image_id: str) -> Path:
+        return self.base.image_path(image_id)
+
+
+def held_out_sample(dataset: RetrievalDataset, catalog: pd.DataFrame, encoder: QueryEncoder) -> dict:
+    """sat@1 of held-out phrasings on the fixed small sample (SAMPLE_*: ~340 val queries of the default
+    catalog, seconds on a CPU), as metrics.json["phrasing"]["sample"] records it."""
+    records = query_records(EveryNth(dataset, SAMPLE_EVERY), catalog, encoder, (SAMPLE_SPLIT,), HELDOUT,
+                            SAMPLE_SEED, sources=SOURCES[:1])
+    sat, n = _group_satisfaction(records, lambda r: True)
+    return {"split": SAMPLE_SPLIT, "every": SAMPLE_EVERY, "seed": SAMPLE_SEED, "queries": n, "sat@1": round(sat, 2)}
+
+
+def card_metrics(summary: dict, sample: dict, splits: Sequence[str] = ("val", "test")) -> dict:
+    """The figures metrics.json["phrasing"] keeps: held-out phrasings (all, two changes, seen vs unseen fashion
+    words), annotated captions (all, test split, two changes), and the fast test's sample."""
+    held, cap = summary[SOURCES[0]], summary[SOURCES[1]]
+
+    def figure(value: tuple[float, int]) -> dict:
+        return {"sat@1": round(value[0], 2), "queries": value[1]}
+
+    return {"splits": "+".join(splits), "gallery": "same category, reference excluded",
+            "held_out": {"all": figure((held["sat@1"], held["queries"])),
+                         "two_changes": figure(held["by_changes"]["2"]),
+                         "seen_words": figure(held["by_novel"]["false"]),
+                         "unseen_words": figure(held["by_novel"]["true"])},
+            "annotated": {"all": figure((cap["sat@1"], cap["queries"])), "test": figure(cap["test"]),
+                          "two_changes": figure(cap["by_changes"]["2"])},
+            "sample": sample}
 
 
 def _record(source: str, split: str, ranking: QueryRanking, answers, phrased: PhrasedDataset | None) -> dict:
@@ -143,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--splits", default="val,test")
     parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--metrics", type=Path, default=None,
+                        help="a model's metrics.json: set its \"phrasing\" key (other keys kept)")
     args = parser.parse_args(argv)
     from sdfn.encode import ModelQueryEncoder
     from sdfn.model import ComposedRetrievalModel
@@ -176,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     write_section(SECTION, "Everyday phrasings: satisfaction@1 (benchmarks/phrasing.py)", body, args.quality)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1) + "\n")
+    if args.metrics:
+        metrics = json.loads(args.metrics.read_text()) if args.metrics.is_file() else {}
+        metrics["phrasing"] = card_metrics(summary, held_out_sample(dataset, catalog, encoder),
+                                           args.splits.split(","))
+        atomic_write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
+        print(f"phrasing figures written to {shown_path(args.metrics)}: {json.dumps(metrics['phrasing']['sample'])}")
     return summary
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import math
 import random
 import re
@@ -226,8 +227,10 @@ def test_benchmark_on_a_tiny_checkpoint_writes_a_sane_section(small_catalog, tin
     quality = tmp_path / "QUALITY.md"
     quality.write_text("# Quality\n\nthe quality table\n\n"
                        "<!-- phrasing:start -->\nan older run\n<!-- phrasing:end -->\n")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"val": {"R@1": 1.0}}))
     summary = bench.main(["--checkpoint", str(tiny_checkpoint), "--catalog", str(small_catalog),
-                          "--quality", str(quality)])
+                          "--quality", str(quality), "--metrics", str(metrics)])
     base = open_dataset("fashioniq", small_catalog)
     triplets = sum(len(base.triplets(s)) for s in ("val", "test"))
     for source in bench.SOURCES:
@@ -240,6 +243,35 @@ def test_benchmark_on_a_tiny_checkpoint_writes_a_sane_section(small_catalog, tin
     assert "<!-- phrasing:start -->" in text and "| held-out phrasings |" in text
     assert "| annotated captions |" in text and tmp_path.as_posix() not in text
     assert text.count("<!-- phrasing:start -->") == 1 and "an older run" not in text  # replaces its section
+    card = json.loads(metrics.read_text())
+    assert card["val"] == {"R@1": 1.0}                                 # other keys kept
+    phr = card["phrasing"]
+    assert phr["held_out"]["all"]["sat@1"] == pytest.approx(summary[bench.SOURCES[0]]["sat@1"], abs=0.01)
+    assert phr["held_out"]["seen_words"]["queries"] + phr["held_out"]["unseen_words"]["queries"] == triplets
+    assert phr["sample"]["split"] == "val" and 0 < phr["sample"]["queries"] < len(base.triplets("val"))
+
+
+def test_shipped_model_follows_held_out_phrasings_as_its_card_says(tmp_path):
+    """The held-out phrasing figure of the shipped model, re-measured in seconds on the card's fixed small
+    sample (val split remade from the card's catalog seed), matches metrics.json["phrasing"]."""
+    from sdfn.data.synth import generate_catalog
+    from sdfn.encode import ModelQueryEncoder
+    from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel
+
+    bench = load_script("phrasing")
+    metrics = json.loads((SHIPPED_CHECKPOINT / "metrics.json").read_text())
+    assert "phrasing" in metrics, "record it: benchmarks/phrasing.py --metrics sdfn/assets/sdfn-tiny/metrics.json"
+    recorded = metrics["phrasing"]["sample"]
+    assert (recorded["split"], recorded["every"], recorded["seed"]) == (bench.SAMPLE_SPLIT, bench.SAMPLE_EVERY,
+                                                                         bench.SAMPLE_SEED)
+    root = tmp_path / "val"
+    generate_catalog(root, seed=metrics["catalog"]["seed"], items_per_category=metrics["catalog"]["items_per_category"],
+                     progress=False, splits=(bench.SAMPLE_SPLIT,))
+    catalog = pd.read_csv(root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    encoder = ModelQueryEncoder(ComposedRetrievalModel.load(), batch_size=256)
+    sample = bench.held_out_sample(open_dataset("fashioniq", root), catalog, encoder)
+    assert sample["queries"] == recorded["queries"] > 200
+    assert sample["sat@1"] == pytest.approx(recorded["sat@1"], abs=1.0)
 
 
 def test_issue_words_and_shapes_are_taught():
