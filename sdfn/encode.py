@@ -5,15 +5,18 @@ never dropped), and (reference features, texts) -> composed query vectors and ro
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from open_clip.transformer import text_global_pool
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from sdfn.backbone import ImageFeatures
+from sdfn.backbone import ImageFeatures, TextFeatures, _text_projection, text_mask
 from sdfn.data.images import load_model_image
 from sdfn.errors import ImageError
 from sdfn.evaluate import EncodeResult
@@ -143,7 +146,7 @@ def compose_queries(model: ComposedRetrievalModel, references: ImageFeatures, te
             clock = time.perf_counter()
             chunk = texts[start:start + batch_size]
             if isinstance(chunk, torch.Tensor):
-                text = model.backbone.encode_text(chunk.to(model.device))
+                text = encode_token_ids(model, chunk.to(model.device))
             else:
                 text = model.encode_texts(list(chunk))
             middle = time.perf_counter()
@@ -162,6 +165,71 @@ def compose_queries(model: ComposedRetrievalModel, references: ImageFeatures, te
             timings[stage] = timings.get(stage, 0.0) + ms
     vectors = torch.cat(queries) if queries else torch.zeros(0, model.backbone.embed_dim)
     return vectors, (_cat_traces(traces) if traces else None)
+
+
+TEXT_BUCKET = 8   # trimmed token ids keep a multiple of this many places (few shapes, so few traces)
+
+
+class ShortText(nn.Module):
+    """CLIP's causal text tower run on the first L token places only, as `Backbone.encode_text` computes them.
+
+    Every place attends only to itself and the places before it (the causal mask), so the places up to the end
+    token, and the sentence vector read at the end token, do not depend on the padding after it: cutting the
+    padding leaves them as they were (up to float rounding of a shorter sum) and saves the tower's work on it.
+    The fusion reads word tokens under their mask, so it never sees the places cut. open_clip's own
+    forward does not slice its causal mask to a shorter input; this does. Only for towers without a class token
+    or padding mask (`ShortText.supports`).
+    """
+
+    def __init__(self, clip: nn.Module, projection):
+        super().__init__()
+        self.clip, self.projection = clip, projection
+
+    @staticmethod
+    def supports(clip: nn.Module) -> bool:
+        return (getattr(clip, "transformer", None) is not None and getattr(clip, "attn_mask", None) is not None
+                and getattr(clip, "text_pool_type", None) in ("argmax", "eos", "first")
+                and hasattr(clip, "token_embedding") and hasattr(clip, "ln_final"))
+
+    def forward(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        clip, length = self.clip, token_ids.shape[1]
+        cast = clip.transformer.get_cast_dtype()
+        x = clip.token_embedding(token_ids).to(cast) + clip.positional_embedding[:length].to(cast)
+        x, intermediates = clip.transformer.forward_intermediates(x, attn_mask=clip.attn_mask[:length, :length],
+                                                                  indices=1)
+        tokens = clip.ln_final(intermediates[-1])
+        pooled = text_global_pool(clip.ln_final(x), token_ids, pool_type=clip.text_pool_type,
+                                  eos_token_id=getattr(clip, "text_eos_id", None))
+        projection = clip.text_projection
+        pooled = projection(pooled) if isinstance(projection, nn.Linear) else pooled @ projection
+        if self.projection is not None:
+            tokens = self.projection(tokens) if isinstance(self.projection, nn.Module) else tokens @ self.projection
+        return tokens, text_mask(token_ids), pooled
+
+
+def encode_token_ids(model: ComposedRetrievalModel, token_ids: torch.Tensor) -> TextFeatures:
+    """`model.backbone.encode_text(token_ids)` for answering queries (eval mode, no autograd): the padding after
+    the longest text's end token is cut first (to a multiple of TEXT_BUCKET places, see `ShortText`), and a single
+    query runs a torch.jit trace of the text tower recorded once per length. Training, or a tower `ShortText` does
+    not support, takes `encode_text` itself. Word tokens come back as long as the trimmed ids; the mask says
+    which are real."""
+    backbone = model.backbone
+    text_tower = backbone.clip
+    if model.training or torch.is_grad_enabled() or not ShortText.supports(text_tower):
+        return backbone.encode_text(token_ids)
+    used = int(token_ids.argmax(dim=-1).max()) + 1        # the end token has the highest id (text_mask)
+    length = min(token_ids.shape[1], -(-used // TEXT_BUCKET) * TEXT_BUCKET)
+    token_ids = token_ids[:, :length].contiguous()
+    short = ShortText(text_tower, _text_projection(text_tower))
+    if token_ids.shape[0] != 1:
+        return TextFeatures(*short(token_ids))
+    traces = model.__dict__.setdefault("_fusion_traces", {})   # model.train() drops them with the fusion's
+    key = ("text", tuple(token_ids.shape), token_ids.device)
+    if key not in traces:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                  # torch.jit's tracer warnings
+            traces[key] = torch.jit.trace(short, (token_ids,), check_trace=False)
+    return TextFeatures(*traces[key](token_ids))
 
 
 def _cat_traces(traces: list[RouterTrace]) -> RouterTrace:

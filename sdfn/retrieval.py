@@ -232,6 +232,7 @@ class Retriever:
         self._catalog_row = np.array([catalog_.row_of[i] for i in index.ids], dtype=np.int64)
         self._category_size = Counter(catalog_.rows[r]["category"] for r in self._catalog_row.tolist())
         self._profile: CatalogProfile | None = None     # fitted on the first upload (see category_profile)
+        self._shown: dict[int, tuple[str, Path, dict[str, str]]] = {}  # index row -> image name, file, metadata
         self._profile_lock = threading.Lock()
 
     @property
@@ -456,6 +457,8 @@ class Retriever:
     def _reference_features(self, prepared: list[PreparedQuery]) -> ImageFeatures:
         """Features of every query's reference, in query order: cache rows for catalog items, encoded uploads."""
         index, model = self.index, self.model
+        if len(prepared) == 1 and prepared[0].index_row is not None:   # one catalog reference: its cache row
+            return index.cache.features([prepared[0].index_row])
         cached = [i for i, q in enumerate(prepared) if q.index_row is not None]
         uploaded = [i for i, q in enumerate(prepared) if q.pixels is not None]
         parts, order = [], []
@@ -498,9 +501,11 @@ class Retriever:
         for score, row in zip(scores[0].tolist(), rows[0].tolist(), strict=True):
             if row < 0 or row == drop or len(items) == q.k:
                 continue
-            at = int(self._catalog_row[row])
-            items.append(ResultItem(len(items) + 1, index.ids[row], float(score), catalog.image_name(at),
-                                    catalog.image_path(at), catalog.metadata(at)))
+            shown = self._shown.get(row)
+            if shown is None:   # an item's names are worked out once (path arithmetic is most of a result's cost)
+                at = int(self._catalog_row[row])
+                shown = self._shown[row] = (catalog.image_name(at), catalog.image_path(at), catalog.metadata(at))
+            items.append(ResultItem(len(items) + 1, index.ids[row], score, shown[0], shown[1], dict(shown[2])))
         return SearchResult(q.info, items, trace)
 
 

@@ -184,6 +184,24 @@ def test_catalog_profile_judges_only_a_catalog_large_enough():
     assert far.out_of_catalog is True and far.warning() is not None and near.warning() is None
 
 
+def test_fast_path_answers_as_the_plain_model(retriever):
+    """Searches (text padding cut, traced text tower and fusion, cached result names) rank exactly the items the
+    plain model ranks: eager fusion on the full-length text encoding, the same category searched."""
+    model, index = retriever.model, retriever.index
+    texts = ["is red", "has long sleeves and a belt and is darker", "a", " ".join(["is much longer"] * 12)]
+    for text in texts:
+        for reference in ("dress-000003", "toptee-000017"):
+            got = retriever.search(reference, text, k=8)
+            with torch.no_grad():
+                row = index.row_of[reference]
+                words = model.backbone.encode_text(model.backbone.tokenize([" ".join(text.split())]))
+                plain = model.fusion(index.cache.features([row]), words).query.float().numpy()
+            scores, rows = index.search(plain, 9, category=reference.split("-")[0])
+            expected = [(index.ids[r], sc) for r, sc in zip(rows[0], scores[0], strict=True) if r != row][:8]
+            assert ids(got) == [i for i, _ in expected], (text, reference)
+            assert [i.score for i in got.items] == pytest.approx([sc for _, sc in expected], abs=1e-5)
+
+
 def test_search_batch_matches_single_searches(retriever, catalog):
     queries = [{"reference": "dress-000001", "text": "is green", "k": 5},
                {"reference": catalog / "images" / "shirt-000009.png", "text": "has no buttons", "k": 4},
