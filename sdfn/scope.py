@@ -11,7 +11,7 @@ the profile holds each category's mean summary and a shared covariance (shrunk t
 `SHRINK`), so the predicted category is linear discriminant analysis: the category whose mean is nearest in
 Mahalanobis distance, with its posterior probability as the confidence. On the default synthetic catalog this
 predicts the category of new (held-out) items better than a vote among the 10 nearest catalog items by
-retrieval embedding (85.5% against 68%; benchmarks/RESULTS.md, "Upload scope").
+retrieval embedding (84.0% against 68.0%; benchmarks/RESULTS.md, "Upload scope").
 
 The same profile says when an upload is out of catalog: its Mahalanobis distance to the catalog's whole image
 distribution (mean and total covariance) is above the `OOD_QUANTILE` quantile of the distances of catalog items
