@@ -32,6 +32,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Route options (ours): routes.* overrides. Small on purpose: each one is a lever named in issue 9.
 OPTIONS: dict[str, list[str]] = {
+    "kind_1": ["routes.kind_weight=1.0", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_3": ["routes.kind_weight=3.0", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_10": ["routes.kind_weight=10.0", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_1_sparse": ["routes.kind_weight=1.0", "routes.sparsity_weight=1.0", "routes.budget=0.25",
+                      "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_3_sparse": ["routes.kind_weight=3.0", "routes.sparsity_weight=1.0", "routes.budget=0.25",
+                      "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_3_text_sparse": ["routes.router=text", "routes.kind_weight=3.0", "routes.sparsity_weight=1.0",
+                           "routes.budget=0.25", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_10_text": ["routes.router=text", "routes.kind_weight=10.0", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+    "kind_3_ent_sparse": ["routes.kind_weight=3.0", "routes.entropy_weight=0.5", "routes.sparsity_weight=0.5",
+                          "routes.budget=0.3", "routes.start_epoch=1", "routes.ramp_epochs=1"],
+}
+# Screened in the first sweep (QUALITY.md): none separated the kinds by more than 4.4 points.
+UNSUPERVISED: dict[str, list[str]] = {
     "ent_bal_0.5": ["routes.entropy_weight=0.5", "routes.balance_weight=0.5"],
     "ent_bal_1_late": ["routes.entropy_weight=1.0", "routes.balance_weight=1.0", "routes.start_epoch=2",
                        "routes.ramp_epochs=2"],
@@ -87,7 +102,7 @@ def run_job(job: dict, args, state: dict) -> dict:
         state["dataset"] = open_dataset("fashioniq", args.catalog)
         state["catalog"] = pd.read_csv(args.catalog / "catalog.csv", dtype=str,
                                        keep_default_na=False).set_index("id")
-        state["caches"], state["table"] = None, None
+        state["caches"], state["table"] = {}, None
     overrides = [f"data.root={args.catalog}", "data.synthesize=false", "pretrain.epochs=0",
                  f"model.backbone.model=local-dir:{args.stage1.resolve()}", f"seed={job['seed']}",
                  f"optim.lr={args.lr}", f"optim.epochs={args.epochs}", *args.overrides,
@@ -96,8 +111,9 @@ def run_job(job: dict, args, state: dict) -> dict:
     cfg.name = f"sweep-{job['name']}"
     folder = args.out / "runs" / f"{job['name']}-seed{job['seed']}"
     start = time.time()
-    result = run_training(cfg, folder, progress=False, caches=state["caches"])
-    state["caches"] = result["caches"]
+    data_key = " ".join(sorted(o for o in overrides if o.startswith("data.")))   # texts differ by data options
+    result = run_training(cfg, folder, progress=False, caches=state["caches"].get(data_key))
+    state["caches"][data_key] = result["caches"]
     record = {**job, "val_R@1": result["best"]["score"], "best_epoch": result["best"]["epoch"],
               "train_seconds": round(time.time() - start, 1)}
     model = ComposedRetrievalModel.load(folder / "best")
@@ -165,14 +181,20 @@ def coordinate(args) -> None:
     for sub in ("queue", "claimed", "runs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     (args.out / "closed").unlink(missing_ok=True)
-    options = {k: OPTIONS[k] for k in args.options.split(",")} if args.options else OPTIONS
+    known = {**OPTIONS, **UNSUPERVISED}
+    options = {k: known[k] for k in args.options.split(",")} if args.options else OPTIONS
     seeds = [int(s) for s in args.seeds.split(",")]
     for name, ov in options.items():
         enqueue(args, 10, name, seeds[0], ov)
-    for name in ("paper", "combiner", "paper_no_spd"):
-        enqueue(args, 10 if name == "paper" else 20, name, seeds[0], REFERENCES[name])
-        for seed in seeds[1:]:
-            enqueue(args, 30, name, seed, REFERENCES[name])
+    final = args.final.split()
+    enqueue(args, 10, "paper", seeds[0], REFERENCES["paper"])
+    for name in args.references.split(",") if args.references else []:
+        for seed in seeds[1:] if name == "paper" else seeds:
+            enqueue(args, 20, name, seed, REFERENCES[name])
+    if final:
+        for name in ("combiner", "paper"):
+            for seed in seeds:
+                enqueue(args, 20, f"{name}+final", seed, [*REFERENCES[name], *final])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(args.workers)]
@@ -198,11 +220,14 @@ def coordinate(args) -> None:
                         for seed in seeds[1:]:
                             enqueue(args, 15, picked, seed, ov)
                         for ab, extra in ABLATIONS.items():
+                            base = [o for o in ov if not (ab == "shared_router" and o == "routes.router=text")]
                             for seed in seeds:
-                                enqueue(args, 25, f"{picked}+{ab}", seed, [*ov, *extra])
-                        if args.final:
+                                enqueue(args, 25, f"{picked}+{ab}", seed, [*base, *extra])
+                        if final:
                             for seed in seeds:
-                                enqueue(args, 12, f"{picked}+final", seed, [*ov, *args.final.split()])
+                                enqueue(args, 12, f"{picked}+final", seed, [*ov, *final])
+                                enqueue(args, 26, f"{picked}+final+no_spd", seed,
+                                        [*ov, *final, *ABLATIONS["no_spd"]])
                     (args.out / "closed").touch()
             if time.time() - started > args.budget_s:
                 for job in (args.out / "queue").glob("*.json"):
@@ -212,6 +237,23 @@ def coordinate(args) -> None:
         for p in procs:
             p.wait()
     print(json.dumps({"results": len(results(args)), "seconds": round(time.time() - started)}), flush=True)
+    if args.pack:
+        pack(args, picked)
+
+
+def pack(args, picked: str | None) -> None:
+    """The picked option's final run with the best val R@1 (its best/ checkpoint, config, log) as one tar."""
+    import tarfile
+
+    finals = [r for r in results(args) if r["name"] == f"{picked}+final" and "error" not in r]
+    if not finals:
+        return
+    best = max(finals, key=lambda r: r["val_R@1"])
+    folder = args.out / "runs" / f"{best['name']}-seed{best['seed']}"
+    with tarfile.open(args.pack, "w") as tar:
+        for path in [*sorted((folder / "best").iterdir()), folder / "config.json", folder / "log.jsonl"]:
+            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder)}")
+    print(f"packed {folder.name} (val R@1 {best['val_R@1']:.2f}) into {args.pack}", flush=True)
 
 
 def main() -> None:
@@ -225,8 +267,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.001)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--budget-s", type=float, default=480.0, help="no run starts after this many seconds")
+    parser.add_argument("--references", default="",
+                        help="comma-separated REFERENCES run at every seed (paper seed 0 always runs)")
     parser.add_argument("--final", default="", help="space-separated overrides: the picked option with them too")
     parser.add_argument("--out", type=Path, default=Path("runs/route-sweep"))
+    parser.add_argument("--pack", type=Path, default=None, help="tar the picked option's best final run here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     args = parser.parse_args()

@@ -67,7 +67,7 @@ def measure(model: ComposedRetrievalModel, dataset: RetrievalDataset, route_spli
     """Every measure of this script for one model (a routed fusion). `table`: image features of every catalog
     image by this model's backbone, when already computed (else they are computed here)."""
     if not model.fusion.has_routes:
-        raise ValueError(f"{model.config.fusion.name} has no routes to measure")
+        raise ValueError(f"{model.cfg.fusion.name} has no routes to measure")
     encoder = ModelQueryEncoder(model, batch_size=256, table=table)
     stats = route_statistics(model, dataset, route_split, table=table)
     return {"differences": kind_differences(stats), "entropy_ratio": entropy_ratio(stats),

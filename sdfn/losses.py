@@ -142,13 +142,20 @@ def _entropy(p: torch.Tensor, dim: int) -> torch.Tensor:
     return -(p * p.log()).sum(dim=dim)
 
 
-def route_shaping(trace: RouterTrace, router: str = "both", budget: float = 0.0) -> dict[str, torch.Tensor]:
+def route_shaping(trace: RouterTrace, router: str = "both", budget: float = 0.0,
+                  kinds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Ours, not in the paper: the route-shaping terms of `sdfn.config.RouteShapingConfig`, each summed over the
     routing layers (weight them and add them to the loss; see that class for what each one asks).
 
     - "entropy": mean over queries and cells of the entropy of each incoming distribution;
     - "balance": minus the mean over cells of the entropy of the batch's mean incoming distribution;
-    - "sparsity": relu(mean open path weight - budget).
+    - "sparsity": relu(mean open path weight - budget);
+    - "kind" (when `kinds`, [B, C] booleans, says which kinds of change each query asks for): minus how far each
+      kind's module usage is from the batch's: per layer, usage = each cell's share of the outgoing path
+      weight (as `sdfn.routes.cell_usage`); the share-weighted mean over kinds (with at least 2 queries in the
+      batch) of the L1 distance between the kind's mean usage and the batch's, negated. An L1 distance pushes
+      with the same force however small the difference, so it also moves routes that start uniform (where
+      every entropy has zero gradient).
 
     `router="text"` reads the text router's part of the paths only (msr routers; its incoming distributions are
     renormalised the way `mix_incoming` does it for the whole weight)."""
@@ -162,12 +169,25 @@ def route_shaping(trace: RouterTrace, router: str = "both", budget: float = 0.0)
     else:
         weights, incoming = trace.weights, trace.incoming
     zero = incoming[0].new_zeros(())
-    entropy, balance, sparsity = zero, zero, zero
+    entropy, balance, sparsity, kind = zero, zero, zero, zero
+    groups = None
+    if kinds is not None:
+        counts = kinds.sum(dim=0)
+        present = counts >= 2
+        groups = kinds[:, present].to(incoming[0].dtype)                # [B, C']
+        shares = counts[present].to(incoming[0].dtype)
+        shares = shares / shares.sum().clamp_min(1)
     for w, p in zip(weights, incoming, strict=True):
+        batch_entropy = _entropy(p.mean(dim=0), 0).mean()
         entropy = entropy + _entropy(p, 1).mean()
-        balance = balance - _entropy(p.mean(dim=0), 0).mean()
+        balance = balance - batch_entropy
         sparsity = sparsity + torch.relu(w.mean() - budget)
-    return {"entropy": entropy, "balance": balance, "sparsity": sparsity}
+        if groups is not None and groups.shape[1]:
+            usage = w.sum(dim=2)
+            usage = usage / usage.sum(dim=1, keepdim=True).clamp_min(1e-6)             # [B, K_in]
+            means = groups.T @ usage / groups.sum(dim=0)[:, None]                    # [C', K_in]
+            kind = kind - (shares * (means - usage.mean(dim=0)).abs().sum(dim=1)).sum()
+    return {"entropy": entropy, "balance": balance, "sparsity": sparsity, "kind": kind}
 
 
 def shaping_ramp(progress: float, start: float, ramp: float) -> float:

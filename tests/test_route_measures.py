@@ -107,3 +107,99 @@ def test_router_temperature_sharpens_path_weights_and_defaults_to_the_paper():
         network(router_temperature=0.0)
     assert load_config("tiny-synthetic").model.fusion.router_temperature == 1.0
     assert load_config("tiny-synthetic", ["model.fusion.router_temperature=0.5"]).model.fusion.router_temperature == 0.5
+
+
+def routed_trace(weights: list[torch.Tensor]):
+    from sdfn.fusion import RouterTrace
+    from sdfn.fusion.dfn import mix_incoming
+
+    return RouterTrace("msr", ("a", "b", "c", "d"), weights, [mix_incoming(w) for w in weights],
+                       [w / 2 for w in weights], [w / 2 for w in weights])
+
+
+def one_hot_routes(cells: list[int]) -> list[torch.Tensor]:
+    """Per query a route through one cell per layer: every path out of that cell open, the others shut."""
+    first = torch.zeros(len(cells), 4, 4)
+    last = torch.zeros(len(cells), 4, 1)
+    for b, c in enumerate(cells):
+        first[b, c, :] = 0.9
+        last[b, c, 0] = 0.9
+    return [first, last]
+
+
+def test_route_shaping_terms_reward_decisive_balanced_kind_specific_routes():
+    from sdfn.losses import route_shaping, shaping_ramp
+
+    kinds = torch.zeros(8, 8, dtype=torch.bool)
+    kinds[:4, 0] = True                                         # four colour requests, four sleeve requests
+    kinds[4:, 2] = True
+    uniform = routed_trace([torch.full((8, 4, 4), 0.76), torch.full((8, 4, 1), 0.76)])
+    same_cell = routed_trace(one_hot_routes([1] * 8))
+    by_kind = routed_trace(one_hot_routes([0] * 4 + [3] * 4))
+    u, s, k = (route_shaping(t, kinds=kinds) for t in (uniform, same_cell, by_kind))
+    assert u["entropy"] == pytest.approx(2 * math.log(4), abs=1e-4)   # two layers of uniform incoming mixes
+    assert s["entropy"] < 0.05 and k["entropy"] < 0.05            # one path per cell: decisive
+    assert k["balance"] < s["balance"]                            # the batch uses two cells instead of one
+    assert u["kind"] == pytest.approx(0.0, abs=1e-6) and s["kind"] == pytest.approx(0.0, abs=1e-6)
+    assert k["kind"] < -1.0                                       # colour and sleeve leave through different cells
+    assert route_shaping(uniform, budget=0.8)["sparsity"] == 0.0 and u["sparsity"] == pytest.approx(2 * 0.76)
+    text = route_shaping(by_kind, router="text", kinds=kinds)     # the text part alone is the same route here
+    assert text["kind"] == pytest.approx(float(k["kind"]), abs=1e-5)
+    shared = routed_trace(one_hot_routes([0] * 8))
+    shared.text = None
+    with pytest.raises(ValueError, match="modality-specific"):
+        route_shaping(shared, router="text")
+    assert [shaping_ramp(e, 1.0, 2.0) for e in (0.5, 1.0, 2.0, 3.0, 5.0)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert shaping_ramp(1.0, 1.0, 0.0) == 1.0
+
+
+def test_route_shaping_trains_the_routes_and_refuses_settings_that_cannot_apply(small_catalog, tmp_path):
+    from sdfn.config import load_config
+    from sdfn.errors import ConfigError
+    from sdfn.training.trainer import Trainer
+
+    def config(*overrides: str):
+        return load_config("tiny-synthetic", [
+            f"data.root={small_catalog}", "data.synthesize=false", "pretrain.epochs=0",
+            "model.backbone.model=sdfn-tiny", "model.fusion.width=32", "model.fusion.heads=2",
+            "model.fusion.router_hidden=16", "optim.batch_size=16",
+            "optim.num_workers=0", "eval.every=0", *overrides])
+
+    assert load_config("tiny-synthetic", ["model.fusion.name=sdfn"]).routes.kind_weight >= 0.0
+    paper = load_config("tiny-synthetic", ["routes.kind_weight=0", "routes.entropy_weight=0", "routes.balance_weight=0",
+                                           "routes.sparsity_weight=0"])
+    assert not any((paper.routes.kind_weight, paper.routes.entropy_weight, paper.routes.sparsity_weight))
+    trainer = Trainer(config("routes.kind_weight=1.0", "routes.sparsity_weight=0.5", "routes.budget=0.2"),
+                      tmp_path / "shaped", progress=False)
+    assert trainer.shaping and trainer.kinds.shape == (len(trainer.triplets), 8) and trainer.kinds.any()
+    before = trainer.model.fusion.routers[0].text.b2.detach().clone()
+    record = trainer.train_step(list(range(16)), __import__("random").Random(0))
+    assert {"route_kind", "route_sparsity", "route_entropy", "route_balance"} <= set(record)
+    assert record["loss"] != pytest.approx(record["bbc"] + record["spd"])    # the terms are in the loss
+    assert not torch.equal(before, trainer.model.fusion.routers[0].text.b2)
+    for bad, match in ((["routes.kind_weight=-1"], "kind_weight"), (["routes.router=words"], "routes.router"),
+                       (["routes.router=text", "routes.kind_weight=1", "model.fusion.router=shared"], "text router"),
+                       (["routes.kind_weight=1", "model.fusion.name=combiner"], "has no routes")):
+        with pytest.raises(ConfigError, match=match):
+            Trainer(config(*bad), tmp_path / "bad", progress=False)
+
+
+def test_paraphrase_consistency_compares_routes_of_one_request_phrased_differently(small_catalog, tiny_checkpoint):
+    from sdfn.data.base import open_dataset
+    from sdfn.routes import paraphrase_consistency, route_js_divergence
+
+    model = ComposedRetrievalModel.load(tiny_checkpoint)
+    dataset = open_dataset("fashioniq", small_catalog)
+    result = paraphrase_consistency(model, dataset, "val", paraphrases=3, limit=40)
+    assert 40 <= result.pairs <= 3 * 40                        # pairs with the same text are left out
+    assert 0.0 <= result.same_strongest_path <= 1.0
+    assert 0.0 < result.js_divergence <= math.log(2)
+    assert result.to_json()["part"] == "heldout"
+    a = routed_trace(one_hot_routes([0, 1, 2, 3]))
+    b = routed_trace(one_hot_routes([0, 1, 3, 2]))
+    js = route_js_divergence(a, b)
+    assert js[:2].tolist() == pytest.approx([0.0, 0.0], abs=1e-6) and (js[2:] > 0.1).all()
+    from sdfn.model import ModelConfig
+
+    combiner = ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(name="combiner", width=32, heads=2)))
+    assert paraphrase_consistency(combiner, dataset, "val", limit=5) is None

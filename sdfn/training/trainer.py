@@ -20,12 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from sdfn.config import TrainConfig
+from sdfn.data.attributes import KINDS_OF_CHANGE
 from sdfn.data.base import Triplet
 from sdfn.encode import ImageFeatureTable, ModelQueryEncoder
 from sdfn.errors import ConfigError
 from sdfn.evaluate import EvalProtocol, evaluate
 from sdfn.losses import ROUTE_SHAPING_ROUTERS, SelfPathDistillation, route_shaping, shaping_ramp, spd_ramp
 from sdfn.model import ComposedRetrievalModel
+from sdfn.routes import kinds_of_change
 from sdfn.training.data import (
     TextFeatureTable,
     TrainBatch,
@@ -95,7 +97,7 @@ class Trainer:
         """Whether the route-shaping terms (ours, cfg.routes) are on; a setting that cannot apply is an error."""
         r = self.cfg.routes
         weights = {"entropy_weight": r.entropy_weight, "balance_weight": r.balance_weight,
-                   "sparsity_weight": r.sparsity_weight}
+                   "sparsity_weight": r.sparsity_weight, "kind_weight": r.kind_weight}
         bad = [f"routes.{k}={v!r}" for k, v in weights.items() if not v >= 0]
         if bad:
             raise ConfigError(f"{', '.join(bad)}: route-shaping weights are >= 0 (0 = off, the paper's loss)")
@@ -108,6 +110,9 @@ class Trainer:
         if on and r.router == "text" and self.cfg.model.fusion.router != "msr":
             raise ConfigError(f"routes.router='text' shapes the text router of modality-specific routers, but "
                               f"model.fusion.router={self.cfg.model.fusion.router!r}; use routes.router=both")
+        if on and r.kind_weight > 0:    # what each training request asks to change, for the kind term
+            self.kinds = torch.tensor([[k in kinds_of_change(t) for k in KINDS_OF_CHANGE] for t in self.triplets],
+                                      dtype=torch.bool, device=self.device)
         return on
 
     def _make_spd(self) -> SelfPathDistillation | None:
@@ -172,9 +177,9 @@ class Trainer:
             r = self.cfg.routes
             progress = self.epoch + (self.step % self.steps_per_epoch) / self.steps_per_epoch
             factor = shaping_ramp(progress, r.start_epoch, r.ramp_epochs)
-            shaped = route_shaping(trace, r.router, r.budget)
+            shaped = route_shaping(trace, r.router, r.budget, self.kinds[sample_ids] if r.kind_weight > 0 else None)
             loss = loss + factor * (r.entropy_weight * shaped["entropy"] + r.balance_weight * shaped["balance"]
-                                    + r.sparsity_weight * shaped["sparsity"])
+                                    + r.sparsity_weight * shaped["sparsity"] + r.kind_weight * shaped["kind"])
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
