@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ from sdfn.encode import ImageFeatureTable
 from sdfn.errors import ConfigError, DataError
 from sdfn.evaluate import join_captions
 from sdfn.fsio import atomic_write_bytes, staging_folder
-from sdfn.paths import sdfn_home
+from sdfn.paths import default_catalog, sdfn_home
 from sdfn.retrieval import PreparedQuery, Retriever, SearchResult
 from sdfn.routes import RouteStatistics, route_statistics
 from sdfn.scope import CategoryPrediction
@@ -210,6 +211,17 @@ class ServedImages:
         return target
 
 
+def _warm_up(retriever: Retriever) -> None:
+    """One search on the first catalog item, its answer thrown away: the model's first call (allocations, lazy
+    initialisation) is paid here rather than by the first visitor. Nothing it does is needed: any error is only
+    logged."""
+    try:
+        first = retriever.index.ids[0]
+        retriever.search_batch([{"reference": first, "text": GENERIC_CHANGES[0], "k": 1}])
+    except Exception as err:   # noqa: BLE001  (a warm-up must never take the server down)
+        log.debug("warm-up search failed: %s", err)
+
+
 def _private_served_folder() -> Path:
     """A new folder for this process's served images under the system's temporary folder, named as an fsio
     staging folder (it carries this process's id): removed at exit, and, when the demo was killed before it could
@@ -269,17 +281,27 @@ class DemoService:
         return self._retriever
 
     def load(self) -> DemoService:
-        """Load model, catalog and index (generating the default catalog, building the index when needed)."""
+        """Load model, catalog and index (generating the default catalog, building the index when needed).
+
+        The catalog's captions are read on a thread of their own meanwhile (when the catalog is already there),
+        and once everything is loaded one search runs in the background, so the first visitor's search does not
+        pay for the model's first call (the server builds its page meanwhile)."""
         with self._lock:
             if self._retriever is None:
-                # A server checks every index checksum once at start (~0.3 s at 6k items): a file damaged with its
-                # size and time kept would otherwise be served until a search hits it.
-                retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
-                                      progress=self.progress, verify="full")
+                root = Path(self._catalog).resolve() if self._catalog is not None else default_catalog()
+                with ThreadPoolExecutor(1, thread_name_prefix="sdfn-captions") as pool:
+                    early = pool.submit(Captions, root) if (root / "catalog.csv").is_file() else None
+                    # A server checks every index checksum once at start (~0.3 s at 6k items): a file damaged with
+                    # its size and time kept would otherwise be served until a search hits it.
+                    retriever = Retriever(self._checkpoint, self._catalog, threads=self.threads,
+                                          progress=self.progress, verify="full")
+                    # read by every query without a lock: made once (a model switch keeps the catalog, and so
+                    # these)
+                    self._captions = early.result() if early is not None and retriever.catalog.root == root \
+                        else Captions(retriever.catalog.root)
                 self._policy = TrainingPolicy([retriever.catalog.root], self.train_root)
-                # read by every query without a lock: made once (a model switch keeps the catalog, and so these)
-                self._captions = Captions(retriever.catalog.root)
                 self._retriever = retriever
+                threading.Thread(target=_warm_up, args=(retriever,), name="sdfn-warm-up", daemon=True).start()
         return self
 
     @property
