@@ -194,3 +194,51 @@ def test_start_answers_at_once_and_a_second_start_says_a_run_is_going(view):
     assert run.poll().state == "cancelled"
     progress = (run.out / PROGRESS_FILE).read_text().splitlines()
     assert json.loads(progress[0])["phase"] == "starting"
+
+
+# ---- in a real browser -------------------------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_the_train_view_in_a_browser(view):
+    """As a visitor: the learning rate steps by 0.0001, epochs=0 is named under its field with no Error badge, a
+    run shows its phase at once, a second Start says a run is going, Cancel ends it."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    service, client, _, _ = view
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30_000)
+            page.goto(client.url)
+            page.get_by_role("tab", name="Train").click()
+            expect = sync_api.expect
+            lr = page.locator("#train-lr input")
+            lr.fill("0.001")
+            lr.press("ArrowUp")
+            assert float(lr.input_value()) == pytest.approx(0.0011)
+            expect(page.locator("#train-recall")).to_contain_text("after the first validation")
+            expect(page.locator("#train-loss")).not_to_contain_text("validation")
+
+            page.locator("#train-epochs input").fill("0")
+            page.locator("#train-start").click()
+            expect(page.locator("#train-status")).to_contain_text("epochs must be a whole number from 1 to 20")
+            expect(page.locator("#train-epochs")).to_contain_text("⚠ epochs must be")
+            expect(page.locator("#train-batch")).not_to_contain_text("⚠")
+            assert page.get_by_text("Error", exact=True).count() == 0
+
+            page.locator("#train-epochs input").fill("20")
+            page.locator("#train-start").click()
+            expect(page.locator("#train-phase")).to_contain_text("of the run")
+            expect(page.locator("#train-epochs")).not_to_contain_text("⚠")   # the warning went with its cause
+            page.locator("#train-start").click()
+            expect(page.locator("#train-status")).to_contain_text("already going")
+            page.locator("#train-cancel").click()
+            expect(page.locator("#train-status")).to_contain_text("Cancelled")
+        finally:
+            browser.close()
+            if service.training is not None:
+                service.training.cancel()
