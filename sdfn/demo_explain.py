@@ -63,7 +63,7 @@ UNITS = (
     f"attention 0–{ATTENTION_VMAX:g} of a region's attention; values beyond a range saturate (the numbers say so).")
 
 CSS = """
-.sdfn-words { line-height: 2.2em; font-size: 1.15em; }
+.sdfn-words { line-height: 2.2em; font-size: 1.15em; overflow-wrap: anywhere; }
 .sdfn-words span { padding: 2px 5px; border-radius: 5px; margin-right: 2px; border: 1px solid var(--neutral-300); }
 .sdfn-legend { display: inline-block; width: 160px; height: 10px; vertical-align: middle; border-radius: 3px;
                background: linear-gradient(to right, rgba(220,38,38,0), rgba(220,38,38,1));
@@ -130,7 +130,7 @@ def words_html(e: Explanation) -> str:
         return ("<p>This model's fusion is static: it has no route to move. Query shift without each word: "
                 + ", ".join(f"{html.escape(w.word)} {w.query_shift:.4f}" for w in e.words)
                 + f"</p><div class='sdfn-words'>{shifts}</div>")
-    spans = "".join(f"<span style='background:{_red(w.route_points, WORD_POINTS_RANGE)}' "
+    spans = " ".join(f"<span style='background:{_red(w.route_points, WORD_POINTS_RANGE)}' "
                     f"title='{w.route_points:.2f} points'>{html.escape(w.word)}</span>" for w in e.words)
     layers = len(e.words[0].route.points["path"])
     routers = [r for r in ("path", "image", "text") if r in e.words[0].route.points]

@@ -317,3 +317,110 @@ def test_compare_models_refuses_a_combiner_of_another_backbone(served_demo, tmp_
             explainer_for(service).compare_models(service.retriever.catalog.ids[0], "is red")
     finally:
         use_combiner(service, _combiner_beside(service.retriever.model, tmp_path / "combiner"))
+
+
+# ---- the Explain tab in a real browser -------------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+TIMEOUT_MS = 30_000
+browser_only = pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, served_demo, client, width: int, height: int):
+    """A page on the demo (with the test Combiner in place: `client` set it) at this viewport; the page may fetch
+    nothing from outside the demo's server."""
+    from playwright.sync_api import expect
+
+    url = served_demo[1]
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    outside: list[str] = []
+    own = (url.rstrip("/"), "data:", "blob:")
+    page.on("request", lambda r: None if r.url.startswith(own) else outside.append(r.url))
+    page.goto(url)
+    expect(page.locator("#catalog-browser button.thumbnail-item")).to_have_count(12)
+    return context, page, outside
+
+
+@browser_only
+@pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+def test_the_explain_tab_explains_the_example_then_the_searched_query(browser, served_demo, client):
+    from playwright.sync_api import expect
+
+    from sdfn.demo_explain import default_query
+
+    service = served_demo[0]
+    reference, text = default_query(service)
+    context, page, outside = _open(browser, served_demo, client, 1400, 1000)
+    # before any search: the fixed example, explained on opening the tab
+    page.get_by_role("tab", name="Explain").click()
+    expect(page.locator("#explain-query")).to_contain_text(reference)
+    words = page.locator("#explain-words .sdfn-words span")
+    expect(words).to_have_count(len(text.split()))
+    colours = [words.nth(i).get_attribute("style") for i in range(len(text.split()))]
+    assert all(re.search(r"background:rgba\(220,38,38,[01]\.\d\d\)", c) for c in colours), colours
+    expect(page.locator("#explain-words")).to_contain_text("points")
+    expect(page.locator("#explain-paths .js-plotly-plot")).to_be_visible()
+    page.get_by_role("tab", name="Words → garment regions").click()
+    layers = len(service.retriever.model.fusion.layers)
+    expect(page.locator("#explain-regions button.thumbnail-item")).to_have_count(len(text.split()) * layers)
+    page.get_by_role("tab", name="SDFN vs Combiner").click()
+    expect(page.locator("#explain-sdfn button.thumbnail-item")).to_have_count(10)
+    expect(page.locator("#explain-combiner button.thumbnail-item")).to_have_count(10)
+    expect(page.locator("#explain-compare")).to_contain_text("Annotated target")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explain-compare.png"), full_page=True)
+    # a search on the Search tab: opening Explain explains that query
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#catalog-browser button.thumbnail-item").nth(2).click()
+    expect(page.locator("#reference-info")).to_contain_text(re.compile(r"\w+-\d{6}"))
+    picked = re.search(r"\w+-\d{6}", page.locator("#reference-info").inner_text()).group(0)
+    page.locator("#change-text textarea").fill("is red and has longer sleeves")
+    page.get_by_role("tab", name="Explain").click()
+    expect(page.locator("#explain-query")).to_contain_text(f"{picked} + “is red and has longer sleeves”")
+    expect(words).to_have_count(6)
+    page.get_by_role("tab", name="Words → routes").click()
+    page.screenshot(path=str(ARTIFACTS / "explain-words.png"), full_page=True)
+    # two phrasings side by side
+    page.get_by_role("tab", name="Paraphrases").click()
+    page.locator("#explain-other textarea").fill("make it red with long sleeves")
+    page.locator("#explain-compare-phrasings").click()
+    expect(page.locator("#explain-phrasing")).to_contain_text("Mean change of the path weights")
+    expect(page.locator("#explain-phrasing")).to_contain_text("make it red with long sleeves")
+    context.close()
+    assert outside == [], f"the page fetched from outside the demo: {outside}"
+
+
+@browser_only
+@pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+def test_the_explain_tab_fits_a_phone(browser, served_demo, client):
+    from playwright.sync_api import expect
+
+    context, page, _ = _open(browser, served_demo, client, 390, 844)
+    page.get_by_role("tab", name="Explain").click()
+    expect(page.locator("#explain-words .sdfn-words span").first).to_be_visible()
+    # nothing pushes the page wider than the phone: the wide table scrolls inside its own box
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    for selector in ("#explain-words .sdfn-effects", "#explain-words .sdfn-words"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, selector
+    words = page.locator("#explain-words .sdfn-words span")
+    for i in range(words.count()):     # every word wraps inside the phone's width, none is cut off
+        box = words.nth(i).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, words.nth(i).inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "explain-phone.png"), full_page=True)
+    context.close()
