@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from sdfn.demo_service import KNOWN_TARGET_SPLITS, DemoService
+from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.explain import (
     SHIPPED_COMBINER,
@@ -297,8 +297,25 @@ def phrasing_summary(p: PhrasingComparison) -> str:
             f"Mean change of the path weights from A to B: {parts} points; largest single path "
             f"{big['points']:+.1f} points (layer {big['layer']}, {big['from'].replace('_', ' ')} → "
             f"{big['to'].replace('_', ' ')}); JS of the incoming mixes at most {1000 * max(c.js_bits):.2f} millibits."
-            f"{routers} Query cosine A·B = {p.query_cosine:.3f}. Self path distillation trains the routes to "
-            "depend on what is asked, not on how it is worded: for a paraphrase, small numbers here are the goal.")
+            f"{routers} Query cosine A·B = {p.query_cosine:.3f}.{_contrast(p)} Self path distillation trains the "
+            "routes to depend on what is asked, not on how it is worded: for a paraphrase, small numbers here "
+            "are the goal.")
+
+
+def _contrast(p: PhrasingComparison) -> str:
+    if p.contrast_change is None:
+        return ""
+    mean_b, mean_c = np.mean(p.change.points["path"]), np.mean(p.contrast_change.points["path"])
+    return (f" For scale, a change asking for something else, “{html.escape(p.contrast)}”, moves A's path weights "
+            f"by {mean_c:.2f} points on average over the layers (B: {mean_b:.2f}).")
+
+
+def contrast_for(*texts: str) -> str:
+    """A generic change that is neither of `texts` (the scale a paraphrase is compared with)."""
+    from sdfn.demo_service import normalise
+
+    taken = {normalise(t) for t in texts}
+    return next(c for c in GENERIC_CHANGES if normalise(c) not in taken)
 
 
 # ---- the tab ----------------------------------------------------------------------------------------------------
@@ -396,7 +413,8 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
             return _warn("Pick a garment on the Search tab first."), gr.skip()
         reference = q["reference"] if q.get("reference") else Path(q["image"])
         try:
-            p = explainer_for(service).compare_phrasings(reference, text or "", b or "")
+            p = explainer_for(service).compare_phrasings(reference, text or "", b or "",
+                                                         contrast_for(text or "", b or ""))
         except SdfnError as err:
             return _warn(_message(service, err)), gr.skip()
         return phrasing_summary(p), phrasing_figure(p)
@@ -456,14 +474,16 @@ def api_endpoints(service: DemoService) -> None:
         """Explain one query: per word of `text`, how far the route moves when the word is left out (points of
         path weight per layer and router, JS bits, query shift; all variants in one batch), the cross-modal
         refinement cell's word-to-region attention per layer on the image patch grid, the route, and, when
-        `other` (a second phrasing) is given, both phrasings' routes and their difference."""
+        `other` (a second phrasing) is given, both phrasings' routes, their difference and, for scale, how far a
+        generic different change moves the first one's route."""
         try:
             ref = _api_reference(service, reference, image)
             ex = explainer_for(service)
             e, _ = ex.explain(ref, text or "")
             out = e.to_json()
             if (other or "").strip():
-                out["phrasing"] = ex.compare_phrasings(ref, text or "", other).to_json()
+                out["phrasing"] = ex.compare_phrasings(ref, text or "", other, contrast_for(text or "", other)
+                                                       ).to_json()
             return out
         except SdfnError as err:
             raise gr.Error(_message(service, err, image), print_exception=False) from None

@@ -467,12 +467,16 @@ class PhrasingComparison:
     traces: tuple[RouterTrace, RouterTrace]
     change: RouteChange
     query_cosine: float
+    contrast: str | None = None               # a different change on the same garment, for scale
+    contrast_change: RouteChange | None = None   # how far its route is from A's
 
     def to_json(self) -> dict[str, Any]:
         from sdfn.retrieval import trace_to_json
 
         return {"texts": list(self.texts), "routing": [trace_to_json(t) for t in self.traces],
-                "change": self.change.to_json(), "query_cosine": round(self.query_cosine, 5)}
+                "change": self.change.to_json(), "query_cosine": round(self.query_cosine, 5),
+                "contrast": self.contrast,
+                "contrast_change": self.contrast_change.to_json() if self.contrast_change else None}
 
 
 class Explainer:
@@ -571,8 +575,11 @@ class Explainer:
         return ModelComparison(name, text, category, len(rows), target, answers, overlap)
 
     # paraphrases -----------------------------------------------------------------------------------------
-    def compare_phrasings(self, reference: Reference, text_a: str, text_b: str) -> PhrasingComparison:
-        """Routes of two phrasings on one reference, in one batch, and how far apart they are."""
+    def compare_phrasings(self, reference: Reference, text_a: str, text_b: str,
+                          contrast: str | None = None) -> PhrasingComparison:
+        """Routes of two phrasings on one reference, in one batch, and how far apart they are; `contrast` (a
+        different change, optional) gives the scale: how far a change that asks for something else moves A's
+        route."""
         texts = (" ".join((text_a or "").split()), " ".join((text_b or "").split()))
         if not all(texts):
             raise ConfigError("give two phrasings to compare (both non-empty).")
@@ -580,13 +587,16 @@ class Explainer:
         if not model.fusion.has_routes:
             raise ConfigError("the served fusion is static: every phrasing takes the same path, nothing to compare.")
         _, features, _ = self.reference(reference)
+        batch = [*texts, *([" ".join(contrast.split())] if contrast and contrast.strip() else [])]
         with torch.inference_mode():
-            tf = model.encode_texts(list(texts))
-            out = model.fusion(ImageFeatures(features.tokens.expand(2, -1, -1), features.pooled.expand(2, -1)), tf)
+            tf = model.encode_texts(batch)
+            n = len(batch)
+            out = model.fusion(ImageFeatures(features.tokens.expand(n, -1, -1), features.pooled.expand(n, -1)), tf)
         trace = out.trace.detach()
-        change = route_changes(trace[0:1], trace[1:2])[0]
+        changes = route_changes(trace[0:1], trace[1:])
         cosine = float(F.cosine_similarity(out.query[0:1], out.query[1:2]).item())
-        return PhrasingComparison(texts, (trace[0:1], trace[1:2]), change, cosine)
+        return PhrasingComparison(texts, (trace[0:1], trace[1:2]), changes[0], cosine,
+                                  batch[2] if n == 3 else None, changes[1] if n == 3 else None)
 
     def paraphrases(self, reference: str, target: str, n: int = 2, seed: int = 0) -> list[str]:
         """`n` everyday phrasings (sdfn.data.synth.phrasing, training part's words) of the change from

@@ -245,8 +245,12 @@ def test_two_phrasings_side_by_side(shipped):
     same = shipped.compare_phrasings(t.reference, texts[0], texts[0])
     assert same.query_cosine == pytest.approx(1, abs=1e-5)
     assert max(same.change.points["path"]) == pytest.approx(0, abs=1e-3)
-    other = shipped.compare_phrasings(t.reference, texts[0], texts[1])
+    other = shipped.compare_phrasings(t.reference, texts[0], texts[1], contrast="is striped instead of plain")
     assert other.query_cosine < 1 and max(other.change.points["path"]) > 0
+    alone = shipped.compare_phrasings(t.reference, texts[0], "is striped instead of plain")
+    for router, values in alone.change.points.items():            # the contrast rides in the same batch
+        assert other.contrast_change.points[router] == pytest.approx(values, abs=2e-3)
+    assert same.contrast is None and same.contrast_change is None
     assert len(other.to_json()["routing"]) == 2
 
 
@@ -282,6 +286,7 @@ def test_explain_endpoint(client, served_demo):
     assert len(out["path_effects"]["paths"]) == len(out["path_effects"]["points"][0])
     both = client.predict(reference=reference, text="is red", other="make it red", api_name="/explain")
     assert both["phrasing"]["texts"] == ["is red", "make it red"]
+    assert both["phrasing"]["contrast"] not in (None, "is red", "make it red")
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="change text"):
