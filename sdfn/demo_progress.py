@@ -104,6 +104,8 @@ _STARTUP_PHASES = {"drawing": "drawing the synthetic catalog (once)",
                    "encoding images": "building the catalog's index (encoding its images)",
                    "checking images": "checking the catalog's images"}
 
+_UNITS = {"img": "images", "batch": "batches", "step": "steps", "it": ""}
+
 
 class StartupProgress:
     """Where the demo's start-up is: a phase set by demo.py, and the counts of the progress bar running in it.
@@ -133,5 +135,6 @@ class StartupProgress:
         s = self.snapshot()
         count = ""
         if s["total"]:
-            count = f": {s['done']:,.0f} of {s['total']:,.0f} {s['unit']}".rstrip()
+            unit = _UNITS.get(s["unit"], s["unit"])
+            count = f": {s['done']:,.0f} of {s['total']:,.0f} {unit}".rstrip()
         return f"{s['phase']}{count} ({s['elapsed_s']:.0f} s since the start)"

@@ -32,10 +32,10 @@ def test_startup_progress_follows_the_running_bar(tmp_path):
     Bar = reporting_bar_class(tqdm, progress.report)
     with (tmp_path / "console").open("w") as console:
         bar = Bar(total=6000, desc="drawing", unit="img", file=console)   # a bar reports when it starts
-        assert progress.describe().startswith("drawing the synthetic catalog (once): 0 of 6,000 img")
+        assert progress.describe().startswith("drawing the synthetic catalog (once): 0 of 6,000 images")
         bar.update(1500)
         bar.close()                                                        # and when it ends
-    assert progress.describe().startswith("drawing the synthetic catalog (once): 1,500 of 6,000 img")
+    assert progress.describe().startswith("drawing the synthetic catalog (once): 1,500 of 6,000 images")
     assert "aria-valuenow='25'" in status_html(progress)
 
 
@@ -52,7 +52,7 @@ def test_the_preparing_page_says_what_it_does_and_every_endpoint_refuses():
                 client.predict(*args, api_name=name)
             message = str(caught.value)
             assert "still preparing" in message
-            assert "building the catalog's index (encoding its images): 12 of 47 batch" in message
+            assert "building the catalog's index (encoding its images): 12 of 47 batches" in message
             assert "Traceback" not in message
         assert {f"/{e}" for e in ENDPOINTS} <= set(client.view_api(print_info=False, return_format="dict")
                                                    ["named_endpoints"])
