@@ -57,14 +57,26 @@ def reporting_bar_class(base: type, report: Report) -> type:
     return ReportingBar
 
 
+_reporter: list[Report] = []    # where this process's bars report, once report_progress_bars was called
+
+
+def _report_to_current(phase: str, done: float | None, total: float | None, unit: str, closed: bool) -> None:
+    if _reporter:
+        _reporter[0](phase, done, total, unit, closed)
+
+
 def report_progress_bars(report: Report) -> None:
-    """Every tqdm bar this process draws from now on also reports (tqdm.tqdm and tqdm.auto.tqdm are replaced by
-    reporting subclasses; modules that import them later get those)."""
+    """Every tqdm bar this process draws from now on also reports to `report` (tqdm.tqdm and tqdm.auto.tqdm are
+    replaced by reporting subclasses, once per process; modules that import them later get those). A later call
+    only changes where they report."""
     import tqdm
     import tqdm.auto
 
-    for module in (tqdm, tqdm.auto):
-        module.tqdm = reporting_bar_class(module.tqdm, report)
+    if not _reporter:
+        for module in (tqdm, tqdm.auto):
+            module.tqdm = reporting_bar_class(module.tqdm, _report_to_current)
+        _reporter.append(report)
+    _reporter[0] = report
 
 
 class ProgressLog:
