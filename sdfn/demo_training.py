@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from sdfn.data.base import open_dataset
-from sdfn.demo_training_worker import PROGRESS_ENV, ProgressLog, run_threads
+from sdfn.demo_progress import ProgressLog
+from sdfn.demo_training_worker import PROGRESS_ENV, run_threads
 from sdfn.errors import ConfigError, DataError
 from sdfn.retrieval import whole_number
 from sdfn.training.runlog import RunLog
@@ -360,12 +361,12 @@ def progress_of(settings: TrainingSettings, progress: list[dict], records: list[
 
 
 class TrainingRun:
-    """One `sdfn train` subprocess (the worker, `python -m sdfn.demo_training train ...`): its folder (log.jsonl,
-    progress.jsonl, best/, last/), its console output in OUT/console.log, and its owner (the session that started
-    it). A subprocess, not a thread: cancelling is terminating it, and it holds no lock of the server's. It
-    still shares the CPU with the searches: it runs at a lower priority (nice +NICENESS) and with torch on one
-    thread fewer than the cores this process may use (at least one), so searches are slower while it runs but go
-    first for a core."""
+    """One `sdfn train` subprocess (the worker, `python -m sdfn.demo_training_worker train ...`): its folder
+    (log.jsonl, progress.jsonl, best/, last/), its console output in OUT/console.log, and its owner (the session
+    that started it). A subprocess, not a thread: cancelling is terminating it, and it holds no lock of the
+    server's. It still shares the CPU with the searches: it runs at a lower priority (nice +10, the worker's
+    NICENESS) and with torch on one thread fewer than the cores this process may use (at least one), so searches
+    are slower while it runs but go first for a core."""
 
     def __init__(self, settings: TrainingSettings, out: Path, owner: str | None = None, cwd: Path | None = None):
         self.settings, self.out, self.owner = settings, out, owner
