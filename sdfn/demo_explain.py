@@ -479,7 +479,7 @@ def api_endpoints(service: DemoService) -> None:
         try:
             ref = _api_reference(service, reference, image)
             ex = explainer_for(service)
-            e, _ = ex.explain(ref, text or "")
+            e, _ = ex.explain(ref, text or "", view=False)
             out = e.to_json()
             if (other or "").strip():
                 out["phrasing"] = ex.compare_phrasings(ref, text or "", other, contrast_for(text or "", other)

@@ -491,23 +491,25 @@ class Explainer:
         self._targets: dict[str, np.ndarray] = {}
 
     # references ------------------------------------------------------------------------------------------
-    def reference(self, reference: Reference) -> tuple[str, ImageFeatures, torch.Tensor]:
-        """(name, features [1], model input pixels [3, H, W]) of a catalog id or an image."""
+    def reference(self, reference: Reference, pixels: bool = True) -> tuple[str, ImageFeatures, torch.Tensor | None]:
+        """(name, features [1], model input pixels [3, H, W]) of a catalog id or an image; a catalog item's pixels
+        (decoded from its file) only when `pixels`, else None."""
         r = self.retriever
         q = r.prepare(reference, "", 1, "all")   # scope does not matter here: no prediction for an upload
         if q.index_row is not None:
             features = r.index.cache.features([q.index_row])
-            pixels = r.model.backbone.preprocess(r.decode_image(r.catalog.image_path(r.catalog.row_of[reference])))
-        else:
-            pixels = q.pixels
-            with torch.inference_mode():
-                features = r.model.encode_images(pixels[None]).to("cpu", dtype=torch.float32)
-        return q.info.reference, features, pixels
+            image = r.catalog.image_path(r.catalog.row_of[reference])
+            return q.info.reference, features, r.model.backbone.preprocess(r.decode_image(image)) if pixels else None
+        with torch.inference_mode():
+            features = r.model.encode_images(q.pixels[None]).to("cpu", dtype=torch.float32)
+        return q.info.reference, features, q.pixels
 
-    def explain(self, reference: Reference, text: str) -> tuple[Explanation, Image.Image]:
-        """The explanation of reference + text, and the reference as the model saw it (for the overlays)."""
-        name, features, pixels = self.reference(reference)
-        return explain_features(self.retriever.model, features, text, name), model_view(self.retriever.model, pixels)
+    def explain(self, reference: Reference, text: str, view: bool = True) -> tuple[Explanation, Image.Image | None]:
+        """The explanation of reference + text, and (when `view`) the reference as the model saw it, for the
+        overlays."""
+        name, features, pixels = self.reference(reference, pixels=view)
+        shown = model_view(self.retriever.model, pixels) if view else None
+        return explain_features(self.retriever.model, features, text, name), shown
 
     # SDFN vs Combiner ----------------------------------------------------------------------------------------
     def combiner(self) -> LoadedFusion:
@@ -534,7 +536,7 @@ class Explainer:
         if not text:
             raise ConfigError("give a change text: with no text both models search by the image alone.")
         combiner = self.combiner()
-        name, features, _ = self.reference(reference)
+        name, features, _ = self.reference(reference, pixels=False)
         index = r.index
         if category is not None and category.strip().lower() == "all":
             category = None
@@ -586,7 +588,7 @@ class Explainer:
         model = self.retriever.model
         if not model.fusion.has_routes:
             raise ConfigError("the served fusion is static: every phrasing takes the same path, nothing to compare.")
-        _, features, _ = self.reference(reference)
+        _, features, _ = self.reference(reference, pixels=False)
         batch = [*texts, *([" ".join(contrast.split())] if contrast and contrast.strip() else [])]
         with torch.inference_mode():
             tf = model.encode_texts(batch)
