@@ -256,9 +256,133 @@ def pack(args, picked: str | None) -> None:
     print(f"packed {folder.name} (val R@1 {best['val_R@1']:.2f}) into {args.pack}", flush=True)
 
 
+ROW_ORDER = ("paper", "paper_no_spd", "combiner", *UNSUPERVISED, *OPTIONS)
+SECTION = "route-options"
+
+
+def _mean_std(values: list[float], digits: int = 1) -> str:
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def _group(rows: list[dict]) -> dict[str, list[dict]]:
+    seen, groups = set(), {}
+    for r in rows:
+        if "error" in r or (r["name"], r["seed"]) in seen:
+            continue
+        seen.add((r["name"], r["seed"]))
+        groups.setdefault(r["name"], []).append(r)
+    return groups
+
+
+def _kind_of(name: str) -> str:
+    base = name.split("+")[0]
+    if base in ("paper", "paper_no_spd"):
+        return "paper"
+    if base == "combiner":
+        return "static"
+    return "supervised by kind labels" if base in OPTIONS else "unsupervised"
+
+
+def report_table(rows: list[dict]) -> str:
+    """One row per configuration (mean ± std over its seeds): recall, and the route and paraphrase measures."""
+    from benchmarks.results import markdown_table
+
+    groups = _group(rows)
+    order = [n for n in ROW_ORDER if n in groups] + sorted(n for n in groups if n not in ROW_ORDER)
+    headers = ["configuration", "route term", "seeds", "val R@1", "test R@1", "test sat@1", "entropy / uniform",
+               "smallest kind (points)", "other kinds (points)", "uniform routes cost", "same strongest path",
+               "JS"]
+    out = []
+    for name in order:
+        g = groups[name]
+        line = [name, _kind_of(name), len(g), _mean_std([r["val_R@1"] for r in g]),
+                _mean_std([r["test"]["R@1"] for r in g]), _mean_std([r["test"]["sat@1"] for r in g])]
+        if "routes" in g[0]:
+            mins = [min(r["routes"]["differences"].items(), key=lambda kv: kv[1]) for r in g]
+            others = [sorted(v for k, v in r["routes"]["differences"].items()) for r in g]
+            line += [_mean_std([r["routes"]["entropy_ratio"] for r in g], 2),
+                     ", ".join(f"{k} {v:.1f}" for k, v in mins),
+                     "; ".join(f"{o[1]:.0f}-{o[-1]:.0f}" for o in others),
+                     _mean_std([r["routes"]["recall"]["cost"] for r in g]),
+                     _mean_std([r["paraphrases"]["same_strongest_path"] for r in g], 2),
+                     _mean_std([1000 * r["paraphrases"]["js_divergence"] for r in g]) + " m"]
+        else:
+            line += ["-"] * 6
+        out.append(line)
+    return markdown_table(headers, out)
+
+
+def report(path: Path, quality: Path) -> None:
+    from benchmarks.results import write_section
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    table = report_table(rows)
+    print(table)
+    body = "\n".join([
+        "Route options are ours (`routes.*` in the config, all 0 = the paper's loss; sdfn/config.py "
+        "RouteShapingConfig): `entropy` (per-query route entropy), `balance` (minus the batch's usage entropy), "
+        "`sparsity` (open path weight above a budget), `router=text` (shape the text router only), a warm-up "
+        "start and ramp; and `kind_weight`, which is SUPERVISED by the synthetic catalog's change labels "
+        "(what each training request asks to change): it pushes each kind's module usage away from the batch's, "
+        "i.e. it optimises the very per-kind measure the issue reports, so its per-kind figures are asked for, "
+        "not discovered; on FashionIQ or Shoes it would need kinds parsed from the captions (sdfn.routes' "
+        "keywords). `+no_spd`, `+shared_router`: the ablations of an option. `+final`: with the phrasing "
+        "training of issue 9 §1 (`data.phrasing_variants=4 data.phrasing_share=0.5`, frozen text tower).",
+        "",
+        f"Runs: `{path.as_posix().split('/')[-1]}` (one JSON line per run), made by `python benchmarks/route_sweep.py "
+        "--stage1 sdfn/assets/sdfn-tiny --workers 14|15 optim.precision=fp32` in two calls on one NVIDIA H200 "
+        "(16 CPU cores, torch 2.11, fp32; 14-15 runs at once), the second with `--final \"data.phrasing_variants=4 "
+        "data.phrasing_share=0.5\"` and the kind options. Every run: stage 2 of the tiny-synthetic recipe on the "
+        "shipped frozen stage-1 backbone, 8 epochs, lr 0.001 for every method (the rate the quality table's sweep "
+        "picked for sdfn and combiner), best epoch by val R@1; options were screened on seed 0 and only the "
+        "picked one (the most route goals met, then val R@1) was run at seeds 1 and 2 with its ablations.",
+        "",
+        "Columns: val R@1 (best epoch); test R@1 and sat@1 (benchmarks/quality.py's protocol); route measures of "
+        "benchmarks/routes.py on the test split (entropy over uniform; per kind of change the largest "
+        "module-usage difference from all queries, in points: the smallest kind per seed, then the range of the "
+        "other seven; val R@1 lost when every path weight is set to 1 at inference); paraphrase consistency "
+        "(`sdfn.routes.paraphrase_consistency`: 3 held-out phrasings of each test request on the same reference, "
+        "pairs with different texts: share with the same strongest path, mean JS divergence of the routes in "
+        "milli-nats). Mean ± std over seeds.",
+        "",
+        table,
+        "",
+        "Reading (issue 9 §3 goals: every kind >= 10 points, entropy <= 0.75, uniform cost >= 5, SDFN R@1 >= "
+        "the best static baseline):",
+        "- No configuration meets the route goals together with recall. The unsupervised terms leave most kinds "
+        "under 10 points unless they also cost 5-9 val R@1 points (ent_bal_0.5, ent_bal_2_late, sparse_ent_bal1) "
+        "against the paper's 48.2; the kind term separates every kind but fit by 8-50 points with entropy "
+        "0.58-0.78, at 0.7-5.6 val R@1 points, and the "
+        "uniform-route cost never passes 5.3 points (kind_10 seed 0); kind_10's seed 2 and its shared-router "
+        "ablation closed every path (ReLU(tanh) routers at 0: entropy 1.0, the uniform fallback).",
+        "- Fit is the kind no option separates (3-9 points at most).",
+        "- With the phrasing training (+final) every SDFN and the Combiner lose about 3 val R@1 points on the "
+        "annotated captions, and kind_10 with it collapses (36.9).",
+        "- Paper SDFN vs Combiner on this backbone (8 epochs, lr 0.001, fp32 GPU): test R@1 48.0 vs 48.3, val "
+        "48.2 vs 48.0: a tie within the seeds' spread, as in the quality table above.",
+        "",
+        "SPD (issue 9 §4): with SPD the paper model's routes are nearly uniform (entropy 0.97 vs 0.76 without), "
+        "so paraphrases have routes 8x closer in JS divergence (3.8 vs 33 milli-nats) but no more often the same "
+        "strongest path (0.33 vs 0.39): SPD keeps every query's route near its start (all paths open), which is "
+        "stability of a route that carries nothing (uniform routes cost 0.2 points with SPD, 2.2 without). Same "
+        "pattern for the kind-shaped model (kind_10 vs kind_10+no_spd).",
+        "",
+        "Decision: the shipped sdfn-tiny stays today's paper-faithful model; every option stays in the config "
+        "(default off) with its row here.",
+    ])
+    write_section(SECTION, "Route options: do they make routes depend on the query and earn their place? "
+                  "(benchmarks/route_sweep.py)", body, quality)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage1", type=Path, required=True, help="stage-1 backbone folder (e.g. the shipped model)")
+    parser.add_argument("--stage1", type=Path, default=None, help="stage-1 backbone folder (e.g. the shipped model)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="only write the QUALITY.md section from this results file (JSON lines)")
     parser.add_argument("--catalog", type=Path, default=Path("catalogs/synthetic"))
     parser.add_argument("--preset", default="tiny-synthetic")
     parser.add_argument("--options", default="", help="comma-separated names of OPTIONS (default: all)")
@@ -275,6 +399,11 @@ def main() -> None:
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     args = parser.parse_args()
+    if args.report:
+        report(args.report, Path(__file__).resolve().parent / "QUALITY.md")
+        return
+    if args.stage1 is None:
+        parser.error("--stage1 is required to run the sweep")
     args.out = args.out.resolve()
     args.catalog = args.catalog.resolve()
     if args.worker:
