@@ -73,12 +73,13 @@ class RouteShapingConfig:
     batch's mean incoming distribution (small = the batch uses every cell: queries must differ), `sparsity`
     the mean open path weight above `budget` (a compute budget: DIME's ReLU(tanh) paths close exactly at 0).
     Summed over layers. `router` = "text" reads the text router's part only (its own incoming
-    distributions), leaving the image router free. `kind` asks the routes to carry the kind of change a
-    request asks for (colour, sleeve, ...: the synthetic generator's labels, else sdfn.routes' keywords):
-    minus the L1 distance between each kind's mean module usage and the batch's; which cells a kind uses
-    more is left to training. The terms
-    are off before `start_epoch` and ramp linearly to full weight over `ramp_epochs` (fractional epochs
-    count steps)."""
+    distributions), leaving the image router free. `kind` is SUPERVISED by labels: it asks the routes to
+    carry the kind of change a request asks for (colour, sleeve, ...: the synthetic catalog's change labels;
+    on FashionIQ/Shoes only the kinds sdfn.routes parses from caption keywords), so it optimises the per-kind
+    route measure of benchmarks/routes.py directly: minus the L1 distance between each kind's mean module
+    usage and the batch's; which cells a kind uses more is left to training. The terms are off before
+    `start_epoch` and ramp linearly to full weight over `ramp_epochs` (fractional epochs count steps).
+    What each option did: benchmarks/QUALITY.md, route options."""
 
     entropy_weight: float = 0.0
     balance_weight: float = 0.0
