@@ -35,7 +35,7 @@ from sdfn.evaluate import evaluate  # noqa: E402
 from sdfn.fusion.dfn import uniform_routes  # noqa: E402
 from sdfn.model import ComposedRetrievalModel  # noqa: E402
 from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog  # noqa: E402
-from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
+from sdfn.routes import RouteStatistics, paraphrase_consistency, route_statistics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QUALITY = HERE / "QUALITY.md"
@@ -63,28 +63,34 @@ def uniform_route_cost(model: ComposedRetrievalModel, dataset: RetrievalDataset,
 
 
 def measure(model: ComposedRetrievalModel, dataset: RetrievalDataset, route_split: str = "test",
-            recall_split: str = "val", table: ImageFeatureTable | None = None) -> dict:
+            recall_split: str = "val", table: ImageFeatureTable | None = None, paraphrases: bool = True) -> dict:
     """Every measure of this script for one model (a routed fusion). `table`: image features of every catalog
-    image by this model's backbone, when already computed (else they are computed here)."""
+    image by this model's backbone, when already computed (else they are computed here). `paraphrases`: also
+    the route consistency across paraphrases (sdfn.routes.paraphrase_consistency, held-out phrasings)."""
     if not model.fusion.has_routes:
         raise ValueError(f"{model.cfg.fusion.name} has no routes to measure")
     encoder = ModelQueryEncoder(model, batch_size=256, table=table)
     stats = route_statistics(model, dataset, route_split, table=table)
-    return {"differences": kind_differences(stats), "entropy_ratio": entropy_ratio(stats),
-            "entropy": stats.overall.entropy, "queries": stats.overall.queries,
-            "recall": uniform_route_cost(model, dataset, recall_split, encoder)}
+    result = {"differences": kind_differences(stats), "entropy_ratio": entropy_ratio(stats),
+              "entropy": stats.overall.entropy, "queries": stats.overall.queries,
+              "recall": uniform_route_cost(model, dataset, recall_split, encoder)}
+    if paraphrases:
+        result["paraphrases"] = paraphrase_consistency(model, dataset, route_split, table=table).to_json()
+    return result
 
 
 def table(results: dict[str, dict]) -> str:
     kinds = [k for k in KINDS_OF_CHANGE if any(k in r["differences"] for r in results.values())]
     headers = ["checkpoint", "val R@1", "val R@1, uniform routes", "cost (points)", "entropy / uniform",
-               *(f"{k} (points)" for k in kinds)]
+               *(f"{k} (points)" for k in kinds), "paraphrases: same strongest path", "paraphrases: JS (nats)"]
     rows = []
     for label, r in results.items():
         rec = r["recall"]
         rows.append([label, f"{rec['R@1']:.2f}", f"{rec['R@1 uniform routes']:.2f}", f"{rec['cost']:+.2f}",
                      f"{r['entropy_ratio']:.3f}",
-                     *(f"{r['differences'][k]:.1f}" if k in r["differences"] else "-" for k in kinds)])
+                     *(f"{r['differences'][k]:.1f}" if k in r["differences"] else "-" for k in kinds),
+                     *((f"{r['paraphrases']['same_strongest_path']:.3f}", f"{r['paraphrases']['js_divergence']:.4f}")
+                       if "paraphrases" in r else ("-", "-"))])
     return markdown_table(headers, rows)
 
 
@@ -117,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "any layer and cell between the kind's module usage and all queries' usage, in points. Entropy: mean "
         "route entropy of the test queries over log K. Uniform routes: val R@1 (whole category split, joined "
         "captions, reference excluded) with every path weight set to 1 at inference "
-        "(`sdfn.fusion.dfn.uniform_routes`), same weights.",
+        "(`sdfn.fusion.dfn.uniform_routes`), same weights. Paraphrases (issue 9 §4): each test request phrased "
+        "3 times with the held-out phrasings (`sdfn.routes.paraphrase_consistency`), on the same reference; over "
+        "pairs with different texts, the share with the same strongest path and the mean JS divergence of the "
+        "routes.",
         "",
         text,
         "",
