@@ -35,6 +35,7 @@ from sdfn.demo_train_view import train_tab
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.retrieval import SearchResult, strongest_path, trace_to_json
 from sdfn.routes import cell_usage
+from sdfn.scope import MIN_CONFIDENCE
 
 TITLE = "sdfn · language-based fashion retrieval"
 PER_PAGE = 12
@@ -63,7 +64,45 @@ CSS = """
                   background: var(--neutral-100); }
 .sdfn-chain figcaption { font-size: 0.8em; color: var(--body-text-color-subdued); }
 .sdfn-arrow { flex: none; max-width: 160px; text-align: center; font-size: 0.9em; font-style: italic; }
+#results-gallery.sdfn-stale { opacity: 0.45; filter: grayscale(0.6); }
+#plotly-warm { height: 0 !important; min-height: 0 !important; overflow: hidden; visibility: hidden; margin: 0;
+               padding: 0; border: 0; }
+.sdfn-narrow { display: none; }
+#pager { flex-wrap: nowrap; }
+#pager .sdfn-status { min-width: 140px; }
+/* phone (the columns stack below ~770 px): 3 catalog columns, 2-3 result columns, the pager's label on its own
+   line, no overlay labels over the grids */
+@media (max-width: 767px) {
+  .sdfn-wide { display: none; }
+  .sdfn-narrow { display: inline; }
+  #catalog-browser .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+  #results-gallery .grid-container { grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+  #results-gallery .caption-label { max-width: 96%; font-size: 12px; padding: 2px 5px; }
+  #pager { flex-wrap: wrap; }
+  #pager .sdfn-status { flex: 1 1 100%; order: -1; }
+  .gradio-container { padding-left: 8px !important; padding-right: 8px !important; }
+}
+@media (max-width: 359px) {
+  #results-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
 """
+# the Search button remembers when it was pressed, and the status line then says how long the visitor waited
+# (click → results on screen, the answer's images loaded), measured in the browser, not only the model's time
+CLICK_JS = "(...args) => { window.sdfnSearchClick = performance.now(); return args; }"
+WAITED_JS = """async (status) => {
+  const t0 = window.sdfnSearchClick;
+  window.sdfnSearchClick = undefined;
+  if (t0 === undefined || !status || !status.startsWith('Searched')) return status;
+  const deadline = performance.now() + 10000;
+  while (performance.now() < deadline) {
+    await new Promise(r => requestAnimationFrame(r));
+    const images = [...document.querySelectorAll('#results-gallery img')];
+    if (images.every(i => i.complete)) break;
+  }
+  const waited = Math.round(performance.now() - t0);
+  const cut = status.indexOf('\\n\\n') < 0 ? status.length : status.indexOf('\\n\\n');
+  return status.slice(0, cut) + ` · **you waited ${waited} ms** (click → results on screen)` + status.slice(cut);
+}"""
 
 
 # ---- small helpers ------------------------------------------------------------------------------------------
@@ -85,9 +124,10 @@ def _engine_reference(reference: dict[str, Any]) -> str | Path:
 
 def _reference_markdown(reference: dict[str, Any] | None) -> str:
     if reference is None:
-        return "**No garment picked yet.**\n\nPick one from the catalog on the left, or upload a photo."
+        return ("**No garment picked yet.**\n\nPick one from the catalog <span class='sdfn-wide'>on the left"
+                "</span><span class='sdfn-narrow'>above</span>, or upload a photo.")
     if not reference.get("id"):
-        return f"**{reference['label']}**\n\nAn uploaded photo (“Same category” searches the whole catalog)."
+        return f"**{reference['label']}**\n\n{_prediction_markdown(reference.get('prediction'))}"
     where = f" · {reference['split']} split" if reference.get("split") else ""
     return f"**{reference['id']}** · {reference['category']}{where}\n\n{reference.get('title', '')}"
 
@@ -101,9 +141,24 @@ def _suggestion_samples(service: DemoService, reference: dict[str, Any] | None) 
 
 
 def _scope_category(reference: dict[str, Any], scope: str) -> str | None:
-    if scope == SAME:
-        return reference.get("category")
-    return None if scope == ALL else scope
+    """The engine's category for a scope choice: “Same category” is its default (a catalog item's own category, an
+    upload's predicted one), “All categories” is "all" (ALL), a name is that category."""
+    return None if scope == SAME else scope
+
+
+def _prediction_markdown(prediction: dict[str, Any] | None) -> str:
+    """What the engine made of an uploaded photo: its predicted category, or a warning that it is out of catalog."""
+    if prediction is None:
+        return "An uploaded photo."
+    if prediction["out_of_catalog"]:
+        return ("⚠ **This photo looks unlike every catalog item**: results will be the nearest items there are, "
+                "not matches. “Same category” searches the whole catalog; a photo of one garment on a plain "
+                "background works best.")
+    guess = f"**{prediction['category']}** ({prediction['confidence']:.0%} sure)"
+    if prediction["confidence"] < MIN_CONFIDENCE:
+        return f"An uploaded photo; its category is uncertain ({guess}): “Same category” searches the whole catalog."
+    return (f"An uploaded photo; predicted category {guess}: “Same category” searches it (change it in “Search "
+            "in”).")
 
 
 def _header_markdown(service: DemoService) -> str:
@@ -149,38 +204,51 @@ class RouterView:
     summary: gr.Markdown
     routes: gr.Plot
     usage: gr.Plot
+    drawn: gr.State                       # [reference, text] of the route on screen
+    compare_status: gr.Markdown | None
 
 
-def _browser(service: DemoService) -> tuple[gr.Gallery, gr.State, gr.UploadButton]:
+def _highlight(ids: list[str], reference: dict[str, Any] | None) -> int | None:
+    """The catalog grid's slot of the picked garment, None where it is not on the page shown: the highlight follows
+    the garment, never a slot."""
+    item = reference.get("id") if reference else None
+    return ids.index(item) if item in ids else None
+
+
+def _browser(service: DemoService, reference: gr.State) -> tuple[gr.Gallery, gr.State, gr.UploadButton]:
     """The catalog browser (category filter, paging, shuffle) and the upload button. Returns the gallery, the ids
     it shows and the upload button."""
     counts = service.categories()
     category = gr.Dropdown([("All categories", "")] + [(f"{c} ({n})", c) for c, n in counts.items()], value="",
-                           label="Category")
+                           label="Category", elem_id="catalog-category")
     first = service.browse(None, None, 1, PER_PAGE)
-    gallery = gr.Gallery(_page_items(service, first.ids), columns=4, rows=3, height="auto", allow_preview=False,
+    gallery = gr.Gallery(_page_items(service, first.ids), columns=4, height="auto", allow_preview=False,
                          fit_columns=False, object_fit="contain", show_label=False, elem_id="catalog-browser",
                          buttons=[])
     ids = gr.State(first.ids)
     state = gr.State({"category": "", "seed": None, "page": 1})
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=True, elem_id="pager"):
         previous = gr.Button("◀ Previous", size="sm", min_width=80)
         page_label = gr.Markdown(_page_label(first.page, first.pages, first.total), elem_classes="sdfn-status")
         following = gr.Button("Next ▶", size="sm", min_width=80)
         shuffle = gr.Button("Shuffle", size="sm", min_width=80)
     upload = gr.UploadButton("Upload your own photo", variant="secondary", size="md", elem_id="upload-button")
 
-    def show(category: str, seed: int | None, page: int) -> tuple:
+    def show(category: str, seed: int | None, page: int, picked: dict | None) -> tuple:
         found = service.browse(category or None, seed, page, PER_PAGE)
-        return (_page_items(service, found.ids), found.ids, {"category": category, "seed": seed, "page": found.page},
+        return (gr.Gallery(_page_items(service, found.ids), selected_index=_highlight(found.ids, picked)), found.ids,
+                {"category": category, "seed": seed, "page": found.page},
                 _page_label(found.page, found.pages, found.total))
 
     outputs = [gallery, ids, state, page_label]
     private = {"api_visibility": "private", "queue": False}
-    category.change(lambda c: show(c, None, 1), category, outputs, **private)
-    shuffle.click(lambda s: show(s["category"], random.randrange(1 << 30), 1), state, outputs, **private)
-    previous.click(lambda s: show(s["category"], s["seed"], s["page"] - 1), state, outputs, **private)
-    following.click(lambda s: show(s["category"], s["seed"], s["page"] + 1), state, outputs, **private)
+    category.change(lambda c, r: show(c, None, 1, r), [category, reference], outputs, **private)
+    shuffle.click(lambda s, r: show(s["category"], random.randrange(1 << 30), 1, r), [state, reference], outputs,
+                  **private)
+    previous.click(lambda s, r: show(s["category"], s["seed"], s["page"] - 1, r), [state, reference], outputs,
+                   **private)
+    following.click(lambda s, r: show(s["category"], s["seed"], s["page"] + 1, r), [state, reference], outputs,
+                    **private)
     return gallery, ids, upload
 
 
@@ -193,10 +261,11 @@ def _page_label(page: int, pages: int, total: int) -> str:
 
 
 def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State, gr.UploadButton]:
+    picked = gr.State(None)
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340):
             gr.Markdown("### 1 · Pick a garment", elem_classes="sdfn-step")
-            browser, browser_ids, upload = _browser(service)
+            browser, browser_ids, upload = _browser(service, picked)
         with gr.Column(scale=6, min_width=380):
             gr.Markdown("### 2 · Describe the change", elem_classes="sdfn-step")
             with gr.Row(equal_height=False):
@@ -209,23 +278,28 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
                                      samples=_suggestion_samples(service, None), samples_per_page=5,
                                      label="Suggestions: click one to use it", layout="table")
             with gr.Row(equal_height=True):
-                k = gr.Slider(1, MAX_K, value=10, step=1, label="Results (top-k)", scale=3, elem_id="top-k")
+                k = gr.Slider(1, MAX_K, value=10, step=1, label="Results (top-k)", scale=3, min_width=200,
+                              elem_id="top-k")
                 scope = gr.Dropdown([("Same category", SAME), ("All categories", ALL)]
-                                    + [(c, c) for c in service.categories()], value=SAME, label="Search in", scale=2)
+                                    + [(c, c) for c in service.categories()], value=SAME, label="Search in", scale=2,
+                                    min_width=180, elem_id="scope")
             search = gr.Button("Search", variant="primary", elem_id="search-button")
             status = gr.Markdown("", elem_id="search-status", elem_classes="sdfn-status")
-    gr.Markdown("### 3 · Results", elem_classes="sdfn-step")
+    # an invisible plot: the page loads Plotly (~1 MB of script) while the visitor is on the Search tab, not when
+    # the Router tab is first opened (a hidden tab's components are only mounted when it is shown)
+    gr.Plot(viz.placeholder("", 10), show_label=False, elem_id="plotly-warm", container=False)
+    gr.Markdown("### 3 · Results: click one to refine the search from it", elem_classes="sdfn-step")
     with gr.Group(visible=False) as chain_box:
         chain_strip = gr.HTML("", elem_id="chain", padding=True)
         back = gr.Button("Step back", size="sm", elem_id="step-back")
     target = gr.Markdown(EMPTY_RESULTS, elem_id="target-note")
-    results = gr.Gallery(label="Results: click one to refine the search from it", columns=6, height="auto",
-                         fit_columns=False, allow_preview=False, object_fit="contain", elem_id="results-gallery",
-                         visible=False, buttons=[])
+    # no overlay label: on a phone it covers the first row
+    results = gr.Gallery(show_label=False, columns=6, height="auto", fit_columns=False, allow_preview=False,
+                         object_fit="contain", elem_id="results-gallery", visible=False, buttons=[])
     with gr.Accordion("Results as a table (scores and attributes)", open=False):
         table = gr.Dataframe(interactive=False, wrap=False, max_height=520, pinned_columns=3, buttons=["copy"],
                              elem_id="results-table")
-    view = SearchView(gr.State(None), gr.State(None), gr.State([]), gr.State([]), reference_image, reference_info,
+    view = SearchView(picked, gr.State(None), gr.State([]), gr.State([]), reference_image, reference_info,
                       text, suggestions, k, scope, search, status, chain_box, chain_strip, back, target, results,
                       table)
     return view, browser, browser_ids, upload
@@ -249,7 +323,11 @@ def _status_line(result: SearchResult, total: int) -> str:
     q = result.query
     what = f"“{q.text_used}”" if q.text_used else "no text (image only)"
     where = f"category {q.category}" if q.category else f"all {total:,} items"
-    lines = [f"Searched {where} for {q.reference} + {what} in {result.timings_ms.get('total', 0):.0f} ms."]
+    where += " (predicted from the photo)" if q.category_source == "predicted" else ""
+    # the browser appends the time the visitor waited (WAITED_JS); the server's share is said as such
+    lines = [f"Searched {where} for {q.reference} + {what}: {len(result.items)} results · server "
+             f"{result.timings_ms.get('total', 0):.0f} ms"]
+    lines += [f"⚠ **Warning: {q.warning}**"] if q.warning else []
     lines += [f"Note: {note}" for note in q.notes]
     return "\n\n".join(lines)
 
@@ -291,110 +369,166 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
                  browser_ids: gr.State, upload: gr.UploadButton) -> None:
     """Picking, uploading, searching, refining from a result and stepping back."""
     private = {"api_visibility": "private"}
-    skip_results = (gr.skip(),) * 8
+    skip_results = (gr.skip(),) * 5
 
     def run_search(reference: dict | None, text: str, k: float, scope: str) -> tuple:
         if reference is None:
-            return (*skip_results, _warning("Pick a garment from the catalog (left) or upload a photo first, "
+            return (*skip_results, _warning("Pick a garment from the catalog <span class='sdfn-wide'>(left)</span>"
+                                            "<span class='sdfn-narrow'>(above)</span> or upload a photo first, "
                                             "then press Search."))
         try:
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
             return (*skip_results, _warning(client_message(service, err)))
-        summary, routes, usage = route_outputs(service, outcome.result)
         query = {"reference": reference, "text": text or ""}
-        return (gr.Gallery(_results_gallery(service, outcome), visible=True), _results_table(outcome),
-                outcome.target.message() if outcome.target else "", [i.id for i in outcome.result.items], query,
-                summary, routes, usage, _status_line(outcome.result, len(service.retriever.index)))
+        # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
+        # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
+        return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[]),
+                _results_table(outcome), outcome.target.message() if outcome.target else "",
+                [i.id for i in outcome.result.items], query,
+                _status_line(outcome.result, len(service.retriever.index)))
 
-    search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, router.summary,
-                      router.routes, router.usage, view.status]
+    search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
         trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
-                concurrency_limit=SEARCH_CONCURRENCY, **private)
+                concurrency_limit=SEARCH_CONCURRENCY, js=CLICK_JS, **private).then(
+            None, view.status, view.status, js=WAITED_JS, queue=False, **private)
 
-    def choose(reference: dict, chain: list[dict], message: str) -> tuple:
+    def choose(reference: dict, chain: list[dict], message: str, shown: list[str], page: list[str]) -> tuple:
+        """A new reference: its picture, facts and suggestions, the chain, the catalog's highlight on it (or none),
+        and the results of the previous reference, still shown, greyed out and said to be old."""
+        stale = (gr.Gallery(elem_classes=["sdfn-stale"]),
+                 f"*The results below are for the previous garment: press Search for {reference['label']}.*"
+                 ) if shown else (gr.skip(), gr.skip())
         return (reference, reference["image"], _reference_markdown(reference),
                 gr.Dataset(samples=_suggestion_samples(service, reference)), chain,
-                gr.Group(visible=bool(chain)), _chain_html(chain, reference), message)
+                gr.Group(visible=bool(chain)), _chain_html(chain, reference), message,
+                gr.Gallery(selected_index=_highlight(page, reference)), *stale)
 
     choose_outputs = [view.reference, view.reference_image, view.reference_info, view.suggestions, view.chain,
-                      view.chain_box, view.chain_strip, view.status]
+                      view.chain_box, view.chain_strip, view.status, browser, view.results, view.target]
+    skip_choose = (gr.skip(),) * (len(choose_outputs) - 1)
 
-    def pick(ids: list[str], event: gr.SelectData) -> tuple:
+    def pick(ids: list[str], shown: list[str], event: gr.SelectData) -> tuple:
         reference = _reference_for(service, ids[event.index])
-        return choose(reference, [], f"Picked {reference['id']}. Describe a change, or click a suggestion.")
+        return choose(reference, [], f"Picked {reference['id']}. Describe a change, or click a suggestion.", shown,
+                      ids)
 
-    browser.select(pick, browser_ids, choose_outputs, **private)
+    browser.select(pick, [browser_ids, view.result_ids], choose_outputs, **private)
 
-    def uploaded(path: str | None) -> tuple:
+    def uploaded(path: str | None, shown: list[str]) -> tuple:
         if not path:
-            return (*(gr.skip(),) * 7, _warning("The upload did not arrive; try again."))
+            return (*skip_choose[:7], _warning("The upload did not arrive; try again."), *skip_choose[7:])
         name = Path(path).name
         try:
             preview = service.check_upload(path)
+            prediction = service.predict_category(path)
         except SdfnError as err:
-            return (*(gr.skip(),) * 7, _warning(client_message(service, err, path)))
-        reference = {"id": None, "image": path, "label": f"your photo ({name})", "category": None}
+            return (*skip_choose[:7], _warning(client_message(service, err, path)), *skip_choose[7:])
+        reference = {"id": None, "image": path, "label": f"your photo ({name})", "category": prediction.scope,
+                     "prediction": prediction.to_json()}
         out = list(choose(reference, [], f"Using your photo {name} ({preview.width}×{preview.height} after "
-                                         "resizing). Describe a change and press Search."))
+                                         "resizing). Describe a change and press Search.", shown, []))
         out[1] = preview
         return tuple(out)
 
-    upload.upload(uploaded, upload, choose_outputs, **private)
+    upload.upload(uploaded, [upload, view.result_ids], choose_outputs, **private)
     view.suggestions.click(lambda sample: sample[0], view.suggestions, view.text, queue=False, **private)
 
-    def refine(ids: list[str], query: dict | None, chain: list[dict], event: gr.SelectData) -> tuple:
+    def refine(ids: list[str], query: dict | None, chain: list[dict], page: list[str], event: gr.SelectData
+               ) -> tuple:
         reference = _reference_for(service, ids[event.index])
         chain = [*chain, query] if query is not None else chain
+        # the results stay (greyed, said to be the previous step's) with their table: both show the same search
         return (*choose(reference, chain, f"Refining from {reference['id']}: describe the next change and press "
-                                          "Search, or step back."), "", gr.Gallery([], visible=False), None,
-                EMPTY_RESULTS, [])
+                                          "Search, or step back.", ids, page), "")
 
-    refine_outputs = [*choose_outputs, view.text, view.results, view.table, view.target, view.result_ids]
-    view.results.select(refine, [view.result_ids, view.last_query, view.chain], refine_outputs, **private)
+    refine_outputs = [*choose_outputs, view.text]
+    view.results.select(refine, [view.result_ids, view.last_query, view.chain, browser_ids], refine_outputs,
+                        **private)
 
-    def step_back(chain: list[dict]) -> tuple:
+    def step_back(chain: list[dict], shown: list[str], page: list[str]) -> tuple:
         if not chain:
-            return (*(gr.skip(),) * 8, gr.skip())
+            return (*skip_choose, gr.skip(), gr.skip())
         turn, rest = chain[-1], chain[:-1]
-        return (*choose(turn["reference"], rest, "Stepped back one turn."), turn["text"])
+        return (*choose(turn["reference"], rest, "Stepped back one turn.", shown, page), turn["text"])
 
-    view.back.click(step_back, view.chain, [*choose_outputs, view.text], **private).then(
+    view.back.click(step_back, [view.chain, view.result_ids, browser_ids], [*choose_outputs, view.text],
+                    **private).then(
         run_search, search_inputs, search_outputs, concurrency_id="search", concurrency_limit=SEARCH_CONCURRENCY,
         **private)
 
 
 # ---- router view --------------------------------------------------------------------------------------------
 
+ROUTER_INTRO = ("Every routing layer mixes the outputs of its operation modules with weights that the **image "
+                "router** (reading the garment) and the **text router** (reading the change) choose for this query. "
+                "Rows are the module a path leaves, columns the module it enters in the next layer; hover a cell to "
+                "read what its module does.\n\n<small>**Units.** " + viz.GATE_NOTE + " " + viz.SHARE_NOTE
+                + "</small>")
+
+
+def _example_query(service: DemoService) -> dict[str, Any]:
+    """What the Router tab shows before the visitor's first search: the catalog's first garment with one of its
+    annotated changes (a generic change where it has none)."""
+    reference = _reference_for(service, service.browse(None, None, 1, 1).ids[0])
+    found = service.captions().for_reference(reference["id"])
+    return {"reference": reference, "text": found[0].text if found else GENERIC_CHANGES[0]}
+
+
 def _router_tab(service: DemoService, search: SearchView) -> RouterView:
-    gr.Markdown("Every routing layer mixes the outputs of its operation modules with weights that the "
-                "**image router** (reading the garment) and the **text router** (reading the change) choose for "
-                "this query. Rows are the cell a path leaves, columns the cell it enters in the next layer; hover "
-                "a cell to read what its module does.")
-    summary = gr.Markdown("*Run a search to see its route.*", elem_id="route-summary")
-    waiting = viz.placeholder("Run a search on the Search tab: its route appears here.")
-    routes = gr.Plot(waiting, show_label=False, elem_id="route-plot")
-    usage = gr.Plot(viz.placeholder("Module usage appears after a search."), show_label=False,
-                    elem_id="usage-plot")
-    view = RouterView(summary, routes, usage)
-    _compare_section(service, search)
+    gr.Markdown(ROUTER_INTRO)
+    summary = gr.Markdown("", elem_id="route-summary")
+    # drawn when the tab is opened (_wire_router), before the first search with an example query
+    routes = gr.Plot(None, show_label=False, elem_id="route-plot")
+    usage = gr.Plot(None, show_label=False, elem_id="usage-plot")
+    view = RouterView(summary, routes, usage, gr.State(None), None)
+    view.compare_status = _compare_section(service, search)
     _statistics_section(service)
     return view
 
 
-def _compare_section(service: DemoService, search: SearchView) -> None:
+def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: RouterView) -> None:
+    """Opening the Router tab draws the route of the last search (an example before the first), only when it
+    differs from what is drawn; a stale "pick a garment first" under Compare goes once a garment is picked."""
+    example: dict[str, Any] = {}
+
+    def show(query: dict | None, reference: dict | None, drawn: list | None, compare_note: str) -> tuple:
+        note = "" if reference is not None and (compare_note or "").startswith(_warning("Pick")[:6]) else gr.skip()
+        shown = query or example.setdefault("query", _example_query(service))
+        key = [shown["reference"].get("id") or shown["reference"]["image"], shown["text"]]
+        if key == drawn:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
+        try:
+            result = service.routes(_engine_reference(shown["reference"]), [shown["text"]])[0]
+        except SdfnError as err:
+            return _warning(client_message(service, err)), gr.skip(), gr.skip(), None, note
+        summary, routes, usage = route_outputs(service, result)
+        if query is None:
+            summary = ("*An example query: run a search on the Search tab to see your own query's route.*\n\n"
+                       + summary)
+        return summary, routes, usage, key, note
+
+    tab.select(show, [search.last_query, search.reference, view.drawn, view.compare_status],
+               [view.summary, view.routes, view.usage, view.drawn, view.compare_status], concurrency_id="route",
+               api_visibility="private")
+
+
+def _compare_section(service: DemoService, search: SearchView) -> gr.Markdown:
     gr.Markdown("### Compare two changes on the same garment", elem_classes="sdfn-step")
+    gr.Markdown("Same garment, two texts: the image router reads the garment, so in the first layer only the text "
+                "router's gates can differ. The heatmaps show B − A for each router on a fixed −1 to +1 scale (a "
+                "gate's whole range), so a small difference looks small.")
     with gr.Row(equal_height=True):
-        text_a = gr.Textbox(label="Change A", value=GENERIC_CHANGES[0], scale=3)
-        text_b = gr.Textbox(label="Change B", value=GENERIC_CHANGES[1], scale=3)
-        compare = gr.Button("Compare routes", variant="primary", scale=1, min_width=140)
-    status = gr.Markdown("", elem_classes="sdfn-status")
-    usage = gr.Plot(viz.placeholder("Pick a garment on the Search tab, then compare two changes."),
-                    show_label=False)
-    routes = gr.Plot(viz.placeholder("Routes side by side and their difference appear here."), show_label=False)
+        text_a = gr.Textbox(label="Change A", value=GENERIC_CHANGES[0], scale=3, min_width=200, elem_id="compare-a")
+        text_b = gr.Textbox(label="Change B", value=GENERIC_CHANGES[1], scale=3, min_width=200, elem_id="compare-b")
+        compare = gr.Button("Compare routes", variant="primary", scale=1, min_width=140, elem_id="compare-button")
+    status = gr.Markdown("", elem_classes="sdfn-status", elem_id="compare-status")
+    # hidden until there is something to draw: no empty boxes
+    usage = gr.Plot(None, show_label=False, elem_id="compare-usage", visible=False)
+    routes = gr.Plot(None, show_label=False, elem_id="compare-routes", visible=False)
 
     def run(reference: dict | None, a: str, b: str) -> tuple:
         if reference is None:
@@ -407,27 +541,31 @@ def _compare_section(service: DemoService, search: SearchView) -> None:
             return gr.skip(), gr.skip(), _warning(client_message(service, err))
         if first.trace is None or second.trace is None:
             why = "This model's fusion is static: both changes take the same fixed path."
-            return viz.placeholder(why), viz.placeholder(why), why
+            return gr.Plot(visible=False), gr.Plot(visible=False), why
         la, lb = first.query.text_used, second.query.text_used
-        return (viz.usage_figure([first.trace, second.trace], [f"A: {la}", f"B: {lb}"], "Module usage, A vs B"),
-                viz.comparison_figure(first.trace, second.trace, la, lb),
-                f"Routes of A and B on {reference['label']}.")
+        return (gr.Plot(viz.usage_figure([first.trace, second.trace], [f"A: {la}", f"B: {lb}"],
+                                         "Module usage, A vs B"), visible=True),
+                gr.Plot(viz.comparison_figure(first.trace, second.trace, la, lb), visible=True),
+                f"Routes of A “{la}” and B “{lb}” on {reference['label']}. "
+                + viz.largest_difference(first.trace, second.trace))
 
     compare.click(run, [search.reference, text_a, text_b], [usage, routes, status], api_visibility="private",
                   concurrency_id="route")
-    search.last_query.change(lambda q: q["text"] if q and q["text"] else gr.skip(), search.last_query, text_a,
-                             api_visibility="private", queue=False)
+    # the last search's change becomes change A (in the browser: no request)
+    search.last_query.change(None, [search.last_query, text_a], text_a,
+                             js="(q, a) => (q && q.text) ? q.text : a", api_visibility="private", queue=False)
+    return status
 
 
 def _statistics_section(service: DemoService) -> None:
     gr.Markdown("### Route statistics by kind of change", elem_classes="sdfn-step")
     gr.Markdown("Do the routers treat a colour change differently from a sleeve change? Over every annotated query "
                 "of the val split, the mean module usage per kind of change (a query asking for two changes counts "
-                "in both), and how each kind differs from all queries together. Computed once per model and "
-                "catalog (a few seconds), then cached.")
+                "in both), and how each kind differs from all queries together, in percentage points. Computed "
+                "once per model and catalog (a few seconds), then cached.")
     button = gr.Button("Compute route statistics (val split)", elem_id="stats-button")
-    summary = gr.Markdown("", elem_classes="sdfn-status")
-    plot = gr.Plot(viz.placeholder("Press the button to compute the statistics."), show_label=False)
+    summary = gr.Markdown("", elem_classes="sdfn-status", elem_id="stats-summary")
+    plot = gr.Plot(None, show_label=False, visible=False, elem_id="stats-plot")
     table = gr.Dataframe(interactive=False, visible=False)
 
     def compute() -> tuple:
@@ -437,7 +575,7 @@ def _statistics_section(service: DemoService) -> None:
             return _warning(client_message(service, err)), gr.skip(), gr.skip()
         if stats is None:
             why = "This model's fusion is static: there are no routes to compare."
-            return why, viz.placeholder(why), gr.Dataframe(visible=False)
+            return why, gr.Plot(visible=False), gr.Dataframe(visible=False)
         rows = []
         for k in [stats.overall, *stats.by_kind]:
             top = [stats.cells[int(i)].replace("_", " ") for i in k.usage.argmax(dim=1)]
@@ -446,8 +584,9 @@ def _statistics_section(service: DemoService) -> None:
                          "most used module per layer": " → ".join(top)})
         text = (f"{stats.overall.queries:,} queries · {stats.distinct_strongest_paths} distinct strongest paths; the "
                 f"most common one is taken by {stats.top_path_share:.0%} of queries · uniform routing would have "
-                f"entropy {math.log(len(stats.cells)):.3f} nats.")
-        return text, viz.statistics_figure(stats), gr.Dataframe(pd.DataFrame(rows), visible=True)
+                f"entropy {math.log(len(stats.cells)):.3f} nats.\n\n" + viz.statistics_note(stats))
+        return (text, gr.Plot(viz.statistics_figure(stats), visible=True),
+                gr.Dataframe(pd.DataFrame(rows), visible=True))
 
     button.click(compute, None, [summary, plot, table], api_visibility="private", concurrency_id="statistics")
 
@@ -515,9 +654,12 @@ def api_endpoints(service: DemoService) -> None:
     def search(reference: str | None = None, image: str | None = None, text: str | None = None,
                k: float | None = None, category: str | None = None) -> dict:
         """Rank catalog items for a reference (catalog id or image file) changed by a text; k: a whole number
-        from 1 to 1000 (default 10). Returns {"query", "results", "routing", "target"}; result images are named
-        relative to the catalog folder; target: where the annotated answer of a known val/test (reference,
-        caption) pair landed, else null."""
+        from 1 to 1000 (default 10); category: empty searches the reference's own category (an image: its
+        predicted category, or all when uncertain or unlike the catalog), "all" the whole catalog, else that
+        category. Returns {"query", "results", "routing", "target"}; query says the category searched and why
+        (category_source: reference, predicted, uncertain or asked), an image's prediction and any warning
+        (an image unlike every catalog item); result images are named relative to the catalog folder; target:
+        where the annotated answer of a known val/test (reference, caption) pair landed, else null."""
         try:
             ref = _api_reference(service, reference, image)
             return service.search(ref, text or "", 10 if k is None else k, (category or "").strip() or None
@@ -591,13 +733,14 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Search", id="search"):
                 search, browser, browser_ids, upload = _search_tab(service)
-            with gr.Tab("Router", id="router"):
+            with gr.Tab("Router", id="router") as router_tab:
                 router = _router_tab(service, search)
             with gr.Tab("Explain", id="explain") as explain_tab:
                 explain_opener = demo_explain.explain_tab(service, search.reference, search.text)
             with gr.Tab("Train", id="train"):
                 training = train_tab(service, header, allow_training)   # sdfn.demo_train_view
         _wire_search(service, search, router, browser, browser_ids, upload)
+        _wire_router(service, router_tab, search, router)
         explain_opener.wire(explain_tab)
         api_endpoints(service)
         demo_explain.api_endpoints(service)   # /explain, /compare_models
@@ -617,6 +760,9 @@ def launch(demo: gr.Blocks, service: DemoService, host: str = "127.0.0.1", port:
     Search events run up to SEARCH_CONCURRENCY at once (they wait together for one batch), so the worker
     threads are raised above that."""
     demo.queue(default_concurrency_limit=2)
+    # the served catalog images go out as static files: a gallery hands out their URLs as they are, instead of
+    # hashing and copying every picture into Gradio's cache on each search and page turn
+    gr.set_static_paths([str(service.images.folder)])
     kwargs.setdefault("max_threads", SEARCH_CONCURRENCY + 16)
     return demo.launch(server_name=host, server_port=port, theme=THEME, css=CSS, max_file_size=MAX_UPLOAD,
                        allowed_paths=[str(service.images.folder)], footer_links=["api", "gradio"], **kwargs)

@@ -1,20 +1,26 @@
 """The demo in a real browser (Playwright driving Debian's chromium, never a downloaded one): pick a garment, type a
 change, see k results and the router plot; upload a photo; click a result to refine and step back; bad input shows
-a message. The page must work offline: any request that leaves the demo's own server fails the test. Screenshots
-go to tests/artifacts/ (git-ignored) for a person to look at."""
+a message; the Router tab laid out at full width after a search on the Search tab, with an example before any
+search, honest scales and Compare's two routers apart; coherent state (old results marked, the catalog's highlight
+following the garment, warnings going once their cause is gone); a 390 px phone layout checked by element bounds.
+The page must work offline: any request that leaves the demo's own server fails the test. Screenshots go to
+tests/artifacts/ (git-ignored) for a person to look at."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_ITEMS_PER_CATEGORY
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 30_000
+ITEMS_PER_CATEGORY = SMALL_ITEMS_PER_CATEGORY   # the served small catalog: 5 categories of this many
 
 pytestmark = [
     pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium "
@@ -24,6 +30,7 @@ pytestmark = [
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
+expect.set_options(timeout=TIMEOUT_MS)   # a shared, busy machine: answers can take seconds
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +41,15 @@ def browser():
         chromium.close()
 
 
-@pytest.fixture
-def page(browser, served_demo):
-    """A fresh page on the demo; afterwards, no request may have left the demo's server (offline use)."""
-    url = served_demo[1]
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+VIEWPORT = {"width": 1400, "height": 1000}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+
+
+@contextlib.contextmanager
+def opened(browser, url: str, **options):
+    """A fresh page on the demo, its catalog shown; afterwards, no request may have left the demo's server
+    (offline use)."""
+    context = browser.new_context(**options)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     outside: list[str] = []
@@ -49,6 +60,19 @@ def page(browser, served_demo):
     yield page
     context.close()
     assert outside == [], f"the page fetched from outside the demo: {outside}"
+
+
+@pytest.fixture
+def page(browser, served_demo):
+    with opened(browser, served_demo[1], viewport=VIEWPORT) as page:
+        yield page
+
+
+@pytest.fixture
+def phone(browser, served_demo):
+    """The demo on a 390x844 phone screen."""
+    with opened(browser, served_demo[1], **PHONE) as page:
+        yield page
 
 
 def shot(page, name: str) -> None:
@@ -135,3 +159,217 @@ def test_bad_input_shows_a_message(page, tmp_path):
     expect(page.locator("#search-status")).to_contain_text("notes.txt")
     expect(page.locator("#search-status")).not_to_contain_text("Traceback")
     shot(page, "bad-input")
+
+
+# ---- responsive: the wait as the visitor feels it ----------------------------------------------------------
+
+def test_status_says_how_long_the_visitor_waited(page):
+    pick(page, 1)
+    search(page, "is red", 5)
+    # measured in the browser, click to results on screen, beside the server's own share
+    expect(page.locator("#search-status")).to_contain_text(re.compile(r"you waited \d+ ms"))
+    expect(page.locator("#search-status")).to_contain_text(re.compile(r"server \d+ ms"))
+
+
+# ---- router plots ------------------------------------------------------------------------------------------
+
+def open_router(page) -> None:
+    page.get_by_role("tab", name="Router").click()
+    expect(page.locator("#route-plot .main-svg").first).to_be_visible()
+
+
+def overlapping_labels(page, selector: str) -> list[str]:
+    """Pairs of a figure's annotation texts (subplot titles) whose boxes intersect on screen."""
+    return page.evaluate("""sel => {
+      const boxes = [...document.querySelectorAll(sel + ' g.annotation')].map(a => [a.textContent,
+                                                                                  a.getBoundingClientRect()]);
+      const out = [];
+      for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+        const [ta, a] = boxes[i], [tb, b] = boxes[j];
+        if (a.width && b.width && a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+          out.push(ta + ' | ' + tb);
+      }
+      return out; }""", selector)
+
+
+def plot_fills_its_box(page, selector: str) -> None:
+    """The figure is as wide as its container (a figure drawn in a hidden tab keeps a wrong width) and its
+    tick labels lie flat (squeezed subplots turn them vertical)."""
+    sizes = page.evaluate("""sel => [document.querySelector(sel).getBoundingClientRect().width,
+                                     document.querySelector(sel + ' .main-svg').getBoundingClientRect().width]""",
+                          selector)
+    assert sizes[1] >= 0.9 * sizes[0] - 20, f"{selector}: figure {sizes[1]:.0f} px wide in a {sizes[0]:.0f} px box"
+    rotated = page.evaluate("""sel => [...document.querySelectorAll(sel + ' .xtick text')]
+                                 .filter(t => (t.getAttribute('transform') || '').includes('rotate')).length""",
+                            selector)
+    assert rotated == 0, f"{selector}: {rotated} tick labels turned"
+
+
+def test_router_tab_shows_an_example_before_the_first_search(page):
+    open_router(page)
+    expect(page.locator("#route-summary")).to_contain_text("example query")
+    expect(page.locator("#route-summary")).to_contain_text("Strongest path")
+    expect(page.locator("#usage-plot .main-svg").first).to_be_visible()
+    plot_fills_its_box(page, "#route-plot")
+    # units said once, in words: gates from 0 to 1, a row need not sum to 1, each router's half
+    expect(page.get_by_text("does not sum to 1")).to_be_visible()
+    # nothing drawn yet for Compare and the statistics: no empty boxes
+    expect(page.locator("#compare-routes")).to_be_hidden()
+    expect(page.locator("#stats-plot")).to_be_hidden()
+    shot(page, "router-example")
+
+
+def test_router_after_a_search_is_laid_out_at_full_width(page):
+    pick(page, 3)
+    search(page, "is darker and has no pattern", 5)
+    open_router(page)
+    expect(page.locator("#route-summary")).to_contain_text("is darker and has no pattern")
+    expect(page.locator("#route-summary")).not_to_contain_text("example query")
+    plot_fills_its_box(page, "#route-plot")
+    plot_fills_its_box(page, "#usage-plot")
+    assert overlapping_labels(page, "#route-plot") == []
+    for title in ("image router gate", "text router gate", "path weight (mean)", "layer 1 · from", "to"):
+        expect(page.locator("#route-plot")).to_contain_text(title)
+    # one fixed, labelled colour scale: 0 shut to 1 open
+    expect(page.locator("#route-plot .colorbar")).to_contain_text("0 shut")
+    shot(page, "router-after-search")
+    # a new search changes the route drawn when the tab is opened again
+    page.get_by_role("tab", name="Search").click()
+    search(page, "has longer sleeves", 5)
+    open_router(page)
+    expect(page.locator("#route-summary")).to_contain_text("has longer sleeves")
+
+
+def test_compare_draws_the_two_routers_apart_and_says_the_largest_difference(page):
+    pick(page, 0)
+    open_router(page)
+    page.locator("#compare-a textarea").fill("is red")
+    page.locator("#compare-b textarea").fill("is red and has longer sleeves")
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-status")).to_contain_text("Largest change of a gate")
+    expect(page.locator("#compare-status")).to_contain_text(re.compile(r"text router: \d+ points"))
+    expect(page.locator("#compare-routes .main-svg").first).to_be_visible()
+    for title in ("image router gate: B − A", "text router gate: B − A", "layer 1 · from", "to"):
+        expect(page.locator("#compare-routes")).to_contain_text(title)
+    plot_fills_its_box(page, "#compare-routes")
+    assert overlapping_labels(page, "#compare-routes") == []
+    shot(page, "compare")
+
+
+def test_statistics_state_their_largest_difference(page):
+    open_router(page)
+    page.locator("#stats-button").click()
+    expect(page.locator("#stats-summary")).to_contain_text(re.compile(r"at most \d+\.\d percentage points"))
+    expect(page.locator("#stats-plot .main-svg").first).to_be_visible()
+    assert overlapping_labels(page, "#stats-plot") == []
+
+
+# ---- coherent state ----------------------------------------------------------------------------------------
+
+def test_compare_warning_goes_once_a_garment_is_picked(page):
+    open_router(page)
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-status")).to_contain_text("Pick a garment")
+    page.get_by_role("tab", name="Search").click()
+    pick(page, 2)
+    open_router(page)
+    expect(page.locator("#compare-status")).not_to_contain_text("Pick a garment")
+
+
+def test_a_new_garment_marks_the_old_results(page):
+    pick(page, 0)
+    search(page, "is red", 4)
+    expect(page.locator("#results-gallery")).not_to_have_class(re.compile("sdfn-stale"))
+    pick(page, 5)
+    expect(page.locator("#results-gallery")).to_have_class(re.compile("sdfn-stale"))
+    expect(page.locator("#target-note")).to_contain_text("previous garment")
+    search(page, "is blue", 4)
+    expect(page.locator("#results-gallery")).not_to_have_class(re.compile("sdfn-stale"))
+    expect(page.locator("#target-note")).not_to_contain_text("previous garment")
+
+
+def selected_slots(page) -> list[int]:
+    return page.evaluate("""() => [...document.querySelectorAll('#catalog-browser button.thumbnail-item')]
+                              .map((b, i) => b.classList.contains('selected') ? i : -1).filter(i => i >= 0)""")
+
+
+def test_the_catalog_highlight_follows_the_picked_garment(page):
+    pick(page, 2)
+    assert selected_slots(page) == [2]
+    picked = page.locator("#reference-info").inner_text().split()[0]
+    category = next(c for c in ("dress", "shirt", "toptee") if not picked.startswith(c))
+    page.locator("#catalog-category input").click()
+    page.get_by_role("option", name=re.compile(f"^{category}")).click()
+    expect(page.locator("#pager")).to_contain_text(f"{ITEMS_PER_CATEGORY} items")
+    assert selected_slots(page) == []     # the garment is not on this page: no slot looks picked
+    page.locator("#catalog-category input").click()
+    page.get_by_role("option", name="All categories").click()
+    expect(page.locator("#pager")).to_contain_text(f"{5 * ITEMS_PER_CATEGORY} items")
+    expect(page.locator("#catalog-browser button.thumbnail-item.selected")).to_have_count(1)
+    assert selected_slots(page) == [2]
+
+
+def test_refining_keeps_the_results_and_their_table_together(page):
+    pick(page, 0)
+    search(page, "is darker", 4)
+    results(page).nth(1).click()
+    expect(page.locator("#search-status")).to_contain_text("Refining from")
+    # the previous step's results stay, greyed, with their table: never an empty grid
+    expect(results(page)).to_have_count(4)
+    expect(page.locator("#results-gallery")).to_have_class(re.compile("sdfn-stale"))
+    page.get_by_text("Results as a table").click()
+    expect(page.locator("#results-table")).to_contain_text("score")
+    assert len(re.findall(r"\b[a-z]+-\d{6}\b", page.locator("#results-table").inner_text())) == 4
+
+
+# ---- phone -------------------------------------------------------------------------------------------------
+
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth;
+  const out = [];
+  for (const e of document.querySelectorAll('body *')) {
+    const r = e.getBoundingClientRect();
+    const style = getComputedStyle(e);
+    if (!r.width || !r.height || style.visibility === 'hidden' || style.display === 'none') continue;
+    if (e.closest('.js-plotly-plot, #plotly-warm, .sdfn-chain, .table-wrap, [role=tablist], .wrap.default')) continue;
+    // partly off screen (entirely off-screen helpers, like Plotly's text measurer, show nothing)
+    const partly = (r.right > width + 1 && r.left < width) || (r.left < -1 && r.right > 0);
+    if (partly) out.push((e.id || e.className.toString() || e.tagName).slice(0, 60)
+                         + ' ' + Math.round(r.left) + '..' + Math.round(r.right));
+  }
+  return [document.documentElement.scrollWidth, width, out.slice(0, 10)];
+}"""
+
+
+def columns(page, selector: str) -> int:
+    """How many columns a gallery shows: the distinct left edges of its thumbnails."""
+    return page.evaluate("""sel => new Set([...document.querySelectorAll(sel + ' button.thumbnail-item')]
+                                  .map(b => Math.round(b.getBoundingClientRect().left))).size""", selector)
+
+
+def test_phone_layout_fits_390_px(phone):
+    page = phone
+    # the catalog is above, not on the left (the text as shown: the other layout's words are hidden)
+    expect(page.locator("#reference-info")).to_contain_text("catalog above", use_inner_text=True)
+    assert 2 <= columns(page, "#catalog-browser") <= 3
+    label = page.locator("#pager .block.sdfn-status")
+    box = label.bounding_box()
+    assert box["width"] > 150 and box["height"] < 70, f"the pager's label is squeezed: {box}"
+    pick(page, 0)
+    search(page, "is red", 6)
+    images_load(page, "#results-gallery")
+    assert 2 <= columns(page, "#results-gallery") <= 3
+    # scores readable: no caption cut short
+    cut = page.evaluate("""() => [...document.querySelectorAll('#results-gallery .caption-label')]
+                             .filter(c => c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)""")
+    assert cut == []
+    scroll_width, width, outside = page.evaluate(OVERFLOW)
+    assert scroll_width <= width and outside == [], f"wider than the {width} px screen: {outside}"
+    # the "Search in" dropdown's text is not under its arrow
+    scope = page.locator("#scope input").bounding_box()
+    assert scope["width"] > 120
+    shot(page, "phone")
+    open_router(page)
+    scroll_width, width, outside = page.evaluate(OVERFLOW)
+    assert scroll_width <= width and outside == [], f"Router tab wider than the {width} px screen: {outside}"
+    shot(page, "phone-router")

@@ -444,8 +444,9 @@ def test_catalog_images_outside_the_catalog_folder_show_in_the_search_view(small
     demo, url = serve(service)
     try:
         raw = RawClient(url)
-        picked = raw.call(raw.fn_index("catalog-browser", "select"), [None], {"index": 2, "value": None,
-                                                                               "selected": True})
+        # inputs: the page's ids and the results shown (both session state, held by the server)
+        picked = raw.call(raw.fn_index("catalog-browser", "select"), [None, None], {"index": 2, "value": None,
+                                                                                     "selected": True})
         assert picked["success"], picked
         assert "Picked dress/2.png" in json.dumps(picked["output"]["data"])
         found = raw.call(raw.fn_index("search-button", "click"), [None, "is red", 4, "all"])
