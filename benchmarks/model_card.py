@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -213,7 +215,14 @@ def main() -> None:
                         help="where the recipe ran, for the card")
     args = parser.parse_args()
     source = ComposedRetrievalModel.load(args.run / "best")
-    source.save(args.out, half=True, extra={"shipped_from": str(args.run / "best")})
+    with tempfile.TemporaryDirectory() as keep:
+        # save() swaps the whole folder in: folders shipped beside the weights (the shipped Combiner's
+        # combiner/, tested against this backbone) are carried over, not lost
+        kept = [shutil.copytree(d, Path(keep) / d.name) for d in args.out.iterdir() if d.is_dir()] \
+            if args.out.is_dir() else []
+        source.save(args.out, half=True, extra={"shipped_from": str(args.run / "best")})
+        for folder in kept:
+            shutil.copytree(folder, args.out / Path(folder).name, dirs_exist_ok=True)
     dataset = open_dataset("fashioniq", args.catalog)
     catalog = pd.read_csv(args.catalog / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
     metrics = {split: split_metrics(args.out, dataset, catalog, split) for split in ("val", "test")}
