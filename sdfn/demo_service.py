@@ -213,11 +213,13 @@ class ServedImages:
 
 def _warm_up(retriever: Retriever) -> None:
     """One search on the first catalog item, its answer thrown away: the model's first call (allocations, lazy
-    initialisation) is paid here rather than by the first visitor. Nothing it does is needed: any error is only
-    logged."""
+    initialisation) is paid here rather than by the first visitor; then the catalog image profile an upload's
+    category prediction needs (Retriever.category_profile, seconds), so the first upload does not wait for it.
+    Nothing it does is needed: any error is only logged."""
     try:
         first = retriever.index.ids[0]
         retriever.search_batch([{"reference": first, "text": GENERIC_CHANGES[0], "k": 1}])
+        retriever.category_profile()
     except Exception as err:   # noqa: BLE001  (a warm-up must never take the server down)
         log.debug("warm-up search failed: %s", err)
 
