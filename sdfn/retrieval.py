@@ -3,19 +3,21 @@
     from sdfn import Retriever
 
     retriever = Retriever()                  # shipped sdfn-tiny + the default catalog (generated if missing)
-    result = retriever.search("dress_00012", "is red and has long sleeves", k=10, category="dress")
+    result = retriever.search("dress-000012", "is red and has long sleeves", k=10)   # among dresses (its category)
+    everywhere = retriever.search("dress-000012", "is red", k=10, category="all")
+    upload = retriever.search("my_photo.jpg", "is darker")   # its predicted category (query.prediction, .warning)
     for item in result.items:
         print(item.rank, item.id, item.score, item.metadata["title"])
     result.to_json()                         # {"query": ..., "results": [...], "routing": ...}
 
-The path through it is the one training and evaluation take: reference features (from the index's
-feature cache for a catalog item, else decoded by `sdfn.data.images.load_model_image` and encoded) and
-text features -> fusion network (router trace, `sdfn.encode.compose_queries`) -> query vector -> FAISS ->
-catalog rows. A `Retriever` opens its (model, catalog, index) snapshot at construction and never reads
-the index folder again. One `Retriever` may serve many threads: it runs the model in eval mode under
-`torch.inference_mode` and searches with per-call FAISS parameters, so concurrent searches answer exactly
-as sequential ones. Results name images relative to the catalog folder (`ResultItem.image`); the file
-itself is `ResultItem.file`, which JSON answers leave out.
+The path through it is the one training and evaluation take: reference features (from the index's feature cache
+for a catalog item, else decoded by `sdfn.data.images.load_model_image` and encoded) and text features -> fusion
+network (router trace, `sdfn.encode.compose_queries`) -> query vector -> FAISS -> catalog rows, within the
+reference's own category unless told otherwise (sdfn.scope). A `Retriever` opens its (model, catalog, index)
+snapshot at construction and never reads the index folder again. One `Retriever` may serve many threads: it runs
+the model in eval mode under `torch.inference_mode` and searches with per-call FAISS parameters, so concurrent
+searches answer exactly as sequential ones. Results name images relative to the catalog folder
+(`ResultItem.image`); the file itself is `ResultItem.file`, which JSON answers leave out.
 """
 
 from __future__ import annotations
