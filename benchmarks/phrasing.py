@@ -193,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--catalog", type=Path, default=None, help="default: the default synthetic catalog")
     parser.add_argument("--seed", type=int, default=0, help="phrasing seed (requests per triplet)")
     parser.add_argument("--splits", default="val,test")
+    parser.add_argument("--categories", default=None, help="comma-separated subset (default: every category)")
     parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--metrics", type=Path, default=None,
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     catalog_root = args.catalog or default_catalog()
     dataset = open_dataset("fashioniq", catalog_root)
+    dataset.restrict_categories(args.categories.split(",") if args.categories else None)
     catalog = pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
     model = ComposedRetrievalModel.load(args.checkpoint)
     encoder = ModelQueryEncoder(model, batch_size=256)
@@ -212,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(text)
     body = "\n".join([
         f"Checkpoint `{shown_path(args.checkpoint)}`, catalog `{shown_path(catalog_root)}` "
-        f"({', '.join(args.splits.split(','))} splits), phrasing seed {args.seed}. Gallery: the reference's "
+        f"({', '.join(args.splits.split(','))} splits{'; ' + args.categories if args.categories else ''}), "
+        f"phrasing seed {args.seed}. Gallery: the reference's "
         "category split, reference excluded. sat@1 as sdfn.evaluate defines it (top-1 keeps the category and has "
         "every asked value), mean per category then over categories; R@1 pooled over queries. Held-out "
         "phrasings: one request per triplet from the HELD-OUT part of sdfn/data/synth/phrasing.py (frames, "
