@@ -303,7 +303,9 @@ class DemoService:
                         else Captions(retriever.catalog.root)
                 self._policy = TrainingPolicy([retriever.catalog.root], self.train_root)
                 self._retriever = retriever
-                threading.Thread(target=_warm_up, args=(retriever,), name="sdfn-warm-up", daemon=True).start()
+                # not a daemon: a process stopped during the warm-up waits for it (seconds) rather than ending
+                # while torch runs on that thread (which aborts: "terminate called without an active exception")
+                threading.Thread(target=_warm_up, args=(retriever,), name="sdfn-warm-up").start()
         return self
 
     @property
