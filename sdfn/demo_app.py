@@ -197,6 +197,7 @@ class SearchView:
     target: gr.Markdown
     results: gr.Gallery
     table: gr.Dataframe
+    route: gr.State | None = None         # the last search's SearchResult: the Router tab draws its trace
 
 
 @dataclass
@@ -287,7 +288,7 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
             status = gr.Markdown("", elem_id="search-status", elem_classes="sdfn-status")
     # an invisible plot: the page loads Plotly (~1 MB of script) while the visitor is on the Search tab, not when
     # the Router tab is first opened (a hidden tab's components are only mounted when it is shown)
-    gr.Plot(viz.placeholder("", 10), show_label=False, elem_id="plotly-warm", container=False)
+    gr.Plot(viz.warm_up_figure(), show_label=False, elem_id="plotly-warm", container=False)
     gr.Markdown("### 3 · Results: click one to refine the search from it", elem_classes="sdfn-step")
     with gr.Group(visible=False) as chain_box:
         chain_strip = gr.HTML("", elem_id="chain", padding=True)
@@ -301,7 +302,7 @@ def _search_tab(service: DemoService) -> tuple[SearchView, gr.Gallery, gr.State,
                              elem_id="results-table")
     view = SearchView(picked, gr.State(None), gr.State([]), gr.State([]), reference_image, reference_info,
                       text, suggestions, k, scope, search, status, chain_box, chain_strip, back, target, results,
-                      table)
+                      table, gr.State(None))
     return view, browser, browser_ids, upload
 
 
@@ -375,25 +376,26 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         if reference is None:
             return (*skip_results, _warning("Pick a garment from the catalog <span class='sdfn-wide'>(left)</span>"
                                             "<span class='sdfn-narrow'>(above)</span> or upload a photo first, "
-                                            "then press Search."))
+                                            "then press Search."), gr.skip())
         try:
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
-            return (*skip_results, _warning(client_message(service, err)))
+            return (*skip_results, _warning(client_message(service, err)), gr.skip())
         query = {"reference": reference, "text": text or ""}
         # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
         # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
         return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[]),
                 _results_table(outcome), outcome.target.message() if outcome.target else "",
                 [i.id for i in outcome.result.items], query,
-                _status_line(outcome.result, len(service.retriever.index)))
+                _status_line(outcome.result, len(service.retriever.index)), outcome.result)
 
-    search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status]
+    search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status,
+                      view.route]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
         trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
-                concurrency_limit=SEARCH_CONCURRENCY, js=CLICK_JS, **private).then(
+                concurrency_limit=SEARCH_CONCURRENCY, js=CLICK_JS, queue=False, **private).then(
             None, view.status, view.status, js=WAITED_JS, queue=False, **private)
 
     def choose(reference: dict, chain: list[dict], message: str, shown: list[str], page: list[str]) -> tuple:
@@ -495,14 +497,16 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
     differs from what is drawn; a stale "pick a garment first" under Compare goes once a garment is picked."""
     example: dict[str, Any] = {}
 
-    def show(query: dict | None, reference: dict | None, drawn: list | None, compare_note: str) -> tuple:
+    def show(query: dict | None, searched: SearchResult | None, reference: dict | None, drawn: list | None,
+             compare_note: str) -> tuple:
         note = "" if reference is not None and (compare_note or "").startswith(_warning("Pick")[:6]) else gr.skip()
         shown = query or example.setdefault("query", _example_query(service))
         key = [shown["reference"].get("id") or shown["reference"]["image"], shown["text"]]
         if key == drawn:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
-        try:
-            result = service.routes(_engine_reference(shown["reference"]), [shown["text"]])[0]
+        try:   # the last search's own trace where there is one: no second pass through the model
+            result = searched if query is not None and searched is not None else service.routes(
+                _engine_reference(shown["reference"]), [shown["text"]])[0]
         except SdfnError as err:
             return _warning(client_message(service, err)), gr.skip(), gr.skip(), None, note
         summary, routes, usage = route_outputs(service, result)
@@ -511,9 +515,9 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
                        + summary)
         return summary, routes, usage, key, note
 
-    tab.select(show, [search.last_query, search.reference, view.drawn, view.compare_status],
-               [view.summary, view.routes, view.usage, view.drawn, view.compare_status], concurrency_id="route",
-               api_visibility="private")
+    tab.select(show, [search.last_query, search.route, search.reference, view.drawn, view.compare_status],
+               [view.summary, view.routes, view.usage, view.drawn, view.compare_status], queue=False,
+               api_visibility="private")   # one plain request: the queue's join and event stream cost more
 
 
 def _compare_section(service: DemoService, search: SearchView) -> gr.Markdown:
@@ -550,10 +554,13 @@ def _compare_section(service: DemoService, search: SearchView) -> gr.Markdown:
                 + viz.largest_difference(first.trace, second.trace))
 
     compare.click(run, [search.reference, text_a, text_b], [usage, routes, status], api_visibility="private",
-                  concurrency_id="route")
-    # the last search's change becomes change A (in the browser: no request)
-    search.last_query.change(None, [search.last_query, text_a], text_a,
-                             js="(q, a) => (q && q.text) ? q.text : a", api_visibility="private", queue=False)
+                  queue=False)
+    # a comparison (or its warning) is about one garment: a new garment takes it away
+    search.reference.change(lambda: (gr.Plot(visible=False), gr.Plot(visible=False), ""), None,
+                            [usage, routes, status], api_visibility="private", queue=False)
+    # the last search's change becomes change A
+    search.last_query.change(lambda q: q["text"] if q and q["text"] else gr.skip(), search.last_query, text_a,
+                             api_visibility="private", queue=False)
     return status
 
 

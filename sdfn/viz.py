@@ -47,6 +47,16 @@ def placeholder(message: str, height: int = 220) -> go.Figure:
     return _figure([], {**layout, **_base(height)})
 
 
+def warm_up_figure() -> go.Figure:
+    """A tiny figure with what the route figures draw (a heatmap with text in its cells, a bar chart): drawn
+    unseen when the page loads, so the browser has loaded and run Plotly's heatmap code before the Router tab is
+    first opened (its first heatmap otherwise costs the visitor several hundred ms)."""
+    axes, refs, _ = _grid(1, 2, 10, 0)
+    data = [_heatmap([[0.5]], ["a"], ["b"], refs[0][0], "", SEQUENTIAL, 0.0, 1.0, "%{z:.2f}", None),
+            {"type": "bar", "x": ["a"], "y": [1], "xaxis": refs[0][1][0], "yaxis": refs[0][1][1]}]
+    return _figure(data, {**axes, **_base(10, margin={"l": 0, "r": 0, "t": 0, "b": 0}), "showlegend": False})
+
+
 def _base(height: int, title: str = "", margin: dict | None = None) -> dict:
     """What every figure's layout shares: its height in pixels, margins, font, a transparent background."""
     return {"height": height, "margin": margin or {"l": 10, "r": 10, "t": 60 if title else 40, "b": 10},

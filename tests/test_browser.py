@@ -254,6 +254,12 @@ def test_compare_draws_the_two_routers_apart_and_says_the_largest_difference(pag
     plot_fills_its_box(page, "#compare-routes")
     assert overlapping_labels(page, "#compare-routes") == []
     shot(page, "compare")
+    # a comparison is about one garment: picking another takes it away
+    page.get_by_role("tab", name="Search").click()
+    pick(page, 4)
+    open_router(page)
+    expect(page.locator("#compare-routes")).to_be_hidden()
+    expect(page.locator("#compare-status")).not_to_contain_text("Largest change")
 
 
 def test_statistics_state_their_largest_difference(page):
