@@ -32,7 +32,7 @@ CHART_HEIGHT = 300
 LOSS_COLOR, RECALL_COLORS = "#2563eb", ("#ea580c", "#16a34a", "#9333ea", "#0891b2")
 LR_STEP = 0.0001                 # the learning rate's spinner step (its values are around 1e-3)
 NO_RUN = "No run yet: choose the settings and press Start training."
-# the Train view's fields, by TrainingSettings' attribute name: their label and their note when nothing is wrong
+# the fields whose notes a Start answer sets, in this order (TrainingSettings' attribute names)
 FIELDS = ("epochs", "batch_size", "lr", "pretrain_epochs", "catalog")
 _FONT = {"family": "system-ui, -apple-system, 'Segoe UI', sans-serif", "size": 12}
 
@@ -231,7 +231,7 @@ def train_tab(service: DemoService, header: gr.Markdown, allow_training: bool
                                                else ", another visitor's): wait for it to finish."))),
                     *_field_updates({}, notes))
         settings = TrainingSettings(name, folder, e, b, rate, p)
-        problems = {p.field: str(p) for p in policy.problems(settings)}
+        problems = {problem.field: str(problem) for problem in policy.problems(settings)}
         if not problems:
             try:
                 run = service.start_training(settings, session=session)

@@ -350,8 +350,8 @@ def progress_of(settings: TrainingSettings, progress: list[dict], records: list[
         unit = str(record.get("unit") or "")
         label = (f"{_count(done)} / {_count(total)} {unit}".strip() if fraction is not None
                  else f"{_count(done)} {unit}".strip() if isinstance(done, int | float) and done else "")
-        if record.get("closed") and not found:
-            phase += " (done)"
+        if record.get("closed"):
+            phase += " finished: saving the checkpoint, validating on validation epochs" if found else " (done)"
     if records and any(r.get("event") in ("step", "epoch") for r in records):
         stage1_done = float(settings.pretrain_epochs)
     total_epochs = max(1, settings.pretrain_epochs + settings.epochs)

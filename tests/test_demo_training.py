@@ -51,6 +51,9 @@ def test_progress_comes_from_the_records_not_the_console():
     records = [{"event": "epoch", "epoch": 0, "step": 12}, {"event": "epoch", "epoch": 1, "step": 24}]
     fraction, *_ = progress_of(settings(epochs=4), [bar("epoch 3/4", 6, 12)], records)
     assert fraction == pytest.approx(2.5 / 4)
+    # an epoch's bar closed: its steps are done, the checkpoint and validation come before the next record
+    fraction, phase, *_ = progress_of(settings(epochs=4), [bar("epoch 3/4", 12, 12, closed=True)], records)
+    assert fraction == pytest.approx(3 / 4) and phase.startswith("training: epoch 3 of 4 finished: saving")
 
 
 def test_preparation_phases_show_with_their_counts_and_stage_1_counts_in_the_whole():
