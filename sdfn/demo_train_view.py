@@ -29,6 +29,7 @@ from sdfn.errors import SdfnError
 
 POLL_SECONDS = 1.0
 CHART_HEIGHT = 300
+EMPTY_HEIGHT = 170               # a chart with nothing yet: its note, not a tall empty box
 LOSS_COLOR, RECALL_COLORS = "#2563eb", ("#ea580c", "#16a34a", "#9333ea", "#0891b2")
 LR_STEP = 0.0001                 # the learning rate's spinner step (its values are around 1e-3)
 NO_RUN = "No run yet: choose the settings and press Start training."
@@ -88,7 +89,7 @@ def loss_figure(records: Sequence[dict]) -> go.Figure:
     """The training loss at each logged step (log.jsonl "step" records); x from step 0."""
     steps = [r for r in records if r.get("event") == "step" and isinstance(r.get("loss"), int | float)]
     if not steps:
-        return viz.placeholder("The training loss appears here<br>after the first logged steps.", CHART_HEIGHT)
+        return viz.placeholder("The training loss appears here<br>after the first logged steps.", EMPTY_HEIGHT)
     xs, ys = [r["step"] for r in steps], [r["loss"] for r in steps]
     trace = {"type": "scatter", "x": xs, "y": ys, "mode": "lines+markers" if len(xs) < 30 else "lines",
              "name": "loss", "line": {"color": LOSS_COLOR}, "marker": {"size": 5},
@@ -106,7 +107,7 @@ def recall_figure(records: Sequence[dict], epochs: int | None = None, every: int
                    key=lambda k: int(k[2:]))
     if not names:
         when = f"<br>(every {every} epochs, and after the last)" if every and every > 1 else ""
-        return viz.placeholder(f"Validation recall appears here<br>after the first validation{when}.", CHART_HEIGHT)
+        return viz.placeholder(f"Validation recall appears here<br>after the first validation{when}.", EMPTY_HEIGHT)
     traces, top = [], 0.0
     for i, name in enumerate(names):
         points = [(r["epoch"] + 1, r["val"]["mean"][name]) for r in validated if name in r["val"].get("mean", {})]
