@@ -376,22 +376,24 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         if reference is None:
             return (*skip_results, _warning("Pick a garment from the catalog <span class='sdfn-wide'>(left)</span>"
                                             "<span class='sdfn-narrow'>(above)</span> or upload a photo first, "
-                                            "then press Search."), gr.skip())
+                                            "then press Search."), *(gr.skip(),) * 4)
         try:
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
-            return (*skip_results, _warning(client_message(service, err)), gr.skip())
+            return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 4)
         query = {"reference": reference, "text": text or ""}
         # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
         # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
         return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[]),
                 _results_table(outcome), outcome.target.message() if outcome.target else "",
                 [i.id for i in outcome.result.items], query,
-                _status_line(outcome.result, len(service.retriever.index)), outcome.result)
+                _status_line(outcome.result, len(service.retriever.index)), outcome.result, None, None, None)
 
+    # the Router tab's old figures are taken away (the tab is hidden): opening it draws the new ones once, instead
+    # of first re-laying out the old ones at full width and then replacing them
     search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status,
-                      view.route]
+                      view.route, router.routes, router.usage, router.drawn]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
         trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
