@@ -68,10 +68,16 @@ CSS = """
 .sdfn-legend { display: inline-block; width: 160px; height: 10px; vertical-align: middle; border-radius: 3px;
                background: linear-gradient(to right, rgba(220,38,38,0), rgba(220,38,38,1));
                border: 1px solid var(--neutral-300); }
-.sdfn-effects { overflow-x: auto; }
+/* The table scrolls inside its own box: Gradio's columns are flex items that would otherwise grow to the
+   table's width and cut it off at the screen's edge on a phone. */
+.sdfn-effects { overflow-x: auto; max-width: min(100%, calc(100vw - 40px)); }
 .sdfn-effects table { border-collapse: collapse; font-size: 0.85em; }
 .sdfn-effects td, .sdfn-effects th { padding: 2px 6px; border: 1px solid var(--neutral-200); text-align: right; }
 .sdfn-effects th { font-weight: 600; }
+@media (max-width: 600px) {
+  .sdfn-effects table { font-size: 0.72em; }
+  .sdfn-effects td, .sdfn-effects th { padding: 1px 3px; }
+}
 """
 
 # ---- one Explainer per served snapshot ------------------------------------------------------------------------
@@ -186,14 +192,14 @@ def path_figure(e: Explanation) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title_text="word left out")
     fig.update_xaxes(title_text="path (layer, from cell → to cell)", tickangle=-60, tickfont={"size": 9})
     top = float(np.abs(z).max()) if z.size else 0.0
-    note = " (some beyond the scale, saturated)" if top > PATH_POINTS_RANGE else ""
-    title = (f"Path weight with the word − without it, points (fixed ±{PATH_POINTS_RANGE:g}; largest "
+    note = ", shown saturated" if top > PATH_POINTS_RANGE else ""
+    title = (f"Path weight with the word − without it, points<br>(fixed ±{PATH_POINTS_RANGE:g}; largest "
              f"{top:.1f}{note})")
     return _styled(fig, 170 + 26 * len(words), title)
 
 
 def _styled(fig: go.Figure, height: int, title: str) -> go.Figure:
-    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 50, "b": 10}, font=_FONT,
+    fig.update_layout(height=height, margin={"l": 10, "r": 10, "t": 64, "b": 10}, font=_FONT,
                       paper_bgcolor="rgba(0,0,0,0)", plot_bgcolor="rgba(0,0,0,0)",
                       title={"text": title, "x": 0.01, "font": {"size": 13}})
     return fig
@@ -281,7 +287,7 @@ def phrasing_figure(p: PhrasingComparison) -> go.Figure:
             fig.update_yaxes(autorange="reversed", row=r + 1, col=col + 1,
                              title_text="from" if col == 0 else None)
             fig.update_xaxes(title_text="to", row=r + 1, col=col + 1)
-    title = "Two phrasings' path weights (fixed 0–100 points) and B − A (fixed ±" f"{PATH_POINTS_RANGE:g})"
+    title = "Two phrasings' path weights (fixed 0–100 points)<br>and B − A (fixed ±" f"{PATH_POINTS_RANGE:g})"
     return _styled(fig, 250 * layers + 60, title)
 
 
