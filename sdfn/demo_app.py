@@ -207,6 +207,7 @@ class RouterView:
     usage: gr.Plot
     drawn: gr.State                       # [reference, text] of the route on screen
     compare_status: gr.Markdown | None
+    compare_a: gr.Textbox | None = None   # Compare's change A: a search puts its change there
 
 
 def _highlight(ids: list[str], reference: dict[str, Any] | None) -> int | None:
@@ -376,24 +377,25 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         if reference is None:
             return (*skip_results, _warning("Pick a garment from the catalog <span class='sdfn-wide'>(left)</span>"
                                             "<span class='sdfn-narrow'>(above)</span> or upload a photo first, "
-                                            "then press Search."), *(gr.skip(),) * 4)
+                                            "then press Search."), *(gr.skip(),) * 5)
         try:
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
-            return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 4)
+            return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 5)
         query = {"reference": reference, "text": text or ""}
         # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
         # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
         return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[]),
                 _results_table(outcome), outcome.target.message() if outcome.target else "",
                 [i.id for i in outcome.result.items], query,
-                _status_line(outcome.result, len(service.retriever.index)), outcome.result, None, None, None)
+                _status_line(outcome.result, len(service.retriever.index)), outcome.result, None, None, None,
+                text if text else gr.skip())
 
     # the Router tab's old figures are taken away (the tab is hidden): opening it draws the new ones once, instead
     # of first re-laying out the old ones at full width and then replacing them
     search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status,
-                      view.route, router.routes, router.usage, router.drawn]
+                      view.route, router.routes, router.usage, router.drawn, router.compare_a]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
         trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
@@ -489,7 +491,7 @@ def _router_tab(service: DemoService, search: SearchView) -> RouterView:
     routes = gr.Plot(None, show_label=False, elem_id="route-plot")
     usage = gr.Plot(None, show_label=False, elem_id="usage-plot")
     view = RouterView(summary, routes, usage, gr.State(None), None)
-    view.compare_status = _compare_section(service, search)
+    view.compare_status, view.compare_a = _compare_section(service, search)
     _statistics_section(service)
     return view
 
@@ -522,7 +524,7 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
                api_visibility="private")   # one plain request: the queue's join and event stream cost more
 
 
-def _compare_section(service: DemoService, search: SearchView) -> gr.Markdown:
+def _compare_section(service: DemoService, search: SearchView) -> tuple[gr.Markdown, gr.Textbox]:
     gr.Markdown("### Compare two changes on the same garment", elem_classes="sdfn-step")
     gr.Markdown("Same garment, two texts: the image router reads the garment, so in the first layer only the text "
                 "router's gates can differ. The heatmaps show B − A for each router on a fixed −1 to +1 scale (a "
@@ -560,10 +562,7 @@ def _compare_section(service: DemoService, search: SearchView) -> gr.Markdown:
     # a comparison (or its warning) is about one garment: a new garment takes it away
     search.reference.change(lambda: (gr.Plot(visible=False), gr.Plot(visible=False), ""), None,
                             [usage, routes, status], api_visibility="private", queue=False)
-    # the last search's change becomes change A
-    search.last_query.change(lambda q: q["text"] if q and q["text"] else gr.skip(), search.last_query, text_a,
-                             api_visibility="private", queue=False)
-    return status
+    return status, text_a   # a search puts its change in A (one of its outputs: no request of its own)
 
 
 def _statistics_section(service: DemoService) -> None:

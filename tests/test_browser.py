@@ -225,6 +225,7 @@ def test_router_after_a_search_is_laid_out_at_full_width(page):
     open_router(page)
     expect(page.locator("#route-summary")).to_contain_text("is darker and has no pattern")
     expect(page.locator("#route-summary")).not_to_contain_text("example query")
+    expect(page.locator("#compare-a textarea")).to_have_value("is darker and has no pattern")   # ready to compare
     plot_fills_its_box(page, "#route-plot")
     plot_fills_its_box(page, "#usage-plot")
     assert overlapping_labels(page, "#route-plot") == []
