@@ -348,6 +348,7 @@ def _open(browser, served_demo, client, width: int, height: int):
     nothing from outside the demo's server."""
     from playwright.sync_api import expect
 
+    expect.set_options(timeout=TIMEOUT_MS)    # page timeouts do not reach expect(); a busy machine takes seconds
     url = served_demo[1]
     context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
