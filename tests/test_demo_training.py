@@ -202,6 +202,7 @@ def test_start_answers_at_once_and_a_second_start_says_a_run_is_going(view):
 # ---- in a real browser -------------------------------------------------------------------------------------------
 
 CHROMIUM = Path("/usr/bin/chromium")
+WAIT_MS = 60_000      # a loaded machine: the page and its handlers may take a while, never this long
 
 
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium")
@@ -215,7 +216,7 @@ def test_the_train_view_in_a_browser(view):
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(WAIT_MS)
             page.goto(client.url)
             page.get_by_role("tab", name="Train").click()
             expect = sync_api.expect
@@ -223,24 +224,26 @@ def test_the_train_view_in_a_browser(view):
             lr.fill("0.001")
             lr.press("ArrowUp")
             assert float(lr.input_value()) == pytest.approx(0.0011)
-            expect(page.locator("#train-recall")).to_contain_text("after the first validation")
-            expect(page.locator("#train-loss")).not_to_contain_text("validation")
+            expect(page.locator("#train-recall")).to_contain_text("after the first validation", timeout=WAIT_MS)
+            expect(page.locator("#train-loss")).not_to_contain_text("validation", timeout=WAIT_MS)
 
             page.locator("#train-epochs input").fill("0")
             page.locator("#train-start").click()
-            expect(page.locator("#train-status")).to_contain_text("epochs must be a whole number from 1 to 20")
-            expect(page.locator("#train-epochs")).to_contain_text("⚠ epochs must be")
-            expect(page.locator("#train-batch")).not_to_contain_text("⚠")
+            expect(page.locator("#train-status")).to_contain_text("epochs must be a whole number from 1 to 20",
+                                                                  timeout=WAIT_MS)
+            expect(page.locator("#train-epochs")).to_contain_text("⚠ epochs must be", timeout=WAIT_MS)
+            expect(page.locator("#train-batch")).not_to_contain_text("⚠", timeout=WAIT_MS)
             assert page.get_by_text("Error", exact=True).count() == 0
 
             page.locator("#train-epochs input").fill("20")
             page.locator("#train-start").click()
-            expect(page.locator("#train-phase")).to_contain_text("of the run")
-            expect(page.locator("#train-epochs")).not_to_contain_text("⚠")   # the warning went with its cause
+            expect(page.locator("#train-phase")).to_contain_text("of the run", timeout=WAIT_MS)
+            # the warning went with its cause
+            expect(page.locator("#train-epochs")).not_to_contain_text("⚠", timeout=WAIT_MS)
             page.locator("#train-start").click()
-            expect(page.locator("#train-status")).to_contain_text("already going")
+            expect(page.locator("#train-status")).to_contain_text("already going", timeout=WAIT_MS)
             page.locator("#train-cancel").click()
-            expect(page.locator("#train-status")).to_contain_text("Cancelled")
+            expect(page.locator("#train-status")).to_contain_text("Cancelled", timeout=WAIT_MS)
         finally:
             browser.close()
             if service.training is not None:
