@@ -196,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--categories", default=None, help="comma-separated subset (default: every category)")
     parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    parser.add_argument("--note", type=Path, default=None,
+                        help="a markdown file appended to the section (e.g. the training option's measured effect)")
     parser.add_argument("--metrics", type=Path, default=None,
                         help="a model's metrics.json: set its \"phrasing\" key (other keys kept)")
     args = parser.parse_args(argv)
@@ -229,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         *examples(records),
         "",
         "Issue 9 goals: held-out phrasings >= 80, two changes >= 70; annotated test captions >= 85.",
+        *(["", args.note.read_text().strip()] if args.note else []),
     ])
     write_section(SECTION, "Everyday phrasings: satisfaction@1 (benchmarks/phrasing.py)", body, args.quality)
     if args.json:
