@@ -208,6 +208,7 @@ class RouterView:
     drawn: gr.State                       # [reference, text] of the route on screen
     compare_status: gr.Markdown | None
     compare_a: gr.Textbox | None = None   # Compare's change A: a search puts its change there
+    compare_plots: tuple[gr.Plot, gr.Plot] | None = None
 
 
 def _highlight(ids: list[str], reference: dict[str, Any] | None) -> int | None:
@@ -377,12 +378,12 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         if reference is None:
             return (*skip_results, _warning("Pick a garment from the catalog <span class='sdfn-wide'>(left)</span>"
                                             "<span class='sdfn-narrow'>(above)</span> or upload a photo first, "
-                                            "then press Search."), *(gr.skip(),) * 5)
+                                            "then press Search."), *(gr.skip(),) * 8)
         try:
             outcome = service.search(_engine_reference(reference), text or "", int(k),
                                      _scope_category(reference, scope))
         except SdfnError as err:
-            return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 5)
+            return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 8)
         query = {"reference": reference, "text": text or ""}
         # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
         # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
@@ -390,12 +391,14 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
                 _results_table(outcome), outcome.target.message() if outcome.target else "",
                 [i.id for i in outcome.result.items], query,
                 _status_line(outcome.result, len(service.retriever.index)), outcome.result, None, None, None,
-                text if text else gr.skip())
+                *((text, gr.Plot(visible=False), gr.Plot(visible=False), "") if text else (gr.skip(),) * 4))
 
     # the Router tab's old figures are taken away (the tab is hidden): opening it draws the new ones once, instead
-    # of first re-laying out the old ones at full width and then replacing them
+    # of first re-laying out the old ones at full width and then replacing them; the search's change becomes
+    # Compare's change A, so the comparison drawn for the old A goes too
     search_outputs = [view.results, view.table, view.target, view.result_ids, view.last_query, view.status,
-                      view.route, router.routes, router.usage, router.drawn, router.compare_a]
+                      view.route, router.routes, router.usage, router.drawn, router.compare_a,
+                      *router.compare_plots, router.compare_status]
     search_inputs = [view.reference, view.text, view.k, view.scope]
     for trigger in (view.search.click, view.text.submit):
         trigger(run_search, search_inputs, search_outputs, concurrency_id="search",
@@ -491,7 +494,7 @@ def _router_tab(service: DemoService, search: SearchView) -> RouterView:
     routes = gr.Plot(None, show_label=False, elem_id="route-plot")
     usage = gr.Plot(None, show_label=False, elem_id="usage-plot")
     view = RouterView(summary, routes, usage, gr.State(None), None)
-    view.compare_status, view.compare_a = _compare_section(service, search)
+    view.compare_status, view.compare_a, view.compare_plots = _compare_section(service, search)
     _statistics_section(service)
     return view
 
@@ -524,7 +527,8 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
                api_visibility="private")   # one plain request: the queue's join and event stream cost more
 
 
-def _compare_section(service: DemoService, search: SearchView) -> tuple[gr.Markdown, gr.Textbox]:
+def _compare_section(service: DemoService, search: SearchView
+                     ) -> tuple[gr.Markdown, gr.Textbox, tuple[gr.Plot, gr.Plot]]:
     gr.Markdown("### Compare two changes on the same garment", elem_classes="sdfn-step")
     gr.Markdown("Same garment, two texts: the image router reads the garment, so in the first layer only the text "
                 "router's gates can differ. The heatmaps show B − A for each router on a fixed −1 to +1 scale (a "
@@ -562,7 +566,7 @@ def _compare_section(service: DemoService, search: SearchView) -> tuple[gr.Markd
     # a comparison (or its warning) is about one garment: a new garment takes it away
     search.reference.change(lambda: (gr.Plot(visible=False), gr.Plot(visible=False), ""), None,
                             [usage, routes, status], api_visibility="private", queue=False)
-    return status, text_a   # a search puts its change in A (one of its outputs: no request of its own)
+    return status, text_a, (usage, routes)   # a search puts its change in A and takes the old comparison away
 
 
 def _statistics_section(service: DemoService) -> None:
