@@ -124,6 +124,45 @@ def stage1_data(pretrain: dict) -> str:
             f"{pretrain['synth_items_per_category']} items per category, train split).")
 
 
+UNDERSTANDS = [
+    "The text tower was trained from scratch on this project's generated texts only (stage 1: absolute "
+    "descriptions; stage 2: annotator-style captions such as \"is red and has long sleeves\"). It knows the "
+    "catalog's vocabulary, not English at large.",
+    "",
+    "- **Understood**: the eight attributes the catalog has (colour, pattern, sleeve, length, neckline, fit, "
+    "buttons, belt) in the words its captions and descriptions use (sdfn/data/attributes.py): 14 colours "
+    "including maroon/burgundy and navy; plain/solid, striped, polka dots, plaid/checked, floral, graphic; "
+    "sleeveless, short, long sleeves; mini, midi, maxi; round/crew/scoop, v-neck, collar; fitted/tight, "
+    "loose/oversized; relative changes (darker, lighter, longer, shorter, looser, tighter) and simple negations "
+    "(\"not red\", \"no pattern\", \"without a belt\") written as captions are.",
+    "- **Partly**: everyday requests in other shapes (wishes, questions, imperatives, \"like this but ...\", "
+    "politeness, typos); figures below.",
+    "- **Not understood**: words that never occurred in its training texts (a rarer colour name, a brand, a "
+    "material such as denim or silk, an occasion); attributes the catalog does not have (material, heels, 3/4 "
+    "sleeves); counts. An unknown word is not refused: it is read as noise and the answer may ignore it.",
+    "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
+    "high as one that meets them all.",
+]
+
+
+def phrasing_lines(metrics: dict) -> list[str]:
+    """The card's 'what it understands' section, with the held-out phrasing figures of metrics.json."""
+    lines = ["## What it understands, and what it does not", "", *UNDERSTANDS]
+    figures = metrics.get("phrasing")
+    if figures:
+        held, notes = figures["held_out"], figures["annotated"]
+        lines += [
+            "",
+            f"Everyday requests phrased in ways the training part never uses (benchmarks/phrasing.py, "
+            f"{figures['splits']}, gallery: {figures['gallery']}): top-1 has every asked change "
+            f"{held['all']['sat@1']:.1f}% of the time (two changes {held['two_changes']['sat@1']:.1f}%; "
+            f"only words it has seen {held['seen_words']['sat@1']:.1f}%, with a fashion word it never saw "
+            f"{held['unseen_words']['sat@1']:.1f}%), against {notes['all']['sat@1']:.1f}% for the annotated "
+            f"captions of the same queries.",
+        ]
+    return lines
+
+
 def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: RouteStatistics, args,
                catalog_line: str) -> None:
     cfg = training["config"]
@@ -184,6 +223,8 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         markdown_table(["split", "R@1", "R@5", "R@10", "R@50", "sat@1", "sat@5", "queries"], rows),
         "",
         "Against the baselines and ablations (same stage-1 backbone, 3 seeds): benchmarks/QUALITY.md.",
+        "",
+        *phrasing_lines(metrics),
         "",
         "## Routes by kind of change (test split)",
         "",
