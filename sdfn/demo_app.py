@@ -81,27 +81,58 @@ CSS = """
   #pager { flex-wrap: wrap; }
   #pager .sdfn-status { flex: 1 1 100%; order: -1; }
   .gradio-container { padding-left: 8px !important; padding-right: 8px !important; }
+  /* the route, usage, Compare and statistics figures keep a readable width (their subplots' titles, tick labels
+     and cell numbers need it) and scroll sideways inside their own box; the refine chain wraps onto more lines,
+     so its "now:" garment is on screen */
+  #route-plot, #usage-plot, #compare-usage, #compare-routes, #stats-plot { overflow-x: auto !important; }
+  #route-plot .js-plotly-plot, #usage-plot .js-plotly-plot, #compare-usage .js-plotly-plot,
+  #compare-routes .js-plotly-plot, #stats-plot .js-plotly-plot { min-width: 760px; }
+  .sdfn-chain { flex-wrap: wrap; overflow-x: visible; }
 }
 @media (max-width: 359px) {
   #results-gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
 """
 # the Search button remembers when it was pressed, and the status line then says how long the visitor waited
-# (click → results on screen, the answer's images loaded), measured in the browser, not only the model's time
-CLICK_JS = "(...args) => { window.sdfnSearchClick = performance.now(); return args; }"
+# (click → results on screen: the answer's images in view loaded), measured in the browser, not only the model's
+# time. Searches can overlap (a second click while the first answer's images still load): clicks queue their times
+# and each status takes the oldest (answers come back in click order); each status written takes a sequence
+# number, and a measurement that finishes after a newer status was written never writes its old text back: it
+# returns the newest status as it stands (sdfnSearchLatest), whose own measurement says its own wait. A k typed
+# above the box's maximum is clamped by the page when the box loses focus, before it is sent, with no word:
+# K_WATCH_JS remembers what was typed, the click notes it, and the status says k was capped.
+K_WATCH_JS = """() => {
+  document.addEventListener('input', e => {
+    if (e.target && e.target.closest && e.target.closest('#top-k')) window.sdfnKTyped = Number(e.target.value);
+  }, true);
+}"""
+CLICK_JS = """(...args) => {
+  const box = document.querySelector('#top-k input[type=number]');
+  const asked = window.sdfnKTyped, most = box ? Number(box.max) : NaN;
+  window.sdfnKTyped = undefined;
+  const note = asked > most ? `Note: k = ${asked} asked; k was capped at ${most}, the most results this view shows `
+    + '(the /search API allows more).' : '';
+  (window.sdfnSearchClicks = window.sdfnSearchClicks || []).push({t: performance.now(), note});
+  return args;
+}"""
 WAITED_JS = """async (status) => {
-  const t0 = window.sdfnSearchClick;
-  window.sdfnSearchClick = undefined;
-  if (t0 === undefined || !status || !status.startsWith('Searched')) return status;
+  const seq = window.sdfnSearchSeq = (window.sdfnSearchSeq || 0) + 1;
+  const click = (window.sdfnSearchClicks || []).shift();
+  window.sdfnSearchLatest = status;
+  if (click === undefined || !status || !status.startsWith('Searched')) return status;
+  const onScreen = i => i.getBoundingClientRect().top < window.innerHeight;   // lazy images below wait for a scroll
   const deadline = performance.now() + 10000;
-  while (performance.now() < deadline) {
+  while (performance.now() < deadline && window.sdfnSearchSeq === seq) {
     await new Promise(r => requestAnimationFrame(r));
     const images = [...document.querySelectorAll('#results-gallery img')];
-    if (images.every(i => i.complete)) break;
+    if (images.every(i => i.complete || !onScreen(i))) break;
   }
-  const waited = Math.round(performance.now() - t0);
+  if (window.sdfnSearchSeq !== seq) return window.sdfnSearchLatest;   // a newer search's status is on screen
+  const waited = Math.round(performance.now() - click.t);
   const cut = status.indexOf('\\n\\n') < 0 ? status.length : status.indexOf('\\n\\n');
-  return status.slice(0, cut) + ` · **you waited ${waited} ms** (click → results on screen)` + status.slice(cut);
+  window.sdfnSearchLatest = status.slice(0, cut) + ` · **you waited ${waited} ms** (click → results on screen)`
+    + (click.note ? '\\n\\n' + click.note : '') + status.slice(cut);
+  return window.sdfnSearchLatest;
 }"""
 
 
@@ -385,12 +416,13 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         except SdfnError as err:
             return (*skip_results, _warning(client_message(service, err)), *(gr.skip(),) * 8)
         query = {"reference": reference, "text": text or ""}
+        status = _status_line(outcome.result, len(service.retriever.index))
         # the Router tab draws its figures when it is opened (RouterView.show): never built for a search nobody
-        # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width)
-        return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[]),
+        # looks at, and drawn in a visible tab (Plotly lays out a hidden one at the wrong width); new results
+        # have no selected slot (the one clicked to refine belonged to the old ones)
+        return (gr.Gallery(_results_gallery(service, outcome), visible=True, elem_classes=[], selected_index=None),
                 _results_table(outcome), outcome.target.message() if outcome.target else "",
-                [i.id for i in outcome.result.items], query,
-                _status_line(outcome.result, len(service.retriever.index)), outcome.result, None, None, None,
+                [i.id for i in outcome.result.items], query, status, outcome.result, None, None, None,
                 *((text, gr.Plot(visible=False), gr.Plot(visible=False), "") if text else (gr.skip(),) * 4))
 
     # the Router tab's old figures are taken away (the tab is hidden): opening it draws the new ones once, instead
@@ -405,10 +437,13 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
                 concurrency_limit=SEARCH_CONCURRENCY, js=CLICK_JS, queue=False, **private).then(
             None, view.status, view.status, js=WAITED_JS, queue=False, **private)
 
-    def choose(reference: dict, chain: list[dict], message: str, shown: list[str], page: list[str]) -> tuple:
+    def choose(reference: dict, chain: list[dict], message: str, shown: list[str], page: list[str],
+               refining: bool = False) -> tuple:
         """A new reference: its picture, facts and suggestions, the chain, the catalog's highlight on it (or none),
-        and the results of the previous reference, still shown, greyed out and said to be old."""
-        stale = (gr.Gallery(elem_classes=["sdfn-stale"]),
+        and the results of the previous reference, still shown, greyed out and said to be old (the slot clicked
+        to refine stays marked: it is the new reference; any other pick clears the mark)."""
+        stale = (gr.Gallery(elem_classes=["sdfn-stale"]) if refining else
+                 gr.Gallery(elem_classes=["sdfn-stale"], selected_index=None),
                  f"*The results below are for the previous garment: press Search for {reference['label']}.*"
                  ) if shown else (gr.skip(), gr.skip())
         return (reference, reference["image"], _reference_markdown(reference),
@@ -452,7 +487,7 @@ def _wire_search(service: DemoService, view: SearchView, router: RouterView, bro
         chain = [*chain, query] if query is not None else chain
         # the results stay (greyed, said to be the previous step's) with their table: both show the same search
         return (*choose(reference, chain, f"Refining from {reference['id']}: describe the next change and press "
-                                          "Search, or step back.", ids, page), "")
+                                          "Search, or step back.", ids, page, refining=True), "")
 
     refine_outputs = [*choose_outputs, view.text]
     view.results.select(refine, [view.result_ids, view.last_query, view.chain, browser_ids], refine_outputs,
@@ -530,9 +565,11 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
 def _compare_section(service: DemoService, search: SearchView
                      ) -> tuple[gr.Markdown, gr.Textbox, tuple[gr.Plot, gr.Plot]]:
     gr.Markdown("### Compare two changes on the same garment", elem_classes="sdfn-step")
-    gr.Markdown("Same garment, two texts: the image router reads the garment, so in the first layer only the text "
-                "router's gates can differ. The heatmaps show B − A for each router on a fixed −1 to +1 scale (a "
-                "gate's whole range), so a small difference looks small.")
+    gr.Markdown("Same garment, two texts. The text router reads the change, so its gates move directly; the image "
+                "router reads each module's output, which already mixes in the words where a module reads them (such "
+                "as cross-modal refinement), so its gates can move too, already in the first layer; only rows of "
+                "modules that read the garment alone stay at 0 there. The heatmaps show B − A for each router on a "
+                "fixed −1 to +1 scale (a gate's whole range), so a small difference looks small.")
     with gr.Row(equal_height=True):
         text_a = gr.Textbox(label="Change A", value=GENERIC_CHANGES[0], scale=3, min_width=200, elem_id="compare-a")
         text_b = gr.Textbox(label="Change B", value=GENERIC_CHANGES[1], scale=3, min_width=200, elem_id="compare-b")
@@ -758,6 +795,7 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
         demo_explain.api_endpoints(service)   # /explain, /compare_models
         # every page load reads the header afresh: a page opened after "Use this model" names the new model
         demo.load(lambda: _header_markdown(service), None, header, api_visibility="private", queue=False)
+        demo.load(None, None, None, js=K_WATCH_JS, api_visibility="private", queue=False)
         if training is not None:
             poll, outputs = training
             demo.load(poll, None, outputs, api_visibility="private")

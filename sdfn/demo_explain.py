@@ -387,7 +387,9 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
         except SdfnError as err:
             left, right, note, served_label = [], [], _warn(_message(service, err)), "served model"
         overlays = gr.Gallery(word_overlays(e, view), columns=max(1, len(e.attention)))
-        head = (f"**Query:** {html.escape(e.reference)} + “{html.escape(e.text)}” · explained in "
+        # an upload by its file name (as the Search tab names it), so one can tell which photo is explained
+        asked = e.reference if q.get("reference") else f"your photo ({Path(q['image']).name})"
+        head = (f"**Query:** {html.escape(asked)} + “{html.escape(e.text)}” · explained in "
                 f"{e.timings_ms['total']:.0f} ms (the {len(e.words)} leave-one-out variants in one batch)")
         head += "".join(f"\n\nNote: {n}" for n in e.notes)
         return (head, words_html(e), path_figure(e), regions_note(e), overlays, note,
@@ -397,10 +399,11 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
     outputs = [asked, words, paths, regions_text, regions, compare_text, served, combiner, target, other]
 
     def from_search(reference: dict | None, text: str, shown: dict | None, current: str) -> tuple:
-        """Opening the tab: the Search tab's garment and change when there are both, else what is shown."""
-        if reference is not None and (text or "").strip():
+        """Opening the tab: the Search tab's garment (a catalog pick or an uploaded photo) with its change, or the
+        change shown here when none is typed there; what is shown when no garment is picked."""
+        if reference is not None:
             q = {"reference": reference.get("id"), "image": None if reference.get("id") else reference["image"]}
-            return q, text
+            return q, text if (text or "").strip() else current
         return shown, current
 
     def generate_b(q: dict | None, text: str, known: str | None) -> tuple:

@@ -268,12 +268,14 @@ def comparison_figure(a: RouterTrace, b: RouterTrace, label_a: str, label_b: str
             diff = [[q - p for p, q in zip(ra, rb, strict=True)] for ra, rb in zip(za, zb, strict=True)]
             bar = {"title": {"text": "B − A<br>gate", "side": "top"}, "tickvals": [-1, -0.5, 0, 0.5, 1]}
             data.append(_heatmap(diff, cells, targets, refs[r][c], f"{name}, B − A", DIVERGING, -1.0, 1.0,
-                                 "%{z:+.2f}", bar if r == 0 and c == 0 else None))
+                                 "%{z:.2f}", bar if r == 0 and c == 0 else None))
     title = f"A: “{html.escape(label_a)}”   vs   B: “{html.escape(label_b)}”"
     return _figure(data, {**layout, **_base(height, title, margin)})
 
 
 STATISTICS_DIFF_POINTS = 10   # the difference panel's fixed colour range, ± percentage points
+# cell text formats carry no '+' flag: the page's plotly.js ignores a format with one and prints the raw float
+# ("0.9720427393913269"); a negative value keeps its minus sign
 
 
 def statistics_note(stats: RouteStatistics) -> str:
@@ -315,7 +317,7 @@ def statistics_figure(stats: RouteStatistics) -> go.Figure:
     limit = STATISTICS_DIFF_POINTS
     panels = ((usage, SEQUENTIAL, 0.0, 1.0, "%{z:.0%}", "usage {:.1%}",
                {"tickformat": ".0%", "tickvals": [0, 0.5, 1], "title": {"text": "usage"}}),
-              (diff, DIVERGING, -limit, limit, "%{z:+.1f}", "vs all queries {:+.1f} points",
+              (diff, DIVERGING, -limit, limit, "%{z:.1f}", "vs all queries {:+.1f} points",
                {"tickvals": [-limit, 0, limit], "title": {"text": "points"}}))
     data = []
     for c, (z, scale, low, high, cell_text, hover, bar) in enumerate(panels):

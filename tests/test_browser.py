@@ -171,6 +171,46 @@ def test_status_says_how_long_the_visitor_waited(page):
     expect(page.locator("#search-status")).to_contain_text(re.compile(r"server \d+ ms"))
 
 
+def test_a_late_wait_measurement_never_writes_back_an_older_search(page):
+    """A search whose answer's images are still loading, then a second search: the status line ends as the
+    second search's own, with one "you waited", never the first's text written back when its wait ends."""
+    held: list = []
+    hold = {"on": False}
+
+    def maybe_hold(route):
+        if hold["on"] and route.request.resource_type == "image":
+            held.append(route)         # the first answer's images never arrive while held
+        else:
+            route.continue_()
+
+    page.route(re.compile(r".*/gradio_api/file=.*"), maybe_hold)
+    pick(page, 0)
+    hold["on"] = True
+    search(page, "is red and has longer sleeves", 8)
+    expect(results(page)).to_have_count(8)
+    hold["on"] = False
+    search(page, "is blue", 3)
+    expect(results(page)).to_have_count(3)
+    expect(page.locator("#search-status")).to_contain_text("you waited")
+    for route in held:
+        route.continue_()
+    # the first measurement ends now (its images are gone from the page): its old text must not come back
+    page.wait_for_timeout(1500)
+    status = page.locator("#search-status").inner_text()
+    assert "“is blue”: 3 results" in status and "longer sleeves" not in status, status
+    assert status.count("you waited") == 1, status
+
+
+def test_k_above_the_maximum_is_said_to_be_capped(page):
+    pick(page, 0)
+    page.locator("#top-k input[type=number]").fill("500")
+    page.locator("#top-k input[type=number]").press("Enter")
+    page.locator("#change-text textarea").fill("is red")    # the page clamps the box to 100 here, with no word
+    page.locator("#search-button").click()
+    expect(page.locator("#search-status")).to_contain_text("Searched")
+    expect(page.locator("#search-status")).to_contain_text("k was capped at 100")
+
+
 # ---- router plots ------------------------------------------------------------------------------------------
 
 def open_router(page) -> None:
@@ -316,6 +356,28 @@ def test_the_catalog_highlight_follows_the_picked_garment(page):
     assert selected_slots(page) == [2]
 
 
+def selected_results(page) -> list[int]:
+    return page.evaluate("""() => [...document.querySelectorAll('#results-gallery button.thumbnail-item')]
+                              .map((b, i) => b.classList.contains('selected') ? i : -1).filter(i => i >= 0)""")
+
+
+def test_new_results_have_no_slot_selected(page):
+    pick(page, 0)
+    search(page, "is darker", 4)
+    results(page).nth(2).click()
+    expect(page.locator("#search-status")).to_contain_text("Refining from")
+    search(page, "is shorter", 4)
+    expect(page.locator("#results-gallery")).not_to_have_class(re.compile("sdfn-stale"))
+    expect(page.locator("#results-gallery button.thumbnail-item.selected")).to_have_count(0)
+    # a click marks the clicked result; a new catalog pick greys the results and takes the mark away
+    results(page).nth(1).click()
+    expect(page.locator("#search-status")).to_contain_text("Refining from")
+    assert selected_results(page) == [1]
+    pick(page, 5)
+    expect(page.locator("#results-gallery")).to_have_class(re.compile("sdfn-stale"))
+    expect(page.locator("#results-gallery button.thumbnail-item.selected")).to_have_count(0)
+
+
 def test_refining_keeps_the_results_and_their_table_together(page):
     pick(page, 0)
     search(page, "is darker", 4)
@@ -376,7 +438,27 @@ def test_phone_layout_fits_390_px(phone):
     scope = page.locator("#scope input").bounding_box()
     assert scope["width"] > 120
     shot(page, "phone")
+    # the refine chain wraps: its last garment ("now:") is inside the chain's box, on screen
+    results(page).nth(1).click()
+    expect(page.locator("#chain img")).to_have_count(2)
+    chain = page.locator("#chain .sdfn-chain").bounding_box()
+    now = page.locator("#chain .sdfn-chain figure").last.bounding_box()
+    assert now["x"] >= chain["x"] - 1 and now["x"] + now["width"] <= min(chain["x"] + chain["width"], 390) + 1, \
+        f"the chain's last garment at {now} in {chain}"
     open_router(page)
+    scroll_width, width, outside = page.evaluate(OVERFLOW)
+    assert scroll_width <= width and outside == [], f"Router tab wider than the {width} px screen: {outside}"
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-routes .main-svg").first).to_be_visible()
+    page.locator("#stats-button").click()
+    expect(page.locator("#stats-plot .main-svg").first).to_be_visible()
+    # each figure keeps a readable width and scrolls sideways inside its own box, which stays on screen
+    for selector in ("#route-plot", "#usage-plot", "#compare-usage", "#compare-routes", "#stats-plot"):
+        box = page.locator(selector).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, f"{selector} box {box}"
+        figure = page.locator(f"{selector} .main-svg").first.bounding_box()
+        assert figure["width"] >= 700, f"{selector}: figure squeezed to {figure['width']:.0f} px"
+        assert overlapping_labels(page, selector) == [], selector
     scroll_width, width, outside = page.evaluate(OVERFLOW)
     assert scroll_width <= width and outside == [], f"Router tab wider than the {width} px screen: {outside}"
     shot(page, "phone-router")

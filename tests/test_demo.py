@@ -189,6 +189,22 @@ def test_route_and_its_figure(client):
     assert "self-attention" in json.dumps(data)                 # hover says what a module does
 
 
+def test_difference_figures_print_rounded_numbers_in_their_cells(service):
+    """The page's plotly.js ignores a cell format with a '+' flag and prints the raw float (0.9720427393913269):
+    Compare's B − A heatmaps and the statistics' difference panel use plain formats."""
+    from sdfn import viz
+
+    a, b = service.routes("dress-000001", ["is red and has longer sleeves", "is darker and has no pattern"])
+    stats = service.route_statistics("val")
+    figures = [viz.comparison_figure(a.trace, b.trace, "A", "B"), viz.statistics_figure(stats)]
+    templates = {t.texttemplate for f in figures for t in f.data if t.type == "heatmap"}
+    assert templates and all(re.fullmatch(r"%\{z:\.\d[f%]\}", t) for t in templates), templates
+    # the image router reads each module's output, which mixes in the words: its layer-1 gates move with the
+    # text too (Compare says so; it used to say only the text router's could)
+    moved = (b.trace.image[0] - a.trace.image[0]).abs().amax()
+    assert float(moved) > 0
+
+
 def test_route_statistics_by_kind_of_change(client, service):
     stats = client.predict("val", api_name="/route_statistics")
     kinds = [k["kind"] for k in stats["by_kind"]]

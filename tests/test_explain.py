@@ -412,6 +412,21 @@ def test_the_explain_tab_explains_the_example_then_the_searched_query(browser, s
 
 @browser_only
 @pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+def test_the_explain_tab_follows_an_uploaded_photo_before_any_search(browser, served_demo, client):
+    from playwright.sync_api import expect
+
+    context, page, outside = _open(browser, served_demo, client, 1400, 1000)
+    photo = served_demo[0].retriever.catalog.root / "images" / "skirt-000005.png"
+    page.locator("input[type=file][data-testid$='upload-button']").set_input_files(str(photo))
+    expect(page.locator("#reference-info")).to_contain_text("your photo (skirt-000005.png)")
+    page.get_by_role("tab", name="Explain").click()   # no search, no change typed: the photo, not the example
+    expect(page.locator("#explain-query")).to_contain_text("skirt-000005.png")
+    context.close()
+    assert outside == [], f"the page fetched from outside the demo: {outside}"
+
+
+@browser_only
+@pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
 def test_the_explain_tab_fits_a_phone(browser, served_demo, client):
     from playwright.sync_api import expect
 
