@@ -95,12 +95,12 @@ CSS = """
 """
 # the Search button remembers when it was pressed, and the status line then says how long the visitor waited
 # (click → results on screen: the answer's images in view loaded), measured in the browser, not only the model's
-# time. Searches can overlap (a second click while the first answer's images still load): clicks queue their times
-# and each status takes the oldest (answers come back in click order); each status written takes a sequence
-# number, and a measurement that finishes after a newer status was written never writes its old text back: it
-# returns the newest status as it stands (sdfnSearchLatest), whose own measurement says its own wait. A k typed
-# above the box's maximum is clamped by the page when the box loses focus, before it is sent, with no word:
-# K_WATCH_JS remembers what was typed, the click notes it, and the status says k was capped.
+# time. Searches can overlap (a second click while the first answer's images still load): each click takes a
+# sequence number (window.sdfnSearchSeq) and queues it with its time; each status takes the oldest click (answers
+# come back in click order), and a measurement that ends after a newer click changes nothing (it returns
+# Gradio's empty update): it never writes its old status back over a newer search's, and the wait said is always
+# the search's own. A k typed above the box's maximum is clamped by the page when the box loses focus, before it
+# is sent, with no word: K_WATCH_JS remembers what was typed, the click notes it, and the status says k was capped.
 K_WATCH_JS = """() => {
   document.addEventListener('input', e => {
     if (e.target && e.target.closest && e.target.closest('#top-k')) window.sdfnKTyped = Number(e.target.value);
@@ -112,27 +112,27 @@ CLICK_JS = """(...args) => {
   window.sdfnKTyped = undefined;
   const note = asked > most ? `Note: k = ${asked} asked; k was capped at ${most}, the most results this view shows `
     + '(the /search API allows more).' : '';
-  (window.sdfnSearchClicks = window.sdfnSearchClicks || []).push({t: performance.now(), note});
+  const seq = window.sdfnSearchSeq = (window.sdfnSearchSeq || 0) + 1;
+  (window.sdfnSearchClicks = window.sdfnSearchClicks || []).push({seq, t: performance.now(), note});
   return args;
 }"""
 WAITED_JS = """async (status) => {
-  const seq = window.sdfnSearchSeq = (window.sdfnSearchSeq || 0) + 1;
   const click = (window.sdfnSearchClicks || []).shift();
-  window.sdfnSearchLatest = status;
-  if (click === undefined || !status || !status.startsWith('Searched')) return status;
+  const unchanged = {__type__: 'update'};
+  if (click === undefined || !status || !status.startsWith('Searched')) return unchanged;
+  const newer = () => window.sdfnSearchSeq !== click.seq;   // the visitor searched again meanwhile
   const onScreen = i => i.getBoundingClientRect().top < window.innerHeight;   // lazy images below wait for a scroll
   const deadline = performance.now() + 10000;
-  while (performance.now() < deadline && window.sdfnSearchSeq === seq) {
+  while (performance.now() < deadline && !newer()) {
     await new Promise(r => requestAnimationFrame(r));
     const images = [...document.querySelectorAll('#results-gallery img')];
     if (images.every(i => i.complete || !onScreen(i))) break;
   }
-  if (window.sdfnSearchSeq !== seq) return window.sdfnSearchLatest;   // a newer search's status is on screen
+  if (newer()) return unchanged;
   const waited = Math.round(performance.now() - click.t);
   const cut = status.indexOf('\\n\\n') < 0 ? status.length : status.indexOf('\\n\\n');
-  window.sdfnSearchLatest = status.slice(0, cut) + ` · **you waited ${waited} ms** (click → results on screen)`
+  return status.slice(0, cut) + ` · **you waited ${waited} ms** (click → results on screen)`
     + (click.note ? '\\n\\n' + click.note : '') + status.slice(cut);
-  return window.sdfnSearchLatest;
 }"""
 
 

@@ -201,6 +201,35 @@ def test_a_late_wait_measurement_never_writes_back_an_older_search(page):
     assert status.count("you waited") == 1, status
 
 
+def test_a_measurement_ending_after_a_newer_click_writes_nothing(page):
+    """The page's own click and wait scripts, timed by hand: search A's answer is on screen but an image of it
+    still loads when B is clicked; A's measurement, ending then, must not return A's status (Gradio would write
+    it over B's, and B's measurement would then append to A's text); B's says B's own wait."""
+    from sdfn.demo_app import CLICK_JS, WAITED_JS
+
+    held: list = []
+    page.route(re.compile(r".*/held-image\.png$"), lambda route: held.append(route))   # answered when released
+    pick(page, 0)
+    search(page, "is red", 3)
+    expect(page.locator("#search-status")).to_contain_text("you waited")
+    page.evaluate("""([clickJs, waitedJs]) => {
+      window.t_click = eval(clickJs); window.t_waited = eval(waitedJs);
+      const img = document.createElement('img'); img.id = 't-held'; img.src = 'held-image.png';
+      document.querySelector('#results-gallery').prepend(img);
+      window.t_click();                                            // search A clicked
+      window.t_a = window.t_waited('Searched A: 8 results · server 9 ms').then(v => window.t_a_done = v);
+      window.t_click();                                            // search B clicked while A's image loads
+    }""", [CLICK_JS, WAITED_JS])
+    expect(page.locator("#t-held")).to_have_count(1)
+    for route in held:
+        route.abort()
+    page.wait_for_function("() => window.t_a_done !== undefined")
+    assert page.evaluate("JSON.stringify(window.t_a_done)") == '{"__type__":"update"}'   # nothing written
+    page.evaluate("() => document.querySelector('#t-held').remove()")
+    b = page.evaluate("() => window.t_waited('Searched B: 1 results · server 5 ms')")
+    assert b.startswith("Searched B: 1 results") and b.count("you waited") == 1, b
+
+
 def test_k_above_the_maximum_is_said_to_be_capped(page):
     pick(page, 0)
     page.locator("#top-k input[type=number]").fill("500")
