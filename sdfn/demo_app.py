@@ -81,12 +81,12 @@ CSS = """
   #pager { flex-wrap: wrap; }
   #pager .sdfn-status { flex: 1 1 100%; order: -1; }
   .gradio-container { padding-left: 8px !important; padding-right: 8px !important; }
-  /* the route, usage, Compare and statistics figures keep a readable width (their subplots' titles, tick labels
+  /* the route, usage, Compare and statistics figures keep their desktop width (their subplots' titles, tick labels
      and cell numbers need it) and scroll sideways inside their own box; the refine chain wraps onto more lines,
      so its "now:" garment is on screen */
   #route-plot, #usage-plot, #compare-usage, #compare-routes, #stats-plot { overflow-x: auto !important; }
   #route-plot .js-plotly-plot, #usage-plot .js-plotly-plot, #compare-usage .js-plotly-plot,
-  #compare-routes .js-plotly-plot, #stats-plot .js-plotly-plot { min-width: 760px; }
+  #compare-routes .js-plotly-plot, #stats-plot .js-plotly-plot { min-width: 1100px; }
   .sdfn-chain { flex-wrap: wrap; overflow-x: visible; }
 }
 @media (max-width: 359px) {

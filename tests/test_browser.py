@@ -247,18 +247,19 @@ def open_router(page) -> None:
     expect(page.locator("#route-plot .main-svg").first).to_be_visible()
 
 
-def overlapping_labels(page, selector: str) -> list[str]:
-    """Pairs of a figure's annotation texts (subplot titles) whose boxes intersect on screen."""
-    return page.evaluate("""sel => {
-      const boxes = [...document.querySelectorAll(sel + ' g.annotation')].map(a => [a.textContent,
-                                                                                  a.getBoundingClientRect()]);
+def overlapping_labels(page, selector: str, what: str = "g.annotation") -> list[str]:
+    """Pairs of a figure's annotation texts (subplot titles; or `what`, e.g. tick labels) whose boxes intersect
+    on screen."""
+    return page.evaluate("""([sel, what]) => {
+      const boxes = [...document.querySelectorAll(sel + ' ' + what)].map(a => [a.textContent,
+                                                                             a.getBoundingClientRect()]);
       const out = [];
       for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
         const [ta, a] = boxes[i], [tb, b] = boxes[j];
         if (a.width && b.width && a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
           out.push(ta + ' | ' + tb);
       }
-      return out; }""", selector)
+      return out; }""", [selector, what])
 
 
 def plot_fills_its_box(page, selector: str) -> None:
@@ -488,6 +489,7 @@ def test_phone_layout_fits_390_px(phone):
         figure = page.locator(f"{selector} .main-svg").first.bounding_box()
         assert figure["width"] >= 700, f"{selector}: figure squeezed to {figure['width']:.0f} px"
         assert overlapping_labels(page, selector) == [], selector
+        assert overlapping_labels(page, selector, ".xtick text") == [], f"{selector}: tick labels overprint"
     scroll_width, width, outside = page.evaluate(OVERFLOW)
     assert scroll_width <= width and outside == [], f"Router tab wider than the {width} px screen: {outside}"
     shot(page, "phone-router")
