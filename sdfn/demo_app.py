@@ -30,7 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from sdfn import demo_explain, viz
-from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome
+from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome, markdown_literal
 from sdfn.demo_train_view import train_tab
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.retrieval import SearchResult, strongest_path, trace_to_json
@@ -355,11 +355,12 @@ def _results_table(outcome: SearchOutcome) -> pd.DataFrame:
 
 def _status_line(result: SearchResult, total: int) -> str:
     q = result.query
-    what = f"“{q.text_used}”" if q.text_used else "no text (image only)"
+    what = f"“{markdown_literal(q.text_used)}”" if q.text_used else "no text (image only)"
     where = f"category {q.category}" if q.category else f"all {total:,} items"
     where += " (predicted from the photo)" if q.category_source == "predicted" else ""
     # the browser appends the time the visitor waited (WAITED_JS); the server's share is said as such
-    lines = [f"Searched {where} for {q.reference} + {what}: {len(result.items)} results · server "
+    lines = [f"Searched {where} for {markdown_literal(q.reference)} + {what}: {len(result.items)} "
+             f"{'result' if len(result.items) == 1 else 'results'} · server "
              f"{result.timings_ms.get('total', 0):.0f} ms"]
     lines += [f"⚠ **Warning: {q.warning}**"] if q.warning else []
     lines += [f"Note: {note}" for note in q.notes]
@@ -369,7 +370,8 @@ def _status_line(result: SearchResult, total: int) -> str:
 def route_outputs(service: DemoService, result: SearchResult) -> tuple[str, go.Figure, go.Figure]:
     """The Router tab's summary and figures for a query, or a figure that says why there is no route."""
     q = result.query
-    asked = f"{q.reference} + “{q.text_used}”" if q.text_used else f"{q.reference} (no text)"
+    reference = markdown_literal(q.reference)
+    asked = f"{reference} + “{markdown_literal(q.text_used)}”" if q.text_used else f"{reference} (no text)"
     if result.trace is None:
         why = ("This model's fusion is static: every query takes the same path, so there is no route to show."
                if not service.retriever.model.fusion.has_routes else
@@ -595,7 +597,8 @@ def _compare_section(service: DemoService, search: SearchView
         return (gr.Plot(viz.usage_figure([first.trace, second.trace], [f"A: {la}", f"B: {lb}"],
                                          "Module usage, A vs B"), visible=True),
                 gr.Plot(viz.comparison_figure(first.trace, second.trace, la, lb), visible=True),
-                f"Routes of A “{la}” and B “{lb}” on {reference['label']}. "
+                f"Routes of A “{markdown_literal(la)}” and B “{markdown_literal(lb)}” on "
+                f"{markdown_literal(reference['label'])}. "
                 + viz.largest_difference(first.trace, second.trace))
 
     compare.click(run, [search.reference, text_a, text_b], [usage, routes, status], api_visibility="private",

@@ -28,7 +28,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService
+from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, markdown_literal
 from sdfn.errors import ConfigError, SdfnError
 from sdfn.explain import (
     SHIPPED_COMBINER,
@@ -77,6 +77,13 @@ CSS = """
 @media (max-width: 600px) {
   .sdfn-effects table { font-size: 0.72em; }
   .sdfn-effects td, .sdfn-effects th { padding: 1px 3px; }
+}
+/* phone: the two result lists and the word overlays wrap to 3 columns (5 fixed columns cut results off) */
+@media (max-width: 767px) {
+  #explain-sdfn .grid-container, #explain-combiner .grid-container, #explain-regions .grid-container {
+    grid-template-columns: repeat(3, minmax(0, 1fr)) !important; }
+  #explain-sdfn .caption-label, #explain-combiner .caption-label, #explain-regions .caption-label {
+    max-width: 96%; font-size: 12px; padding: 2px 5px; }
 }
 """
 
@@ -236,7 +243,7 @@ def regions_note(e: Explanation) -> str:
     return (f"Each image shows the reference as the model sees it (its {gh}×{gw} patch grid), greyed, with the "
             "patches tinted red by the share of their attention that goes to the word (fixed scale: 0 = none, "
             f"{ATTENTION_VMAX:g} or more = full red; every patch's shares over all tokens sum to 1). "
-            f"Largest share: “{html.escape(best[1])}” in layer {best[2]}, {best[0]:.2f}.")
+            f"Largest share: “{markdown_literal(best[1])}” in layer {best[2]}, {best[0]:.2f}.")
 
 
 # ---- SDFN vs Combiner ------------------------------------------------------------------------------------------
@@ -299,7 +306,7 @@ def phrasing_summary(p: PhrasingComparison) -> str:
     if "text" in c.points:
         routers = (f" The text router accounts for {np.mean(c.points['text']):.2f} points of it on average, the image "
                    f"router for {np.mean(c.points['image']):.2f}.")
-    return (f"**A:** “{html.escape(p.texts[0])}” · **B:** “{html.escape(p.texts[1])}”\n\n"
+    return (f"**A:** “{markdown_literal(p.texts[0])}” · **B:** “{markdown_literal(p.texts[1])}”\n\n"
             f"Mean change of the path weights from A to B: {parts} points; largest single path "
             f"{big['points']:+.1f} points (layer {big['layer']}, {big['from'].replace('_', ' ')} → "
             f"{big['to'].replace('_', ' ')}); JS of the incoming mixes at most {1000 * max(c.js_bits):.2f} millibits."
@@ -312,7 +319,7 @@ def _contrast(p: PhrasingComparison) -> str:
     if p.contrast_change is None:
         return ""
     mean_b, mean_c = np.mean(p.change.points["path"]), np.mean(p.contrast_change.points["path"])
-    return (f" For scale, a change asking for something else, “{html.escape(p.contrast)}”, moves A's path weights "
+    return (f" For scale, a change asking for something else, “{markdown_literal(p.contrast)}”, moves A's path weights "
             f"by {mean_c:.2f} points on average over the layers (B: {mean_b:.2f}).")
 
 
@@ -343,7 +350,7 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
     asked = gr.Markdown("", elem_id="explain-query")
     target = gr.State(None)
     query = gr.State({"reference": example[0], "image": None} if example else None)
-    with gr.Tabs():
+    with gr.Tabs(overflow_behavior="wrap"):      # on a phone all four stay in sight (no "⋯" menu)
         with gr.Tab("Words → routes"):
             words = gr.HTML("", elem_id="explain-words")
             paths = gr.Plot(show_label=False, elem_id="explain-paths")
@@ -389,7 +396,7 @@ def explain_tab(service: DemoService, reference_state: gr.State, text_box: gr.Te
         overlays = gr.Gallery(word_overlays(e, view), columns=max(1, len(e.attention)))
         # an upload by its file name (as the Search tab names it), so one can tell which photo is explained
         asked = e.reference if q.get("reference") else f"your photo ({Path(q['image']).name})"
-        head = (f"**Query:** {html.escape(asked)} + “{html.escape(e.text)}” · explained in "
+        head = (f"**Query:** {markdown_literal(asked)} + “{markdown_literal(e.text)}” · explained in "
                 f"{e.timings_ms['total']:.0f} ms (the {len(e.words)} leave-one-out variants in one batch)")
         head += "".join(f"\n\nNote: {n}" for n in e.notes)
         return (head, words_html(e), path_figure(e), regions_note(e), overlays, note,

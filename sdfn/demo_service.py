@@ -20,8 +20,10 @@ from __future__ import annotations
 import atexit
 import contextlib
 import hashlib
+import html
 import logging
 import random
+import re
 import secrets
 import tempfile
 import threading
@@ -77,6 +79,14 @@ class Suggestion:
 def normalise(text: str) -> str:
     """How a typed text is compared with a caption: case, spacing and end punctuation do not matter."""
     return " ".join(text.lower().split()).strip(_STRIP)
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+
+
+def markdown_literal(text: str) -> str:
+    """A visitor's text as it reads inside a Markdown component: shown literally, never as bold, a link or HTML."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(text, quote=False))
 
 
 class Captions:

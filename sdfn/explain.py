@@ -583,8 +583,9 @@ class Explainer:
         different change, optional) gives the scale: how far a change that asks for something else moves A's
         route."""
         texts = (" ".join((text_a or "").split()), " ".join((text_b or "").split()))
-        if not all(texts):
-            raise ConfigError("give two phrasings to compare (both non-empty).")
+        missing = [name for name, text in zip(("A (the change)", "B"), texts, strict=True) if not text]
+        if missing:
+            raise ConfigError(f"phrasing {' and '.join(missing)} is empty: give two phrasings to compare.")
         model = self.retriever.model
         if not model.fusion.has_routes:
             raise ConfigError("the served fusion is static: every phrasing takes the same path, nothing to compare.")

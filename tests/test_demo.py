@@ -240,6 +240,20 @@ def test_static_fusion_says_it_has_no_route(tiny_checkpoint, catalog, tmp_path):
     assert static.route_statistics("val") is None
 
 
+def test_typed_text_shows_literally_in_the_status_and_router_lines(service):
+    """A change with Markdown or HTML in it reads as typed: no bold, no link, no tag; one result is 'result'."""
+    from sdfn.demo_app import _status_line
+
+    typed = "**bold** [link](http://x) <b>tag</b>"
+    result = service.search("dress-000004", typed, k=1).result
+    status = _status_line(result, total=200)
+    summary, _, _ = route_outputs(service, result)
+    for shown in (status, summary):
+        assert "**bold**" not in shown and "[link](" not in shown and "<b>" not in shown, shown
+        assert r"\*\*bold\*\*" in shown and "&lt;b&gt;" in shown
+    assert ": 1 result ·" in status
+
+
 # ---- bad input: a message that says what to do ----------------------------------------------------------------
 
 def test_error_messages_shorten_the_catalog_folder_only_where_a_path_ends_there(tmp_path):

@@ -402,7 +402,16 @@ def test_the_explain_tab_explains_the_example_then_the_searched_query(browser, s
     page.screenshot(path=str(ARTIFACTS / "explain-words.png"), full_page=True)
     # two phrasings side by side
     page.get_by_role("tab", name="Paraphrases").click()
-    page.locator("#explain-other textarea").fill("make it red with long sleeves")
+    expect(page.locator("#explain-text textarea")).to_have_value("is red and has longer sleeves")
+    # a tab's fields mount when it is first shown and can take their initial value back after a robot's instant
+    # fill (no person types that fast): fill until the value stays
+    other = page.locator("#explain-other textarea")
+    for _ in range(5):
+        other.fill("make it red with long sleeves")
+        page.wait_for_timeout(300)
+        if other.input_value() == "make it red with long sleeves":
+            break
+    expect(other).to_have_value("make it red with long sleeves")
     page.locator("#explain-compare-phrasings").click()
     expect(page.locator("#explain-phrasing")).to_contain_text("Mean change of the path weights")
     expect(page.locator("#explain-phrasing")).to_contain_text("make it red with long sleeves")
@@ -442,6 +451,13 @@ def test_the_explain_tab_fits_a_phone(browser, served_demo, client):
     for i in range(words.count()):     # every word wraps inside the phone's width, none is cut off
         box = words.nth(i).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390, words.nth(i).inner_text()
+    page.get_by_role("tab", name="SDFN vs Combiner").click()
+    for gallery in ("#explain-sdfn", "#explain-combiner"):   # every result of both lists is on the phone's screen
+        items = page.locator(f"{gallery} button.thumbnail-item")
+        expect(items).to_have_count(10)
+        for i in range(items.count()):
+            box = items.nth(i).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, f"{gallery} result {i + 1}"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "explain-phone.png"), full_page=True)
     context.close()
