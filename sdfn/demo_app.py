@@ -546,6 +546,10 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
         note = "" if reference is not None and (compare_note or "").startswith(_warning("Pick")[:6]) else gr.skip()
         shown = query or example.setdefault("query", _example_query(service))
         key = [shown["reference"].get("id") or shown["reference"]["image"], shown["text"]]
+        # a garment picked (or uploaded) since the last search: its route is not drawn yet, and the page says so
+        picked = reference.get("id") or reference.get("image") if reference is not None else None
+        stale = query is not None and picked is not None and picked != key[0]
+        key += [picked] if stale else []
         if key == drawn:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), note
         try:   # the last search's own trace where there is one: no second pass through the model
@@ -557,6 +561,10 @@ def _wire_router(service: DemoService, tab: gr.Tab, search: SearchView, view: Ro
         if query is None:
             summary = ("*An example query: run a search on the Search tab to see your own query's route.*\n\n"
                        + summary)
+        elif stale:
+            summary = (f"⚠ *This is the route of your last search. The garment picked since "
+                       f"({markdown_literal(str(reference.get('label') or picked))}) has not been searched yet: "
+                       f"search it on the Search tab to see its route.*\n\n" + summary)
         return summary, routes, usage, key, note
 
     tab.select(show, [search.last_query, search.route, search.reference, view.drawn, view.compare_status],

@@ -365,6 +365,22 @@ def test_a_new_garment_marks_the_old_results(page):
     expect(page.locator("#target-note")).not_to_contain_text("previous garment")
 
 
+def test_router_says_its_route_is_of_the_last_search_once_another_garment_is_picked(page):
+    pick(page, 0)
+    search(page, "is red", 4)
+    open_router(page)
+    expect(page.locator("#route-summary")).not_to_contain_text("has not been searched yet")
+    page.get_by_role("tab", name="Search").click()
+    pick(page, 5)
+    open_router(page)
+    expect(page.locator("#route-summary")).to_contain_text("has not been searched yet")
+    page.get_by_role("tab", name="Search").click()
+    search(page, "is blue", 4)
+    open_router(page)
+    expect(page.locator("#route-summary")).to_contain_text("is blue")
+    expect(page.locator("#route-summary")).not_to_contain_text("has not been searched yet")
+
+
 def selected_slots(page) -> list[int]:
     return page.evaluate("""() => [...document.querySelectorAll('#catalog-browser button.thumbnail-item')]
                               .map((b, i) => b.classList.contains('selected') ? i : -1).filter(i => i >= 0)""")
