@@ -530,6 +530,36 @@ def test_ctrl_c_while_drawing_stops_with_one_line_and_no_worker_tracebacks(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the drawing processes in /proc")
+def test_ctrl_c_while_the_workers_still_import_prints_no_worker_traceback(tmp_path):
+    """A worker that is still starting (importing, before its set-up runs) when Ctrl-C comes must ignore it too:
+    each worker is signalled as soon as it exists, then the parent."""
+    out = tmp_path / "synthetic"
+    process = subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
+                                "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    signalled: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        while len(signalled) < 2 and time.monotonic() < deadline and process.poll() is None:
+            for pid in set(_children(process.pid)) - signalled:
+                with contextlib.suppress(OSError):
+                    if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        time.sleep(0.05)             # well inside its imports (they take seconds)
+                        os.kill(pid, signal.SIGINT)
+                        signalled.add(pid)
+            time.sleep(0.005)
+        assert len(signalled) == 2, "expected two drawing processes"
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow a killed parent on Linux")
 def test_kill_9_of_the_parent_ends_the_drawing_workers_quietly(tmp_path):
     out = tmp_path / "synthetic"

@@ -93,12 +93,31 @@ def _stop_signals_deferred() -> Iterator[list[int]]:
             signal.signal(s, handler)
 
 
+@contextlib.contextmanager
+def _workers_born_ignoring_ctrl_c() -> Iterator[None]:
+    """Processes started inside the block ignore SIGINT from their first instruction: a spawned worker inherits an
+    ignored signal (not the signal mask, which the spawn start resets), and Python keeps an inherited SIG_IGN, so
+    one still importing when Ctrl-C reaches the process group prints no KeyboardInterrupt traceback. A Ctrl-C sent
+    to this process meanwhile stays pending (Linux keeps a blocked signal even while it is ignored) and reaches the
+    handler in place before the block once it ends. Main thread only, as signal handlers are."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _draw_in_processes(jobs: list[tuple], workers: int, bar: tqdm) -> None:
     """Draw `jobs` in a pool of "spawn" processes (spawn never copies the caller's threads or locks, torch's and
     tqdm's, as fork does). Stopping it (Ctrl-C, SIGTERM) must leave no worker to print a traceback: a stop waits
     while the pool starts its workers (one half-started would read its set-up from a closed pipe), and on any
     stop every worker still alive is killed and reaped before the pool's locks go away."""
-    with _stop_signals_deferred() as caught:
+    with _stop_signals_deferred() as caught, _workers_born_ignoring_ctrl_c():
         pool = multiprocessing.get_context("spawn").Pool(workers, _init_worker, (os.getpid(),))
     try:
         for signum in caught:   # a stop that came while the pool started lands here
