@@ -1,8 +1,9 @@
 """The page the demo serves while it prepares (the first start draws the synthetic catalog and builds its index,
 about a minute): what it is doing now, with counts, refreshed every second; it reloads itself into the demo once
 the demo serves. Every named API endpoint of the demo (/search, /route, /route_plot, /suggestions,
-/route_statistics, /info) answers here with a "still preparing" error, never a wrong answer; a client connects
-again (a new gradio_client.Client) once the demo is ready.
+/route_statistics, /info, /explain, /compare_models), with the demo's own parameter names, answers here with a
+"still preparing" error, never a wrong answer; a client connects again (a new gradio_client.Client) once the demo
+is ready.
 
 Imports only gradio: it is served before torch and the model are even imported (see demo.py).
 """
@@ -19,7 +20,7 @@ from sdfn.demo_progress import StartupProgress
 
 PREPARING_TITLE = "sdfn · preparing"
 POLL_SECONDS = 1.0
-ENDPOINTS = ("search", "route", "route_plot", "suggestions", "route_statistics", "info")
+ENDPOINTS = ("search", "route", "route_plot", "suggestions", "route_statistics", "info", "explain", "compare_models")
 # the page asks the server which app it serves every second and reloads once that is the demo
 RELOAD_JS = """<script>
 (function () {
@@ -69,15 +70,43 @@ def preparing_app(progress: StartupProgress) -> gr.Blocks:
             text, k, category = gr.Textbox(label="text"), gr.Number(10, label="k"), gr.Textbox(label="category")
             split, answer, trigger = gr.Textbox("val", label="split"), gr.JSON(label="answer"), gr.Button("api")
 
-        def refuse(*_: Any) -> None:
+            other = gr.Textbox(label="other")
+
+        def refuse() -> None:
             raise StillPreparing(f"the demo is still preparing ({progress.describe()}); try again when it is ready "
                                  "(a new client: the demo's endpoints replace these).", print_exception=False)
 
+        # the demo's parameter names, so a client's keyword call gets "still preparing", not a TypeError
+        def search(reference: str | None = None, image: str | None = None, text: str | None = None,
+                   k: float | None = None, category: str | None = None) -> None:
+            refuse()
+
+        def route(reference: str | None = None, image: str | None = None, text: str | None = None) -> None:
+            refuse()
+
+        def suggestions(reference: str | None = None) -> None:
+            refuse()
+
+        def route_statistics(split: str | None = None) -> None:
+            refuse()
+
+        def info() -> None:
+            refuse()
+
+        def explain(reference: str | None = None, image: str | None = None, text: str | None = None,
+                    other: str | None = None) -> None:
+            refuse()
+
         query = [reference, image, text]
-        inputs = {"search": [*query, k, category], "route": query, "route_plot": query, "suggestions": [reference],
-                  "route_statistics": [split], "info": []}
+        endpoints: dict[str, tuple[Any, list]] = {
+            "search": (search, [*query, k, category]), "route": (route, query), "route_plot": (route, query),
+            "suggestions": (suggestions, [reference]), "route_statistics": (route_statistics, [split]),
+            "info": (info, []), "explain": (explain, [*query, other]),
+            "compare_models": (search, [*query, k, category]),
+        }
         for name in ENDPOINTS:
-            trigger.click(refuse, inputs[name], answer, api_name=name, queue=False,
+            fn, inputs = endpoints[name]
+            trigger.click(fn, inputs, answer, api_name=name, queue=False,
                           api_description="Not ready yet: the demo is preparing.")
     return app
 

@@ -20,6 +20,7 @@ import pytest
 from gradio_client import Client
 from helpers import free_port
 
+from sdfn.demo_preparing import PREPARING_TITLE
 from sdfn.space_files import MAX_FILE_BYTES, copy_space, space_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +78,11 @@ def connect(url: str, server: subprocess.Popen, log: Path) -> Client:
         if server.poll() is not None:
             pytest.fail(f"demo.py exited with {server.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            return Client(url, verbose=False)
+            client = Client(url, verbose=False)
         except Exception:  # noqa: BLE001 (not up yet: connection refused, or the config not served yet)
             time.sleep(2)
+            continue
+        if client.config.get("title") != PREPARING_TITLE:   # the demo itself, not the page served while it prepares
+            return client
+        time.sleep(2)
     pytest.fail(f"demo.py did not serve within {START_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")

@@ -47,9 +47,14 @@ def test_the_preparing_page_says_what_it_does_and_every_endpoint_refuses():
         url = f"http://127.0.0.1:{port}/"
         assert httpx.get(f"{url}config", timeout=30).json()["title"] == PREPARING_TITLE
         client = Client(url, verbose=False)
-        for name, args in (("/search", ("dress-000004", None, "is red", 10, "")), ("/info", ())):
+        calls = [("/search", ("dress-000004", None, "is red", 10, ""), {}), ("/info", (), {}),
+                 # by keyword, with the demo's own parameter names, as its README shows
+                 ("/search", (), {"reference": "dress-000004", "text": "is red", "k": 5}),
+                 ("/explain", (), {"reference": "dress-000004", "text": "is red"}),
+                 ("/compare_models", (), {"reference": "dress-000004", "text": "is red", "k": 5})]
+        for name, args, kwargs in calls:
             with pytest.raises(AppError) as caught:
-                client.predict(*args, api_name=name)
+                client.predict(*args, **kwargs, api_name=name)
             message = str(caught.value)
             assert "still preparing" in message
             assert "building the catalog's index (encoding its images): 12 of 47 batches" in message
