@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sdfn.backbone import ImageFeatures
 from sdfn.data.attributes import KINDS_OF_CHANGE
 from sdfn.data.base import RetrievalDataset, Triplet
 from sdfn.data.synth.phrasing import HELDOUT, catalog_attributes, phrase_request, request_rng
@@ -108,6 +109,15 @@ def collect_traces(model: ComposedRetrievalModel, dataset: RetrievalDataset, tri
     to (those whose reference image could be read); None for a static fusion."""
     if not model.fusion.has_routes:
         return None
+    features, keep = _reference_features(model, dataset, triplets, table)
+    texts = [join_captions(triplets[i].captions) for i in keep]
+    _, trace = compose_queries(model, features, texts, batch_size)
+    return trace, keep
+
+
+def _reference_features(model: ComposedRetrievalModel, dataset: RetrievalDataset, triplets: Sequence[Triplet],
+                        table: ImageFeatureTable | None) -> tuple[ImageFeatures, list[int]]:
+    """The reference images' features of `triplets` whose image could be read, and those triplets' indices."""
     paths = [dataset.image_path(t.reference) for t in triplets]
     if table is None:
         table = extract_image_features(model, sorted(set(paths)))
@@ -116,9 +126,7 @@ def collect_traces(model: ComposedRetrievalModel, dataset: RetrievalDataset, tri
     if not keep:
         raise DataError(f"no reference image of the {len(triplets)} queries could be read, so there is no route "
                         f"to show; first failure: {next(iter(failed.values()), 'no queries')}")
-    texts = [join_captions(triplets[i].captions) for i in keep]
-    _, trace = compose_queries(model, features[torch.tensor(keep)], texts, batch_size)
-    return trace, keep
+    return features[torch.tensor(keep)], keep
 
 
 def _stats(kind: str, trace: RouterTrace, index: torch.Tensor) -> KindStats:
@@ -195,14 +203,7 @@ def paraphrase_consistency(model: ComposedRetrievalModel, dataset: RetrievalData
         return None
     attributes = catalog_attributes(dataset.root)
     triplets = [t for t in dataset.triplets(split) if t.target is not None][:limit]
-    paths = [dataset.image_path(t.reference) for t in triplets]
-    if table is None:
-        table = extract_image_features(model, sorted(set(paths)))
-    features, failed = table.rows(paths)
-    keep = [i for i in range(len(triplets)) if i not in failed]
-    if not keep:
-        raise DataError(f"no reference image of the {len(triplets)} {split} queries could be read")
-    features = features[torch.tensor(keep)]
+    features, keep = _reference_features(model, dataset, triplets, table)
     texts, traces = [], []
     for j in range(paraphrases):
         asked = [phrase_request(attributes[triplets[i].reference], attributes[triplets[i].target],
