@@ -27,14 +27,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import free_port, markdown_table, write_section  # noqa: E402
+from benchmarks.results import DemoServer, markdown_table, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -89,47 +87,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--note", default="", help="a sentence recorded under the table (what else was going on)")
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md as it is")
     return parser.parse_args(argv)
-
-
-class Server:
-    """`python demo.py` in a subprocess, until closed."""
-
-    def __init__(self, catalog: str | None, training: bool):
-        self.port = free_port()
-        command = [sys.executable, str(REPO / "demo.py"), "--port", str(self.port)]
-        if catalog:
-            command += ["--catalog", catalog]
-        if not training:
-            command.append("--no-training")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        env.pop("SPACE_ID", None)
-        self.log = open(os.devnull, "wb")  # noqa: SIM115  (closed in close())
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.PIPE)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self._wait()
-
-    def _wait(self) -> None:
-        import httpx
-
-        deadline = time.time() + SERVER_TIMEOUT_S
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"demo.py stopped: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}config", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise SystemExit("demo.py did not start in time")
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
 
 
 def js_string(text: str) -> str:
@@ -209,7 +166,8 @@ def measure(url: str, searches: int, training: bool) -> dict[str, list[float]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = os.getloadavg()[0]
-    server = Server(args.catalog, training=not args.no_training)
+    options = (["--catalog", args.catalog] if args.catalog else []) + (["--no-training"] if args.no_training else [])
+    server = DemoServer(options, SERVER_TIMEOUT_S)
     try:
         times = measure(server.url, args.searches, training=not args.no_training)
     finally:

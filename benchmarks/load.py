@@ -23,7 +23,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import free_port, markdown_table, write_section  # noqa: E402
+from benchmarks.results import DemoServer, markdown_table, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 GOAL_P95_S = 1.5
@@ -57,51 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Server:
-    """`python demo.py` in a subprocess, until closed."""
-
-    def __init__(self, args: argparse.Namespace, max_batch: int):
-        self.port = free_port()
-        command = [sys.executable, str(REPO / "demo.py"), "--no-training", "--port", str(self.port),
-                   "--max-batch", str(max_batch)]
-        for flag, value in (("--catalog", args.catalog), ("--checkpoint", args.checkpoint),
-                            ("--threads", args.threads)):
-            if value is not None:
-                command += [flag, str(value)]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        env.pop("SPACE_ID", None)
-        self.log = open(os.devnull, "wb")  # noqa: SIM115  (closed in close())
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.PIPE)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self._wait()
-
-    def _wait(self) -> None:
-        import httpx
-
-        deadline = time.time() + SERVER_TIMEOUT_S
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise SystemExit(f"demo.py stopped: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}config", timeout=5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise SystemExit("demo.py did not start in time")
-
-    def cpu_seconds(self) -> float:
-        """CPU time (user + system) the server process has used so far."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.log.close()
+def start_server(args: argparse.Namespace, max_batch: int) -> DemoServer:
+    """The demo without training, batching up to `max_batch` searches, with the catalog, checkpoint and threads
+    asked."""
+    options = ["--no-training", "--max-batch", str(max_batch)]
+    for flag, value in (("--catalog", args.catalog), ("--checkpoint", args.checkpoint), ("--threads", args.threads)):
+        if value is not None:
+            options += [flag, str(value)]
+    return DemoServer(options, SERVER_TIMEOUT_S)
 
 
 def queries(catalog: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -116,7 +78,7 @@ def queries(catalog: Path, count: int, seed: int = 0) -> list[tuple[str, str]]:
     return [found[i % len(found)] for i in range(count)]
 
 
-def run_level(server: Server, clients: int, per_client: int,
+def run_level(server: DemoServer, clients: int, per_client: int,
               pairs: list[tuple[str, str]]) -> tuple[list[float], float, float]:
     """Latencies (s) of clients x per_client searches, the clients sending at once, and the CPU seconds the
     server and the clients (this process) used over them. Each client is connected and has made one untimed
@@ -162,7 +124,7 @@ def run_level(server: Server, clients: int, per_client: int,
     return latencies, cpu[0], own
 
 
-def run_level_http(server: Server, clients: int, per_client: int,
+def run_level_http(server: DemoServer, clients: int, per_client: int,
                    pairs: list[tuple[str, str]]) -> tuple[list[float], float, float]:
     """As run_level, with light clients: one asyncio task per client, each POSTing to /gradio_api/call/search and
     reading the answer's event stream (the curl API of Gradio), so the clients take little of the CPU."""
@@ -212,7 +174,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure(args: argparse.Namespace, levels: list[int], max_batch: int, catalog: Path,
             http: bool = False) -> list[list]:
-    server = Server(args, max_batch)
+    server = start_server(args, max_batch)
     try:
         pairs = queries(catalog, 4096)
         run_level(server, 1, WARMUP, pairs)

@@ -13,6 +13,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -25,6 +26,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class DemoServer:
+    """`python demo.py OPTIONS` in a subprocess on a free port (offline, not as a Space), until closed."""
+
+    def __init__(self, options: list[str], timeout_s: float = 900):
+        self.port = free_port()
+        command = [sys.executable, str(REPO / "demo.py"), "--port", str(self.port), *options]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        env.pop("SPACE_ID", None)
+        self.log = open(os.devnull, "wb")  # noqa: SIM115  (closed in close())
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=self.log, stderr=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self._wait(timeout_s)
+
+    def _wait(self, timeout_s: float) -> None:
+        import httpx
+
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"demo.py stopped: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}config", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise SystemExit("demo.py did not start in time")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
 
 
 def shown_path(path: Path | str) -> str:
