@@ -484,11 +484,30 @@ def test_sampled_triplets_equal_what_the_fashioniq_reader_reads_back(catalog):
         assert [t.asks for t in reader.triplets(split, category)] == [t.asks for t in triplets]
 
 
+def _launch_drawing(out: Path) -> subprocess.Popen:
+    """`sdfn synth` with 2 drawing processes in its own process group (as a terminal runs it)."""
+    return subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
+                             "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _ctrl_c(process: subprocess.Popen, signal_workers) -> None:
+    """`signal_workers()`, then a second later Ctrl-C to the whole group: one line, exit 130, no worker traceback."""
+    try:
+        signal_workers()
+        time.sleep(1)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
+
+
 def _start_drawing(out: Path) -> subprocess.Popen:
-    """`sdfn synth` with 2 drawing processes in its own process group (as a terminal runs it), once it is drawing."""
-    process = subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
-                                "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    """`_launch_drawing`, once it is drawing."""
+    process = _launch_drawing(out)
     deadline = time.monotonic() + 120
     while not any(len(list((s / "images").glob("*.png"))) >= 5 for s in _staging_folders(out.parent)):
         assert process.poll() is None, f"the generation ended before it could be stopped: {process.stderr.read()}"
@@ -513,20 +532,15 @@ def test_ctrl_c_while_drawing_stops_with_one_line_and_no_worker_tracebacks(tmp_p
     always have the time to print its traceback."""
     out = tmp_path / "synthetic"
     process = _start_drawing(out)
-    try:
+
+    def signal_workers() -> None:
         workers = _children(process.pid)
         assert workers, "expected drawing processes"
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGINT)
-        time.sleep(1)
-        os.killpg(process.pid, signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
+
+    _ctrl_c(process, signal_workers)
     assert not out.exists()
 
 
@@ -534,12 +548,10 @@ def test_ctrl_c_while_drawing_stops_with_one_line_and_no_worker_tracebacks(tmp_p
 def test_ctrl_c_while_the_workers_still_import_prints_no_worker_traceback(tmp_path):
     """A worker that is still starting (importing, before its set-up runs) when Ctrl-C comes must ignore it too:
     each worker is signalled as soon as it exists, then the parent."""
-    out = tmp_path / "synthetic"
-    process = subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
-                                "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    signalled: set[int] = set()
-    try:
+    process = _launch_drawing(tmp_path / "synthetic")
+
+    def signal_workers_as_they_start() -> None:
+        signalled: set[int] = set()
         deadline = time.monotonic() + 60
         while len(signalled) < 2 and time.monotonic() < deadline and process.poll() is None:
             for pid in set(_children(process.pid)) - signalled:
@@ -550,14 +562,8 @@ def test_ctrl_c_while_the_workers_still_import_prints_no_worker_traceback(tmp_pa
                         signalled.add(pid)
             time.sleep(0.005)
         assert len(signalled) == 2, "expected two drawing processes"
-        time.sleep(1)
-        os.killpg(process.pid, signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    assert process.returncode == 130 and "interrupted" in err, (process.returncode, err)
+
+    _ctrl_c(process, signal_workers_as_they_start)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers follow a killed parent on Linux")
