@@ -1,7 +1,7 @@
 """Route-shaping sweep: which route option (ours, `routes.*` in the config) makes SDFN's routes depend on the
 query and earn their place, at what recall, measured against the paper, the Combiner and its own ablations.
 
-    python benchmarks/route_sweep.py --stage1 sdfn/assets/sdfn-tiny --out runs/route-sweep --workers 12
+    python benchmarks/route_sweep.py --stage1 runs/tiny-synthetic/stage1 --out runs/route-sweep --workers 12
 
 Every run is stage 2 of the tiny-synthetic recipe on the same frozen stage-1 backbone (cached features), the
 same epochs and learning rate (0.001, the rate benchmarks/quality.py's sweep picked for sdfn and combiner),
@@ -124,8 +124,27 @@ def run_job(job: dict, args, state: dict) -> dict:
     if model.fusion.has_routes:
         record["routes"] = measure(model, state["dataset"], table=table)
         record["paraphrases"] = record["routes"].pop("paraphrases")
+    if args.phrasing:
+        record["phrasing"] = phrasing_figures(model, state["dataset"], state["catalog"], table)
     record["seconds"] = round(time.time() - start, 1)
     return record
+
+
+def phrasing_figures(model, dataset, catalog, table) -> dict:
+    """benchmarks/phrasing.py's figures (held-out phrasings and annotated captions, val+test, same category)
+    for one run, as metrics.json["phrasing"] keeps them, without the fast test's sample."""
+    import torch
+
+    from benchmarks.phrasing import HELDOUT, card_metrics, query_records, summarise
+    from sdfn.encode import ModelQueryEncoder
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    summary = summarise(query_records(dataset, catalog, ModelQueryEncoder(model, batch_size=512, table=table),
+                                      ("val", "test"), HELDOUT, 0))
+    figures = card_metrics(summary, {})
+    figures.pop("sample")
+    return figures
 
 
 def worker(args) -> None:
@@ -180,13 +199,22 @@ def coordinate(args) -> None:
     for sub in ("queue", "claimed", "runs"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
     (args.out / "closed").unlink(missing_ok=True)
+    if args.plan:      # a fixed list of configurations, each at every seed: no screening
+        for priority, (name, spec) in enumerate(json.loads(args.plan.read_text()).items()):
+            ov, seeds = (spec, args.seeds.split(",")) if isinstance(spec, list) else (spec["overrides"], spec["seeds"])
+            for seed in seeds:
+                enqueue(args, priority, name, int(seed), ov)
+        (args.out / "closed").touch()
+        args.options, args.references, args.final = "none", "", ""
     known = {**OPTIONS, **UNSUPERVISED}
-    options = {k: known[k] for k in args.options.split(",")} if args.options else OPTIONS
+    options = ({} if args.options == "none" else
+               {k: known[k] for k in args.options.split(",")} if args.options else OPTIONS)
     seeds = [int(s) for s in args.seeds.split(",")]
     for name, ov in options.items():
         enqueue(args, 10, name, seeds[0], ov)
     final = args.final.split()
-    enqueue(args, 10, "paper", seeds[0], REFERENCES["paper"])
+    if options:
+        enqueue(args, 10, "paper", seeds[0], REFERENCES["paper"])
     for name in args.references.split(",") if args.references else []:
         for seed in seeds[1:] if name == "paper" else seeds:
             enqueue(args, 20, name, seed, REFERENCES[name])
@@ -202,7 +230,7 @@ def coordinate(args) -> None:
         while any(p.poll() is None for p in procs):
             time.sleep(2.0)
             done = results(args)
-            if picked is None:
+            if picked is None and options:
                 screened = {r["name"]: r for r in done if r["seed"] == seeds[0] and "error" not in r}
                 if all(n in screened or any(r["name"] == n for r in done) for n in [*options, "paper"]):
                     paper = screened.get("paper", {}).get("val_R@1")
@@ -333,12 +361,15 @@ def report(path: Path, quality: Path) -> None:
         "training of issue 9 §1 (`data.phrasing_variants=4 data.phrasing_share=0.5`, frozen text tower).",
         "",
         f"Runs: `{path.as_posix().split('/')[-1]}` (one JSON line per run), made by `python benchmarks/route_sweep.py "
-        "--stage1 sdfn/assets/sdfn-tiny --workers 14|15 optim.precision=fp32` in two calls on one NVIDIA H200 "
+        "--stage1 sdfn/assets/sdfn-tiny --workers 14|15 optim.precision=fp32` at commit 7cc6eb2, whose shipped "
+        "model was stage 1 plus a frozen stage 2 (to reproduce on v2: `--stage1 RUN/stage1` of `sdfn train --config "
+        "tiny-synthetic` and `model.backbone.freeze_text=true optim.lr_backbone=0 data.phrasing_variants=0`) "
+        "in two calls on one NVIDIA H200 "
         "(16 CPU cores, torch 2.11, fp32; 14-15 runs at once), the second with `--final \"data.phrasing_variants=4 "
         "data.phrasing_share=0.5\"` and the kind options. Every run: stage 2 of the tiny-synthetic recipe on the "
-        "shipped frozen stage-1 backbone, 8 epochs, lr 0.001 for every method (the rate the quality table's sweep "
-        "picked for sdfn and combiner), best epoch by val R@1; options were screened on seed 0 and only the "
-        "picked one (the most route goals met, then val R@1) was run at seeds 1 and 2 with its ablations.",
+        "stage-1 backbone shipped before v2 (frozen), 8 epochs, lr 0.001 for every method (the rate the quality "
+        "table's sweep picked for sdfn and combiner), best epoch by val R@1; options were screened on seed 0 and "
+        "only the picked one (the most route goals met, then val R@1) was run at seeds 1 and 2 with its ablations.",
         "",
         "Columns: val R@1 (best epoch); test R@1 and sat@1 (benchmarks/quality.py's protocol); route measures of "
         "benchmarks/routes.py on the test split (entropy over uniform; per kind of change the largest "
@@ -375,11 +406,76 @@ def report(path: Path, quality: Path) -> None:
         "Goal 'SPD measurably more consistent, recall not lower': met on the JS divergence only, and only "
         "because SPD keeps routes uniform.",
         "",
-        "Decision: the shipped sdfn-tiny stays today's paper-faithful model; every option stays in the config "
-        "(default off) with its row here.",
+        "Decision: no route option is shipped; every option stays in the config (default off) with its row here. "
+        "The shipped sdfn-tiny v2 is the paper's SDFN with its text tower trained in stage 2 and the "
+        "everyday-request option (section recipe-v2 below), where the route options were tried again "
+        "(kind_3_sparse+T, kind_10+T5+P, sparse_ent_bal+T) with the same outcome.",
     ])
     write_section(SECTION, "Route options: do they make routes depend on the query and earn their place? "
                   "(benchmarks/route_sweep.py)", body, quality)
+
+
+RECIPE_SECTION = "recipe-v2"
+
+
+def recipe_table(rows: list[dict]) -> str:
+    """One row per configuration of a `--plan --phrasing` sweep (mean ± std over its seeds): recall, sat@1 on
+    the annotated test captions and on held-out everyday phrasings, and the route measures."""
+    from benchmarks.results import markdown_table
+
+    groups = _group(rows)
+    headers = ["configuration", "seeds", "val R@1", "test R@1", "test captions sat@1", "held-out sat@1",
+               "held-out, two changes", "seen words", "unseen words", "entropy / uniform", "smallest kind (points)",
+               "uniform routes cost", "same strongest path", "JS"]
+    out = []
+    for name, g in groups.items():
+        held = [r["phrasing"]["held_out"] for r in g]
+        line = [name, len(g), _mean_std([r["val_R@1"] for r in g]), _mean_std([r["test"]["R@1"] for r in g]),
+                _mean_std([r["test"]["sat@1"] for r in g]), _mean_std([h["all"]["sat@1"] for h in held]),
+                _mean_std([h["two_changes"]["sat@1"] for h in held]),
+                _mean_std([h["seen_words"]["sat@1"] for h in held]),
+                _mean_std([h["unseen_words"]["sat@1"] for h in held])]
+        if "routes" in g[0]:
+            line += [_mean_std([r["routes"]["entropy_ratio"] for r in g], 2),
+                     _mean_std([min(r["routes"]["differences"].values()) for r in g]),
+                     _mean_std([r["routes"]["recall"]["cost"] for r in g]),
+                     _mean_std([r["paraphrases"]["same_strongest_path"] for r in g], 2),
+                     _mean_std([1000 * r["paraphrases"]["js_divergence"] for r in g]) + " m"]
+        else:
+            line += ["-"] * 5
+        out.append(line)
+    return markdown_table(headers, out)
+
+
+def recipe_report(path: Path, quality: Path, note: Path | None) -> None:
+    from benchmarks.results import write_section
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    table = recipe_table(rows)
+    print(table)
+    body = "\n".join([
+        f"Runs: `{path.name}` (one JSON line per run), made by `python benchmarks/route_sweep.py --stage1 "
+        "sdfn/assets/sdfn-tiny --plan PLAN --phrasing --workers 16 optim.precision=fp32` at commit 7cc6eb2 (its "
+        "shipped backbone was the stage-1 one, frozen; on v2 use `--stage1 RUN/stage1` of `sdfn train --config "
+        "tiny-synthetic`; PLAN: the configurations below as `{name: {overrides, seeds}}`) in two calls on one "
+        "NVIDIA H200 (16 CPU cores, torch 2.11, fp32, 16 runs at once). Every run: stage 2 of the tiny-synthetic "
+        "recipe on the same stage-1 backbone (the one shipped before v2), 8 epochs, fusion lr 0.001, best epoch "
+        "by val R@1. Names: `T` = the text tower trained in stage 2 (`model.backbone.freeze_text=false`) at "
+        "`optim.lr_backbone` 2e-4 (`T`), 5e-4 (`T5`) or 1e-3 (`T10`); `P` = the phrasing option (ours, "
+        "`data.phrasing_variants=4 data.phrasing_share=0.5`; `P8`: 8 and 0.7); `no_spd`, `shared_router`: the "
+        "SPD and MSR ablations; `kind_*`, `sparse_*`: the route options of the section below; `paper` = SDFN as "
+        "the paper has it; `combiner` = the static baseline, trained exactly the same way.",
+        "",
+        "Columns: test R@1 and sat@1 with the annotated test captions (benchmarks/quality.py's protocol); "
+        "held-out sat@1: benchmarks/phrasing.py's held-out everyday requests (val+test, same-category gallery; "
+        "`unseen words`: requests with a fashion word no training text contains); route measures as in the "
+        "route-options section (test split). Mean ± std over seeds.",
+        "",
+        table,
+        *(["", note.read_text().strip()] if note else []),
+    ])
+    write_section(RECIPE_SECTION, "Shipped model v2: training the text tower, with and without everyday requests "
+                  "(benchmarks/route_sweep.py --plan)", body, quality)
 
 
 def main() -> None:
@@ -400,11 +496,21 @@ def main() -> None:
     parser.add_argument("--final", default="", help="space-separated overrides: the picked option with them too")
     parser.add_argument("--out", type=Path, default=Path("runs/route-sweep"))
     parser.add_argument("--pack", type=Path, default=None, help="tar the picked option's best final run here")
+    parser.add_argument("--report-recipe", type=Path, default=None,
+                        help="only write the QUALITY.md recipe section from this --plan --phrasing results file")
+    parser.add_argument("--note", type=Path, default=None, help="markdown appended to the recipe section")
+    parser.add_argument("--plan", type=Path, default=None,
+                        help="JSON {name: [overrides] or {overrides, seeds}}: run exactly these (no screening)")
+    parser.add_argument("--phrasing", action="store_true",
+                        help="also measure benchmarks/phrasing.py's figures per run (slower)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     args = parser.parse_args()
     if args.report:
         report(args.report, Path(__file__).resolve().parent / "QUALITY.md")
+        return
+    if args.report_recipe:
+        recipe_report(args.report_recipe, Path(__file__).resolve().parent / "QUALITY.md", args.note)
         return
     if args.stage1 is None:
         parser.error("--stage1 is required to run the sweep")
