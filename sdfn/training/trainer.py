@@ -67,6 +67,9 @@ class Trainer:
         self.model.train()
         self.model.criterion.distribute(self.dist.rank, self.dist.world)
         backbone = self.model.backbone
+        for name, p in backbone.clip.named_parameters():
+            if name.startswith("logit_"):      # CLIP's own contrastive scale (stage 1's); stage 2's loss has its own
+                p.requires_grad_(False)      # (DDP refuses a trainable parameter that no loss uses)
         self.cached = cfg.cache_features and backbone.cfg.freeze_image
         show = progress and self.dist.main
         if caches is not None and self.cached:
