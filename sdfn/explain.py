@@ -351,9 +351,12 @@ def save_fusion(model: ComposedRetrievalModel, folder: Path | str, extra: dict |
                      "text_token": model.backbone.text_token_dim},
             "fingerprint": tensors_fingerprint(tensors.items()),
             "backbone_fingerprint": model.backbone_fingerprint(), **(extra or {})}
+    card = Path(folder) / "README.md"
     with staging_folder(Path(folder)) as tmp:
         save_safetensors(tensors, str(tmp / f"{FUSION_WEIGHTS}.safetensors"))
         (tmp / FUSION_CONFIG).write_text(json.dumps(meta, indent=2))
+        if card.is_file():        # the folder's hand-written card stays; only the weights and config are replaced
+            (tmp / card.name).write_bytes(card.read_bytes())
 
 
 def export_fusion(checkpoint: Path | str, folder: Path | str, same_backbone_as: Path | str | None = None,

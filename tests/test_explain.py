@@ -197,6 +197,10 @@ def test_a_saved_fusion_round_trips(tmp_path, tiny_model):
     loaded = load_fusion(combiner, tiny_model)
     assert loaded.fusion.cfg.name == "combiner" and loaded.meta["backbone_fingerprint"] == \
         tiny_model.backbone_fingerprint()
+    (combiner / "README.md").write_text("recipe and metrics\n")
+    _combiner_beside(tiny_model, combiner)          # saved again over it: new weights, the card is kept
+    assert (combiner / "README.md").read_text() == "recipe and metrics\n"
+    assert load_fusion(combiner, tiny_model).meta["fingerprint"] == loaded.meta["fingerprint"]
 
 
 def _combiner_beside(model: ComposedRetrievalModel, folder: Path) -> Path:
