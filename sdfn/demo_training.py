@@ -90,8 +90,25 @@ class TrainingSettings:
                      f"data.root={self.catalog_path}", "data.synthesize=false"]
         if stage1_items > MAX_PRETRAIN_ITEMS_PER_CATEGORY:
             overrides.append(f"pretrain.synth_items_per_category={MAX_PRETRAIN_ITEMS_PER_CATEGORY}")
+        if preset.get("data", {}).get("phrasing_variants", 0) and not _has_attributes(self.catalog_path):
+            overrides.append("data.phrasing_variants=0")   # everyday requests are drawn from synthetic attributes
         return [sys.executable, "-m", "sdfn.demo_training_worker", "train", "--config", self.preset, "--out",
                 str(out), *overrides]
+
+
+def _has_attributes(catalog: Path) -> bool:
+    """Whether `catalog` is a synthetic one whose catalog.csv holds every attribute column (what the preset's
+    everyday-request training, data.phrasing_variants, reads); other catalogs train on their captions alone."""
+    import csv
+
+    from sdfn.data.attributes import ATTRIBUTES
+
+    try:
+        with (catalog / "catalog.csv").open(newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return all(a in header for a in ("id", *ATTRIBUTES))
 
 
 @dataclass(frozen=True)

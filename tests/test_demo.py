@@ -543,6 +543,14 @@ def test_training_policy_with_a_root_allows_only_existing_catalogs_inside_it(sma
     assert checked.epochs == 2 and checked.catalog_path == (root / "mine").resolve()
     command = checked.command(tmp_path / "out")
     assert f"data.root={(root / 'mine').resolve()}" in command and "data.synthesize=false" in command
+    assert "data.phrasing_variants=0" not in command     # a synthetic catalog: the preset's everyday requests too
+    shutil.copytree(root / "mine", root / "plain")
+    # a catalog.csv without attribute columns (id, image, category, split), as an image folder's catalog has
+    rows = (root / "plain" / "catalog.csv").read_text().splitlines()
+    (root / "plain" / "catalog.csv").write_text("\n".join(",".join(r.split(",")[:4]) for r in rows) + "\n")
+    plain = TrainingPolicy([served], root).check(TrainingSettings("tiny-synthetic", "plain", 1, 32, 1e-3, 0)).command(
+        tmp_path / "out")
+    assert "data.phrasing_variants=0" in plain           # no attribute columns to phrase from: captions alone
 
 
 def test_batcher_answers_each_caller_with_its_own_answer_or_error():
