@@ -4,8 +4,9 @@
 
 1. copies `RUN/best` to `--out` with float16 weights (what the library loads by default);
 2. measures the shipped weights on the synthetic catalog's val and test splits (R@K, attribute
-   satisfaction; test protocol of benchmarks/quality.py) and writes `--out/metrics.json` (a test checks the
-   val figure against a fresh copy of the val split);
+   satisfaction; test protocol of benchmarks/quality.py) and on everyday requests (benchmarks/phrasing.py's
+   held-out phrasings and its fast test's sample), and writes `--out/metrics.json` (tests check the val
+   figure and the phrasing sample against a fresh copy of the val split);
 3. analyses route usage by kind of change on the test split: a table in the card and
    benchmarks/routes_by_change.png;
 4. writes the model card `--out/README.md` (data seed, command, training time, metrics, routes).
@@ -124,30 +125,53 @@ def stage1_data(pretrain: dict) -> str:
             f"{pretrain['synth_items_per_category']} items per category, train split).")
 
 
-UNDERSTANDS = [
-    "The text tower was trained from scratch on this project's generated texts only (stage 1: absolute "
-    "descriptions; stage 2: annotator-style captions such as \"is red and has long sleeves\"). It knows the "
-    "catalog's vocabulary, not English at large.",
-    "",
-    "- **Understood**: the eight attributes the catalog has (colour, pattern, sleeve, length, neckline, fit, "
-    "buttons, belt) in the words its captions and descriptions use (sdfn/data/attributes.py): 14 colours "
-    "including maroon/burgundy and navy; plain/solid, striped, polka dots, plaid/checked, floral, graphic; "
-    "sleeveless, short, long sleeves; mini, midi, maxi; round/crew/scoop, v-neck, collar; fitted/tight, "
-    "loose/oversized; relative changes (darker, lighter, longer, shorter, looser, tighter) and simple negations "
-    "(\"not red\", \"no pattern\", \"without a belt\") written as captions are.",
-    "- **Partly**: everyday requests in other shapes (wishes, questions, imperatives, \"like this but ...\", "
-    "politeness, typos); figures below.",
-    "- **Not understood**: words that never occurred in its training texts (a rarer colour name, a brand, a "
-    "material such as denim or silk, an occasion); attributes the catalog does not have (material, heels, 3/4 "
-    "sleeves); counts. An unknown word is not refused: it is read as noise and the answer may ignore it.",
-    "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
-    "high as one that meets them all.",
-]
+def understands(cfg: dict) -> list[str]:
+    """What the text side was trained on, so what the model understands and what it does not."""
+    trained_text = not cfg["model"]["backbone"].get("freeze_text", True) and cfg["optim"].get("lr_backbone", 0) > 0
+    phrasing = cfg["data"].get("phrasing_variants", 0) > 0
+    stage2 = "annotator-style captions such as \"is red and has long sleeves\"" + (
+        " and everyday requests from the TRAIN part of sdfn/data/synth/phrasing.py (wishes, questions, "
+        "imperatives, \"like this but ...\", politeness, relative changes, negations, fashion words such as "
+        "crimson, charcoal, gingham, slouchy, scoop neck, lower case and typos)" if phrasing else "")
+    return [
+        "The text tower was trained from scratch on this project's generated texts only (stage 1: absolute "
+        f"descriptions; stage 2{', fine-tuned with the fusion' if trained_text else ', frozen; the fusion only'}: "
+        f"{stage2}). It knows the catalog's vocabulary and these sentence shapes, not English at large.",
+        "",
+        "- **Understood**: the eight attributes the catalog has (colour, pattern, sleeve, length, neckline, fit, "
+        "buttons, belt) in the words its captions, descriptions" + (" and training requests" if phrasing else "")
+        + " use (sdfn/data/attributes.py, sdfn/data/synth/phrasing.py): 14 colours with their common names "
+        "(burgundy, navy, cream, charcoal, ...); plain/solid, striped, polka dots, plaid/checked/gingham, floral, "
+        "graphic; sleeveless, short, long sleeves; mini, midi, maxi/ankle-length; round/crew/scoop, v-neck, "
+        "collar; fitted/tight, loose/oversized/roomy; relative changes (darker, lighter, longer, shorter, looser, "
+        "tighter, \"not so tight\") and negations (\"not red\", \"no print\", \"lose the belt\", "
+        "\"without sleeves\").",
+        "- **Partly**: sentence shapes and fashion words it was never taught (the held-out phrasings below); two "
+        "or three changes in one request (each change is followed less often than one alone).",
+        "- **Not understood**: words that never occurred in its training texts (a rarer colour name, a brand, a "
+        "material such as denim or silk, an occasion); attributes the catalog does not have (material, heels, 3/4 "
+        "sleeves); counts. An unknown word is not refused: it is read as noise and the answer may ignore it.",
+        "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
+        "high as one that meets them all.",
+    ]
 
 
-def phrasing_lines(metrics: dict) -> list[str]:
+def stage2_inputs(cfg: dict) -> str:
+    backbone, optim, data = cfg["model"]["backbone"], cfg["optim"], cfg["data"]
+    if backbone.get("freeze_text", True) or not optim.get("lr_backbone", 0):
+        what = "frozen, cached features"
+    else:
+        what = (f"cached image features, the text tower trained with it (lr {optim['lr_backbone']:g}, "
+                "`model.backbone.freeze_text=false`)")
+    if data.get("phrasing_variants", 0):
+        what += (f", the annotated captions plus {data['phrasing_variants']} everyday requests per triplet "
+                 f"(one used with probability {data['phrasing_share']:g}; `data.phrasing_variants`, ours)")
+    return what
+
+
+def phrasing_lines(metrics: dict, cfg: dict) -> list[str]:
     """The card's 'what it understands' section, with the held-out phrasing figures of metrics.json."""
-    lines = ["## What it understands, and what it does not", "", *UNDERSTANDS]
+    lines = ["## What it understands, and what it does not", "", *understands(cfg)]
     figures = metrics.get("phrasing")
     if figures:
         held, notes = figures["held_out"], figures["annotated"]
@@ -161,6 +185,16 @@ def phrasing_lines(metrics: dict) -> list[str]:
             f"captions of the same queries.",
         ]
     return lines
+
+
+def phrasing_metrics(model: ComposedRetrievalModel, dataset, catalog: pd.DataFrame) -> dict:
+    """benchmarks/phrasing.py's figures of the shipped weights (val+test, and the fast test's sample)."""
+    from benchmarks.phrasing import HELDOUT, card_metrics, held_out_sample, query_records, summarise
+    from sdfn.encode import ModelQueryEncoder
+
+    encoder = ModelQueryEncoder(model, batch_size=256)
+    summary = summarise(query_records(dataset, catalog, encoder, ("val", "test"), HELDOUT, 0))
+    return card_metrics(summary, held_out_sample(dataset, catalog, encoder))
 
 
 def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: RouteStatistics, args,
@@ -207,7 +241,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         f"- Stage 1: {cfg['pretrain']['epochs']} epochs of image-text contrastive training on generated absolute "
         "descriptions, with one auxiliary classifier per attribute on each embedding"
         + (f"; {stage1['seconds'] / 60:.1f} min at {stage1['images_per_s']:.0f} images/s." if stage1 else "."),
-        f"- Stage 2: {len(epochs)} epochs of SDFN on frozen, cached features (batch {cfg['optim']['batch_size']}, "
+        f"- Stage 2: {len(epochs)} epochs of SDFN on {stage2_inputs(cfg)} (batch {cfg['optim']['batch_size']}, "
         f"lr {cfg['optim']['lr']:g}, SPD weight {cfg['spd']['weight']:g}, alpha {cfg['spd']['alpha']:g}); "
         f"{training['stage2_epoch_seconds'] / 60:.1f} min of training steps; best val {best['metric']} at epoch "
         f"{best['epoch']}.",
@@ -224,7 +258,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         "",
         "Against the baselines and ablations (same stage-1 backbone, 3 seeds): benchmarks/QUALITY.md.",
         "",
-        *phrasing_lines(metrics),
+        *phrasing_lines(metrics, cfg),
         "",
         "## Routes by kind of change (test split)",
         "",
@@ -272,8 +306,9 @@ def main() -> None:
     training = training_record(args.run)
     metrics["catalog"] = {"seed": training["config"]["data"]["synth_seed"],
                           "items_per_category": catalog_items_per_category(catalog)}
-    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     model = ComposedRetrievalModel.load(args.out)
+    metrics["phrasing"] = phrasing_metrics(model, dataset, catalog)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     stats = route_statistics(model, dataset, "test")
     (args.out / "routes.json").write_text(json.dumps(stats.to_json(), indent=1) + "\n")
     plot_usage(stats, HERE / "routes_by_change.png")

@@ -286,11 +286,14 @@ def test_issue_words_and_shapes_are_taught():
 
 
 def phrased_config(catalog: Path, *overrides: str):
+    """The tiny-synthetic preset, small, with the paper's stage 2 (frozen text tower, captions only) unless
+    `overrides` say otherwise."""
     from sdfn.config import load_config
 
     return load_config("tiny-synthetic", [
         "model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
         "data.synthesize=false", "optim.batch_size=16", "optim.num_workers=0", "eval.every=0",
+        "model.backbone.freeze_text=true", "optim.lr_backbone=0", "data.phrasing_variants=0",
         f"data.root={catalog}", *overrides])
 
 
@@ -318,6 +321,12 @@ def test_training_path_feeds_only_training_part_requests(small_catalog, tmp_path
         assert text in t.requests
         assert text in training_requests(t, attrs, 3)           # fixed by seed and triplet
     assert math.isfinite(trainer.train_step(list(range(16)), random.Random(0))["loss"])
+    # the shipped preset trains the text tower too: no text cache, the requests are encoded at each step
+    live = Trainer(phrased_config(small_catalog, "data.phrasing_variants=3", "data.phrasing_share=1.0",
+                                  "model.backbone.freeze_text=false", "optim.lr_backbone=5e-4"),
+                   tmp_path / "live", progress=False)
+    assert live.texts is None and sum(isinstance(t, PhrasedTriplet) for t in live.triplets) == len(phrased)
+    assert math.isfinite(live.train_step(list(range(16)), random.Random(0))["loss"])
 
 
 def test_phrasing_off_keeps_the_paper_training_and_refuses_a_catalog_without_attributes(small_catalog, tmp_path):

@@ -236,8 +236,13 @@ def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_p
     assert any(k.startswith("visual.") for k in changed) and any(k.startswith("transformer.") for k in changed)
     saved = json.loads((tmp_path / "last" / "train_config.json").read_text())
     assert saved["model"]["backbone"]["model"].startswith("local-dir:")   # stage 2 started from stage 1
-    # stage 1 trained both towers, but stage 2 keeps the preset's frozen backbone (and its feature cache)
-    assert saved["model"]["backbone"]["freeze_image"] and saved["model"]["backbone"]["freeze_text"]
+    # stage 1 trained both towers; stage 2 keeps the preset's frozen image tower (and its feature cache) and
+    # goes on training the text tower with the fusion
+    assert saved["model"]["backbone"]["freeze_image"] and not saved["model"]["backbone"]["freeze_text"]
+    stage2 = ComposedRetrievalModel.load(tmp_path / "last").backbone.clip.state_dict()
+    stage1_weights = trained.clip.state_dict()
+    moved = {k.split(".")[0] for k, v in stage2.items() if not torch.equal(v, stage1_weights[k])}
+    assert "transformer" in moved and "visual" not in moved
 
 
 def test_backbone_loads_a_local_safetensors_file(tmp_path):
