@@ -224,6 +224,10 @@ SHORTER = _b(["shorter", "a bit shorter", "a little shorter", "much shorter"], [
 LONGER_SLEEVES = _b(["with longer sleeves", "with longer arms"], ["with sleeves that are not so short"])
 SHORTER_SLEEVES = _b(["with shorter sleeves", "with shorter arms"], ["with sleeves that are not so long"])
 WITH_SLEEVES = _b(["with sleeves", "with some sleeves"], ["with some sleeves on it"])
+# The sleeves named first, their length after ("make the sleeves long", "make the sleeves longer"): without
+# these a model taught only "long sleeves" read "sleeves long" as a length change.
+SLEEVES_MAKE = _b(["make the sleeves {w}", "have the sleeves {w}", "make its sleeves {w}"],
+                  ["let the sleeves be {w}", "change the sleeves to {w} ones"])
 TIGHTER = _b(["tighter", "more fitted", "not so loose", "less loose"], ["less baggy", "closer to the body"])
 LOOSER = _b(["looser", "less fitted", "not so tight", "less tight", "roomier"], ["less clingy", "with more room"])
 LONGER_VERB = _b(["make it longer", "longer please"], ["lengthen it", "add some length"])
@@ -364,10 +368,10 @@ def _sleeve(u: str, v: str, part: str, rng: random.Random) -> Phrase:
                 return Phrase("sleeve", NEGATED, _accepted(["short", "long"]), comp, verb, comp)
             comp = rng.choice(LONGER_SLEEVES.options(part))
             return Phrase("sleeve", RELATIVE, _accepted(values_above("sleeve", u)), comp,
-                          _fill(rng.choice(ADD_NOUN.options(part)), n=comp.removeprefix("with ")), comp)
+                          _sleeves_verb(comp, "longer", part, rng), comp)
         comp = rng.choice(SHORTER_SLEEVES.options(part))
         return Phrase("sleeve", RELATIVE, _accepted(values_below("sleeve", u)), comp,
-                      _fill(rng.choice(ADD_NOUN.options(part)), n=comp.removeprefix("with ")), comp)
+                      _sleeves_verb(comp, "shorter", part, rng), comp)
     if v == "sleeveless" and roll < 0.5:
         comp = rng.choice(WITHOUT.options(part)).format(n="sleeves")
         verb = _fill(rng.choice(REMOVE_NOUN.options(part)), n="sleeves")
@@ -377,9 +381,17 @@ def _sleeve(u: str, v: str, part: str, rng: random.Random) -> Phrase:
     with_noun = f"with {noun}"
     comp = adj if rng.random() < 0.5 else with_noun
     verb = (_fill(rng.choice(MAKE_ADJ.options(part)), w=adj) if v == "sleeveless"
-            else _fill(rng.choice(ADD_NOUN.options(part)), n=noun))
+            else _sleeves_verb(with_noun, v, part, rng, noun))
     return Phrase("sleeve", ABSOLUTE, _accepted([v]), comp, verb, with_noun, adj,
                   (novel_adj and comp == adj) or (novel and comp == with_noun))
+
+
+def _sleeves_verb(comp: str, word: str, part: str, rng: random.Random, noun: str | None = None) -> str:
+    """An imperative for a sleeve change: "add long sleeves" (ADD_NOUN with the noun phrase), or, a third of the
+    time, the sleeves first ("make the sleeves long", "make the sleeves longer"; SLEEVES_MAKE with `word`)."""
+    if rng.random() < 0.35:
+        return _fill(rng.choice(SLEEVES_MAKE.options(part)), w=word)
+    return _fill(rng.choice(ADD_NOUN.options(part)), n=noun or comp.removeprefix("with "))
 
 
 def _length(u: str, v: str, category: str, part: str, rng: random.Random) -> Phrase:
