@@ -144,8 +144,8 @@ def understands(cfg: dict) -> list[str]:
         "(burgundy, navy, cream, charcoal, ...); plain/solid, striped, polka dots, plaid/checked/gingham, floral, "
         "graphic; sleeveless, short, long sleeves; mini, midi, maxi/ankle-length; round/crew/scoop, v-neck, "
         "collar; fitted/tight, loose/oversized/roomy; relative changes (darker, lighter, longer, shorter, looser, "
-        "tighter, \"not so tight\") and negations (\"not red\", \"no print\", \"lose the belt\", "
-        "\"without sleeves\").",
+        "tighter, \"not so tight\", \"make the sleeves longer\") and negations (\"not red\", \"no print\", "
+        "\"lose the belt\", \"without sleeves\").",
         "- **Partly**: sentence shapes and fashion words it was never taught (the held-out phrasings below); two "
         "or three changes in one request (each change is followed less often than one alone).",
         "- **Not understood**: words that never occurred in its training texts (a rarer colour name, a brand, a "
