@@ -485,10 +485,11 @@ def test_sampled_triplets_equal_what_the_fashioniq_reader_reads_back(catalog):
 
 
 def _launch_drawing(out: Path) -> subprocess.Popen:
-    """`sdfn synth` with 2 drawing processes in its own process group (as a terminal runs it)."""
+    """`sdfn synth` with 2 drawing processes in its own process group, with Ctrl-C's default disposition (as a
+    terminal runs it, even when these tests run in a background job, whose shell ignores SIGINT)."""
     return subprocess.Popen([sys.executable, "-m", "sdfn", "synth", "--out", str(out), "--items-per-category",
                              "400", "--workers", "2", "--quiet"], stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _ctrl_c(process: subprocess.Popen, signal_workers) -> None:
