@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.quality import PROTOCOL, split_metrics  # noqa: E402
-from benchmarks.results import git_commit, machine, markdown_table  # noqa: E402
+from benchmarks.results import git_commit, machine, markdown_table, stage2_inputs  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel  # noqa: E402
 from sdfn.paths import default_catalog  # noqa: E402
@@ -154,19 +154,6 @@ def understands(cfg: dict) -> list[str]:
         "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
         "high as one that meets them all.",
     ]
-
-
-def stage2_inputs(cfg: dict) -> str:
-    backbone, optim, data = cfg["model"]["backbone"], cfg["optim"], cfg["data"]
-    if backbone.get("freeze_text", True) or not optim.get("lr_backbone", 0):
-        what = "frozen, cached features"
-    else:
-        what = (f"cached image features, the text tower trained with it (lr {optim['lr_backbone']:g}, "
-                "`model.backbone.freeze_text=false`)")
-    if data.get("phrasing_variants", 0):
-        what += (f", the annotated captions plus {data['phrasing_variants']} everyday requests per triplet "
-                 f"(one used with probability {data['phrasing_share']:g}; `data.phrasing_variants`, ours)")
-    return what
 
 
 def phrasing_lines(metrics: dict, cfg: dict) -> list[str]:

@@ -32,7 +32,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results import command, git_commit, machine, markdown_table  # noqa: E402
+from benchmarks.results import command, git_commit, machine, markdown_table, stage2_inputs  # noqa: E402
 from sdfn.config import load_config  # noqa: E402
 from sdfn.data.attributes import APPLIES, satisfies  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
@@ -159,23 +159,12 @@ def machines_used(ledger: Ledger) -> dict[str, list[str]]:
     return {m: sorted(methods) for m, methods in used.items()}
 
 
-def stage2_inputs(args) -> str:
-    """What stage 2 trained on, from the preset and the command's overrides (the preset changed in v2)."""
-    cfg = load_config(args.preset, list(args.overrides))
-    if cfg.model.backbone.freeze_text or not cfg.optim.lr_backbone:
-        what = "frozen cached features"
-    else:
-        what = f"cached image features with the text tower trained (lr {cfg.optim.lr_backbone:g})"
-    if cfg.data.phrasing_variants:
-        what += f", captions plus {cfg.data.phrasing_variants} everyday requests per triplet (ours)"
-    return what
-
-
 def write_report(summary: dict, args, ledger: Ledger) -> None:
     (HERE / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [[m, *(f"{s[k]:.1f} ± {s['std'][k]:.1f}" for k in METRICS), f"{s['lr']:g}"] for m, s in summary.items()]
     best_static = max(BASELINES, key=lambda m: summary[m]["R@1"])
     sdfn, static = summary["sdfn"], summary[best_static]
+    stage2 = stage2_inputs(load_config(args.preset, list(args.overrides)).to_dict())   # the preset changed in v2
     lines = [
         "# Quality on the synthetic catalog (test split)",
         "",
@@ -184,7 +173,7 @@ def write_report(summary: dict, args, ledger: Ledger) -> None:
         f"Command: `{command()}`  ",
         "Machines: " + "; ".join(f"{m} ({', '.join(methods)})" for m, methods in machines_used(ledger).items()),
         "",
-        f"Same stage-1 backbone (`{args.stage1}`) for every method; stage 2 on {stage2_inputs(args)}, "
+        f"Same stage-1 backbone (`{args.stage1}`) for every method; stage 2 on {stage2}, "
         f"{args.epochs} epochs, learning rate picked per method from {{{', '.join(f'{x:g}' for x in args.lrs)}}} "
         f"on val R@1 (seed 0), then seeds {', '.join(map(str, args.seeds))} at that rate; best checkpoint by val "
         "R@1. Test protocol: whole category split as gallery, joined captions, reference excluded. sat@k "

@@ -143,3 +143,17 @@ def write_section(name: str, title: str, body: str, path: Path = RESULTS) -> Non
     else:
         text = text.rstrip("\n") + "\n\n" + block
     path.write_text(text)
+
+
+def stage2_inputs(cfg: dict) -> str:
+    """What stage 2 of a training config (as a dict) trained on, in words, for the reports."""
+    backbone, optim, data = cfg["model"]["backbone"], cfg["optim"], cfg["data"]
+    if backbone.get("freeze_text", True) or not optim.get("lr_backbone", 0):
+        what = "frozen, cached features"
+    else:
+        what = (f"cached image features, the text tower trained with it (lr {optim['lr_backbone']:g}, "
+                "`model.backbone.freeze_text=false`)")
+    if data.get("phrasing_variants", 0):
+        what += (f", the annotated captions plus {data['phrasing_variants']} everyday requests per triplet "
+                 f"(one used with probability {data['phrasing_share']:g}; `data.phrasing_variants`, ours)")
+    return what
