@@ -97,18 +97,15 @@ class TrainingSettings:
 
 
 def _has_attributes(catalog: Path) -> bool:
-    """Whether `catalog` is a synthetic one whose catalog.csv holds every attribute column (what the preset's
-    everyday-request training, data.phrasing_variants, reads); other catalogs train on their captions alone."""
-    import csv
-
-    from sdfn.data.attributes import ATTRIBUTES
+    """Whether `catalog` has what the preset's everyday-request training (data.phrasing_variants) reads: the
+    same check the trainer makes (`catalog_attributes`); other catalogs train on their captions alone."""
+    from sdfn.data.synth.phrasing import catalog_attributes
 
     try:
-        with (catalog / "catalog.csv").open(newline="", encoding="utf-8") as f:
-            header = next(csv.reader(f), [])
-    except (OSError, UnicodeDecodeError, csv.Error):
+        catalog_attributes(catalog)
+    except (DataError, OSError, UnicodeDecodeError):
         return False
-    return all(a in header for a in ("id", *ATTRIBUTES))
+    return True
 
 
 @dataclass(frozen=True)
