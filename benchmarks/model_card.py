@@ -53,7 +53,27 @@ def training_record(run: Path) -> dict:
     config = json.loads((run / "config.json").read_text())
     return {"config": config, "stage1": stage1, "epochs": epochs,
             "wall_seconds": sum(r["seconds"] for r in runs) if runs else None,
+            # "trained" | "reused" | "none" per invocation; logs written before the field: None (unknown)
+            "stage1_runs": [r.get("stage1") for r in runs],
             "stage2_epoch_seconds": sum(e["seconds"] for e in epochs)}
+
+
+def whole_recipe_line(training: dict, trained_on: str) -> str:
+    """The card's line on the recipe's wall time: the run's seconds cover both stages only when the run trained
+    stage 1 itself; a run that found a finished stage 1 in its folder says so instead of passing its stage-2 time
+    off as the whole recipe's."""
+    wall, stage1_runs = training["wall_seconds"], training["stage1_runs"]
+    if not wall:
+        return ""
+    where = f" on {trained_on}" if trained_on else ""
+    if "trained" in stage1_runs or (stage1_runs and set(stage1_runs) == {"none"}):
+        return f"- Whole recipe (catalog generation, both stages, caching, evaluation): {wall / 60:.1f} min{where}."
+    if stage1_runs and set(stage1_runs) == {"reused"}:
+        return (f"- This run found a finished stage 1 in its folder and reused it (`sdfn train` skips it; the "
+                f"stage-1 line gives that stage's own time): stage 2 with caching and evaluation took "
+                f"{wall / 60:.1f} min{where}. The whole recipe is the two times together.")
+    return (f"- The run took {wall / 60:.1f} min{where}; its log does not record whether that included stage 1 "
+            "(logs before the run record's `stage1` field).")
 
 
 def usage_table(stats: RouteStatistics) -> tuple[list[str], list[list]]:
@@ -232,8 +252,7 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
         f"lr {cfg['optim']['lr']:g}, SPD weight {cfg['spd']['weight']:g}, alpha {cfg['spd']['alpha']:g}); "
         f"{training['stage2_epoch_seconds'] / 60:.1f} min of training steps; best val {best['metric']} at epoch "
         f"{best['epoch']}.",
-        (f"- Whole recipe (catalog generation, both stages, caching, evaluation): {wall / 60:.1f} min on "
-         f"{args.trained_on}." if wall else ""),
+        whole_recipe_line(training, args.trained_on),
         "",
         "## Metrics (this float16 checkpoint)",
         "",

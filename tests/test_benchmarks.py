@@ -37,3 +37,13 @@ def test_committed_results_files_hold_no_unformatted_template_fields():
     for path in BENCHMARKS.glob("*.md"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not PLACEHOLDER.search(line), f"{path.name}:{number}: {line}"
+
+
+def test_model_card_states_a_whole_recipe_time_only_when_the_run_trained_stage_one():
+    card = load_script("model_card")
+    line = card.whole_recipe_line({"wall_seconds": 870.0, "stage1_runs": ["reused"]}, "2 CPU cores")
+    assert "reused" in line and "14.5 min on 2 CPU cores" in line and "Whole recipe (" not in line
+    line = card.whole_recipe_line({"wall_seconds": 2482.0, "stage1_runs": ["trained", "reused"]}, "2 CPU cores")
+    assert line.startswith("- Whole recipe (") and "41.4 min" in line          # a resumed run: both invocations
+    assert "does not record" in card.whole_recipe_line({"wall_seconds": 60.0, "stage1_runs": [None]}, "")
+    assert card.whole_recipe_line({"wall_seconds": None, "stage1_runs": []}, "x") == ""

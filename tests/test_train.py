@@ -7,6 +7,7 @@ import json
 import math
 import os
 import random
+import shutil
 import stat
 import subprocess
 import sys
@@ -243,6 +244,23 @@ def test_stage_one_pretraining_writes_an_open_clip_backbone(small_catalog, tmp_p
     stage1_weights = trained.clip.state_dict()
     moved = {k.split(".")[0] for k, v in stage2.items() if not torch.equal(v, stage1_weights[k])}
     assert "transformer" in moved and "visual" not in moved
+    # the run record says this run trained stage 1; a run that finds it finished in its folder skips it and says so
+    # (the model card tells a whole recipe's time from a stage-2-only one by this)
+    assert run_records(tmp_path) == ["trained"]
+    again = tmp_path.parent / "again"
+    shutil.copytree(tmp_path / "stage1", again / "stage1")
+    run_training(cfg, again, progress=False)
+    assert run_records(again) == ["reused"]
+    assert json.loads((again / "stage1" / "stage1.json").read_text()) == stage1       # untouched
+    paper = small_config(small_catalog, "optim.epochs=1", "eval.every=0")             # no stage 1 at all
+    run_training(paper, tmp_path.parent / "none", progress=False)
+    assert run_records(tmp_path.parent / "none") == ["none"]
+
+
+def run_records(run: Path) -> list[str]:
+    """The `stage1` field of each run record in a run folder's log."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["stage1"] for r in records if r["event"] == "run"]
 
 
 def test_backbone_loads_a_local_safetensors_file(tmp_path):

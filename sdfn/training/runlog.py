@@ -3,7 +3,10 @@
 Records are `{"event": "stage1-epoch" | "step" | "epoch" | "run", ...}`. The log always tells one history:
 when a run resumes from its last checkpoint, the records of the steps and epochs that checkpoint does not
 contain (written by the interrupted invocation after its last save) are dropped first, and a stage 1 that
-starts again replaces the records of the one that was interrupted. Rewrites are atomic (fsio).
+starts again replaces the records of the one that was interrupted. Rewrites are atomic (fsio). The "run"
+record closes an invocation: its seconds, epochs, best score, and `stage1`: "trained" (this invocation ran
+stage 1, so its seconds cover the whole recipe), "reused" (it found a finished stage 1 in the run folder) or
+"none" (no stage 1).
 """
 
 from __future__ import annotations

@@ -47,9 +47,11 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
         writable_run_folder(out)
         ensure_synthetic_catalogs(cfg, progress)
     dist_info.barrier()
+    stage1_state = "none"   # the run record says whether this run trained stage 1 or found it finished
     if cfg.pretrain.epochs > 0:
         stage1 = out / "stage1"
-        if dist_info.main and not (stage1 / SUMMARY).is_file():
+        stage1_state = "reused" if (stage1 / SUMMARY).is_file() else "trained"
+        if dist_info.main and stage1_state == "trained":
             RunLog(out / "log.jsonl").restart_stage1()
             run_pretraining(cfg, stage1, dist_info, progress)
         dist_info.barrier()
@@ -64,7 +66,7 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
     final = trainer.train(stop_after=stop_after)
     if dist_info.main:
         summary = {"seconds": round(time.time() - started, 1), "epochs_done": trainer.epoch,
-                   "best": trainer.best, "resumed": resume is not None}
+                   "best": trainer.best, "resumed": resume is not None, "stage1": stage1_state}
         trainer.log.append({"event": "run", **summary})
     return {"out": str(out), "epoch": trainer.epoch, "best": trainer.best, "final": final,
             "caches": (trainer.table, trainer.texts)}
