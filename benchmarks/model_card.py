@@ -215,7 +215,6 @@ def write_card(out: Path, run: Path, metrics: dict, training: dict, stats: Route
              metrics[split]["queries"]] for split in ("val", "test")]
     headers, usage_rows = usage_table(stats)
     best = json.loads((run / "best" / "sdfn_config.json").read_text())["selected_by"]
-    wall = training["wall_seconds"]
     lines = [
         "# sdfn-tiny: the shipped SDFN model",
         "",
