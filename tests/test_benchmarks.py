@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import random
 import re
+import sys
 from pathlib import Path
+
+import pandas as pd
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # An f-string field left unformatted: "{table}", "{goal_line(rows)}", "{x!r}", "{n:,}" (JSON and set literals
@@ -15,6 +19,7 @@ PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.]*(\([^)]*\))?(![rsa])?(:[^}]*
 def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module      # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
 
@@ -47,3 +52,26 @@ def test_model_card_states_a_whole_recipe_time_only_when_the_run_trained_stage_o
     assert line.startswith("- Whole recipe (") and "41.4 min" in line          # a resumed run: both invocations
     assert "does not record" in card.whole_recipe_line({"wall_seconds": 60.0, "stage1_runs": [None]}, "")
     assert card.whole_recipe_line({"wall_seconds": None, "stage1_runs": []}, "x") == ""
+
+
+def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed():
+    bench = load_script("own_requests")
+    rows = []
+    for i, (category, color, belt) in enumerate([("dress", "red", "yes"), ("dress", "blue", "no"),
+                                                 ("skirt", "red", "no"), ("dress", "blue", "yes")]):
+        rows.append({"id": f"x{i}", "split": "val", "category": category, "color": color, "belt": belt,
+                     "sleeve": "n/a" if category == "skirt" else "long"})
+    catalog = pd.DataFrame(rows).set_index("id")
+    wants_red = bench.OwnRequest("in red", {"color": "red"}, ("dress", "skirt"))
+    no_belt = bench.OwnRequest("ditch the belt", {"belt": "no"}, ("dress",))
+    sleeves = bench.OwnRequest("short sleeves", {"sleeve": "short"}, ("dress", "skirt"))
+    oracle = {"in red": "x0", "ditch the belt": "x1", "short sleeves": "x1"}
+    scored = bench.measure(lambda ref, text: [oracle[text], ref], catalog, [wants_red, no_belt, sleeves], n=6)
+    assert [(r["hits"], r["asked"]) for r in scored] == [(6, 6), (6, 6), (0, 6)]
+    asked = bench.references(catalog, no_belt, random.Random(0), 20)
+    assert set(asked) == {"x0", "x3"}                  # belted dresses only: x1 has no belt, x2 is a skirt
+    assert "x2" not in bench.references(catalog, sleeves, random.Random(0), 20)     # a skirt has no sleeves
+    echo = bench.measure(lambda ref, text: [ref], catalog, [wants_red, no_belt], n=6)   # the reference back
+    assert [r["hits"] for r in echo] == [0, 0]
+    text = bench.section(scored, "toy", "ckpt", "cat")
+    assert "66.7%" in text and '"ditch the belt"' in text

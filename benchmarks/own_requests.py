@@ -1,0 +1,141 @@
+"""Requests typed by hand, not drawn from the phrasing generator: does the top-1 item have every asked change?
+
+    python benchmarks/own_requests.py                                  # the shipped model, default catalog
+    python benchmarks/own_requests.py --checkpoint runs/x/best --catalog COPY --label "run x"
+
+Each request below names the attribute values a right answer must have and the categories it applies to.
+It is asked on 12 val/test references of those categories that lack at least one asked value (drawn with a
+fixed seed, the same for every model), through `Retriever.search` with its defaults (the reference's own
+category, k=10). Per request: how many of the 12 top-1 items have every asked value.
+
+benchmarks/phrasing.py measures requests generated from the held-out part of sdfn/data/synth/phrasing.py;
+these are the shapes a person types without looking at that file: wishes and questions with words the
+generator never uses ("any chance of", "swap the colour to", "hey"), negations it has no construction for
+("i dont want a belt"), and a few of its own shapes as controls. They were fixed before the v3 model was
+first measured and played no part in choosing its training part.
+
+A checkpoint other than the catalog's indexed one re-indexes the catalog (`Retriever`): pass a copy of the
+catalog with `--catalog` to keep the demo's index. Prints the table and writes its section into
+benchmarks/QUALITY.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+QUALITY = HERE / "QUALITY.md"
+SECTION = "own-requests"
+REFERENCES = 12
+SEED = 0
+
+ALL = ("dress", "shirt", "skirt", "toptee", "trousers")
+SLEEVED = ("dress", "shirt", "toptee")
+BELTED = ("dress", "skirt", "trousers")
+
+
+@dataclass(frozen=True)
+class OwnRequest:
+    text: str
+    wants: Mapping[str, str]        # attribute -> the value a right answer has
+    categories: tuple[str, ...]     # where the request makes sense
+
+
+REQUESTS: tuple[OwnRequest, ...] = (
+    OwnRequest("is red and has long sleeves", {"color": "red", "sleeve": "long"}, SLEEVED),
+    OwnRequest("can i get this in red with a belt", {"color": "red", "belt": "yes"}, ("dress", "skirt")),
+    OwnRequest("no pattern please", {"pattern": "solid"}, ALL),
+    OwnRequest("get rid of the belt", {"belt": "no"}, BELTED),
+    OwnRequest("ditch the belt", {"belt": "no"}, BELTED),
+    OwnRequest("i dont want a belt", {"belt": "no"}, BELTED),
+    OwnRequest("hey do you have it in purple", {"color": "purple"}, ALL),
+    OwnRequest("this but in pink and sleeveless", {"color": "pink", "sleeve": "sleeveless"}, SLEEVED),
+    OwnRequest("i'd love it with stripes", {"pattern": "striped"}, ALL),
+    OwnRequest("something plain in white", {"color": "white", "pattern": "solid"}, ALL),
+    OwnRequest("need a tighter fit", {"fit": "fitted"}, ALL),
+    OwnRequest("show me a green one with a collar", {"color": "green", "neckline": "collar"}, SLEEVED),
+    OwnRequest("swap the colour to blue", {"color": "blue"}, ALL),
+    OwnRequest("prefer it without buttons", {"buttons": "no"}, ("dress", "shirt")),
+    OwnRequest("could you make it orange and baggy", {"color": "orange", "fit": "loose"}, ALL),
+    OwnRequest("any chance of a floral one", {"pattern": "floral"}, ALL),
+    OwnRequest("same in brown pls", {"color": "brown"}, ALL),
+    OwnRequest("i'd prefer short sleeves", {"sleeve": "short"}, SLEEVED),
+    OwnRequest("looking for a midi length", {"length": "knee"}, ("dress", "skirt")),
+    OwnRequest("want a v-neck in black", {"neckline": "v-neck", "color": "black"}, SLEEVED),
+)
+
+
+def has_all(row: Mapping[str, str], wants: Mapping[str, str]) -> bool:
+    return all(row[a] == v for a, v in wants.items())
+
+
+def references(catalog: pd.DataFrame, request: OwnRequest, rng: random.Random, n: int = REFERENCES) -> list[str]:
+    """`n` val/test items of the request's categories that lack at least one asked value (with replacement,
+    as a shopper may ask twice about one garment)."""
+    pool = catalog[catalog["split"].isin(["val", "test"]) & catalog["category"].isin(request.categories)]
+    pool = pool[[not has_all(row, request.wants) and all(row[a] != "n/a" for a in request.wants)
+                 for _, row in pool.iterrows()]]
+    if pool.empty:
+        raise SystemExit(f"own_requests: no val/test item of {', '.join(request.categories)} lacks "
+                         f"{dict(request.wants)}; is this the synthetic catalog (sdfn synth)?")
+    return [pool.index[rng.randrange(len(pool))] for _ in range(n)]
+
+
+def measure(search: Callable[[str, str], Sequence[str]], catalog: pd.DataFrame,
+            requests: Sequence[OwnRequest] = REQUESTS, n: int = REFERENCES, seed: int = SEED) -> list[dict]:
+    """Per request: the references asked on and how many top-1 answers (`search(reference, text)` -> ids, best
+    first) have every asked value."""
+    rng = random.Random(seed)
+    rows = []
+    for request in requests:
+        refs = references(catalog, request, rng, n)
+        hits = sum(has_all(catalog.loc[search(ref, request.text)[0]], request.wants) for ref in refs)
+        rows.append({"text": request.text, "wants": dict(request.wants), "hits": hits, "asked": len(refs)})
+    return rows
+
+
+def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str) -> str:
+    mean = 100 * sum(r["hits"] / r["asked"] for r in rows) / len(rows)
+    table = markdown_table(["request", "a right answer has", f"top-1 right (of {rows[0]['asked']})"],
+                           [[f'"{r["text"]}"', ", ".join(f"{a} {v}" for a, v in r["wants"].items()), r["hits"]]
+                            for r in rows])
+    return (f"Checkpoint {label} (`{checkpoint}`), catalog `{catalog}`. {len(rows)} requests typed by hand (not "
+            f"from sdfn/data/synth/phrasing.py), each on {rows[0]['asked']} val/test references of its categories "
+            f"that lack what it asks (seed {SEED}), `Retriever.search` defaults (own category, k=10).\n\n"
+            f"{table}\n\nMean: top-1 has every asked change for **{mean:.1f}%** of the requests' references.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default=None, help="default: the shipped sdfn-tiny")
+    parser.add_argument("--catalog", default=None, help="default: the default synthetic catalog")
+    parser.add_argument("--label", default="shipped sdfn-tiny")
+    parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
+    args = parser.parse_args(argv)
+
+    from sdfn import Retriever
+    from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog
+
+    retriever = Retriever(args.checkpoint, catalog=args.catalog, progress=False)
+    catalog_root = Path(args.catalog) if args.catalog else default_catalog()
+    catalog = pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    rows = measure(lambda ref, text: [item.id for item in retriever.search(ref, text, k=10).items], catalog)
+    body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root))
+    print(body)
+    write_section(SECTION, "Requests typed by hand (benchmarks/own_requests.py)", body, args.quality)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
