@@ -170,7 +170,9 @@ def understands(cfg: dict) -> list[str]:
         "or three changes in one request (each change is followed less often than one alone).",
         "- **Not understood**: words that never occurred in its training texts (a rarer colour name, a brand, a "
         "material such as denim or silk, an occasion); attributes the catalog does not have (material, heels, 3/4 "
-        "sleeves); counts. An unknown word is not refused: it is read as noise and the answer may ignore it.",
+        "sleeves); counts; a negation said as a wish (\"i dont want a belt\" returns belted items: no training "
+        "request says \"don't want\"). An unknown word is not refused: it is read as noise and the answer may "
+        "ignore it. Requests typed by hand, per request: benchmarks/QUALITY.md, section own-requests.",
         "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
         "high as one that meets them all.",
     ]

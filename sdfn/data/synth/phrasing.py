@@ -29,7 +29,11 @@ The split into a TRAIN part and a HELD-OUT part (fixed in this file, no randomne
 The training part holds the words and shapes people commonly type (the examples of issue 9 among them:
 "turn it", "give it", "not so tight", burgundy, crimson, cream, charcoal, roomy, slouchy, gingham,
 houndstooth, scoop neck, ankle-length); the held-out part holds rarer words and other sentence shapes, so
-the held-out figure measures how far the model generalises beyond what it was taught.
+the held-out figure measures how far the model generalises beyond what it was taught. The training part was
+widened once (shipped model v3: more frames per family, more add/remove verbs and negations) without touching
+the held-out part, so the held-out requests, and figures measured on them before and after, are the same;
+the words it added are not in any held-out frame or construction (love, hoping, after, prefer, sell, similar, only,
+mind, pls, thanks, kindly, ok, instead, except, rid, ...) but for common ones ("that", "something").
 `training_requests` gives a triplet's training-part requests for stage 2 (`data.phrasing_variants`, ours).
 
 So a held-out request never equals a training request, no held-out fashion word occurs in the training part
@@ -205,10 +209,13 @@ NOUNS: dict[str, Bank] = {
 # Imperative verb phrases; {w} a colour/adjective word, {n} a noun phrase, {u} the reference's value.
 # The issue's own examples ("turn it ...", "give it ...", "not so tight", "without sleeves") are training
 # constructions; the held-out ones are other shapes ("switch it to", "not so" for length and shade, ...).
-MAKE_ADJ = _b(["make it {w}", "change it to {w}", "turn it {w}", "make this one {w}", "change to {w}"],
+MAKE_ADJ = _b(["make it {w}", "change it to {w}", "turn it {w}", "make this one {w}", "change to {w}",
+               "have it {w}", "turn this one {w}", "change this one to {w}", "make that {w}", "do it {w}"],
               ["switch it to {w}", "go for {w}"])
-ADD_NOUN = _b(["add {n}", "put {n} on it", "give it {n}", "with {n} added"], ["stick {n} on it", "throw in {n}"])
-REMOVE_NOUN = _b(["lose the {n}", "remove the {n}", "take off the {n}", "drop the {n}"],
+ADD_NOUN = _b(["add {n}", "put {n} on it", "give it {n}", "with {n} added", "include {n}", "add on {n}",
+               "give this one {n}", "put {n} on this one"], ["stick {n} on it", "throw in {n}"])
+REMOVE_NOUN = _b(["lose the {n}", "remove the {n}", "take off the {n}", "drop the {n}", "take the {n} off",
+                  "skip the {n}", "leave off the {n}", "cut the {n}", "no more {n}", "pull the {n} off"],
                  ["ditch the {n}", "get rid of the {n}", "take away the {n}"])
 COLOR_NOT = _b(["not {u}", "any colour but {u}", "anything but {u}", "not in {u}", "any color but {u}"],
                ["anything except {u}", "some colour other than {u}"])
@@ -218,7 +225,8 @@ LIGHTER = _b(["lighter", "a lighter shade", "a bit lighter", "a lighter colour",
              ["paler", "a few shades lighter", "not so dark"])
 BUSIER = _b(["busier", "more patterned", "with a pattern", "patterned"], ["less plain", "more eye-catching"])
 PLAINER = _b(["plainer", "simpler", "less patterned"], ["less busy looking", "more understated"])
-WITHOUT = _b(["without the {n}", "no {n}", "without {n}", "with no {n}"], ["minus the {n}", "with the {n} gone"])
+WITHOUT = _b(["without the {n}", "no {n}", "without {n}", "with no {n}", "with the {n} removed",
+              "with the {n} taken off", "but no {n}", "lacking the {n}"], ["minus the {n}", "with the {n} gone"])
 LONGER = _b(["longer", "a bit longer", "a little longer", "much longer"], ["not so short", "with more length"])
 SHORTER = _b(["shorter", "a bit shorter", "a little shorter", "much shorter"], ["not so long", "with less length"])
 LONGER_SLEEVES = _b(["with longer sleeves", "with longer arms"], ["with sleeves that are not so short"])
@@ -240,18 +248,28 @@ LOOSER_VERB = _b(["make it looser", "make it roomier"], ["let it out"])
 # Request frames per family: {c} the changes as complements ("red and with long sleeves"), {np} a noun phrase
 # ("a red one with long sleeves"), {v} imperative verb phrases ("turn it red and give it long sleeves").
 FRAMES: dict[str, Bank] = {
-    "imperative": _b(["{v}", "just {v}", "can you {v}", "{v} for me"], ["ok {v}", "{v} instead"]),
+    "imperative": _b(["{v}", "just {v}", "can you {v}", "{v} for me", "please {v}", "could you {v}",
+                      "{v} please", "try to {v}", "i'd like you to {v}", "{v} if possible", "now {v}"],
+                     ["ok {v}", "{v} instead"]),
     "wish": _b(["i want it {c}", "i want {np}", "looking for {np}", "i need {np}", "i'd like {np}",
-                "i'm looking for {np}", "want it {c}", "i need it {c}"],
+                "i'm looking for {np}", "want it {c}", "i need it {c}", "ideally {np}", "i wish it was {c}",
+                "i'd rather have {np}", "want {np}", "need something {c}", "i'm searching for {np}",
+                "i want something {c}", "what i want is {np}"],
                ["i'd love {np}", "hoping to find {np}", "i'm after {np}", "i would prefer it {c}"]),
     "question": _b(["do you have {np}", "do you have this {c}", "is there {np}", "do you have it {c}",
-                    "have you got {np}", "is there one {c}"],
+                    "have you got {np}", "is there one {c}", "any {np}", "do you carry {np}",
+                    "is this available {c}", "could i have {np}", "anything {c}", "do you stock {np}",
+                    "is there a version {c}"],
                    ["got {np}", "does it come {c}", "can i get {np}", "do you sell {np}"]),
     "like_this_but": _b(["like this but {c}", "same but {c}", "this but {c}", "like this one but {c}",
-                         "the same but {c}", "just like this but {c}"],
+                         "the same but {c}", "just like this but {c}", "like this though {c}",
+                         "this one but {c}", "like that but {c}", "same one but {c}", "exactly like this but {c}",
+                         "same thing but {c}"],
                         ["similar to this but {c}", "something like this only {c}", "same style but {c}"]),
     "polite": _b(["please show me {np}", "could i see {np} please", "{c} please", "show me {np}", "find me {np}",
-                  "please {c}", "can you show me {np}", "i'd like to see {np}"],
+                  "please {c}", "can you show me {np}", "i'd like to see {np}",
+                  "hi {c} please", "could you find {np}", "help me find {np}", "show me something {c}",
+                  "hello i'd like {np}", "please find {np}"],
                  ["would you mind finding {np}", "pls {c}", "{c} thanks", "kindly show me {np}"]),
     "bare": _b(["{c}", "{np}"], []),
 }
