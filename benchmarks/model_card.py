@@ -22,12 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
 import pandas as pd
 import torch
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -90,6 +86,9 @@ def usage_table(stats: RouteStatistics) -> tuple[list[str], list[list]]:
 
 def plot_usage(stats: RouteStatistics, path: Path) -> None:
     """Heatmap: rows = kinds of change, columns = cells per layer, colour = usage minus the overall mean."""
+    import matplotlib.pyplot as plt  # benchmarks/requirements.txt: only the plot needs it, not the rest
+
+    plt.switch_backend("Agg")
     kinds = stats.by_kind
     diff = torch.stack([s.usage - stats.overall.usage for s in kinds]).flatten(1) * 100     # [kinds, R*K]
     r, k = stats.overall.usage.shape
