@@ -62,8 +62,10 @@ def whole_recipe_line(training: dict, trained_on: str) -> str:
     if not wall:
         return ""
     where = f" on {trained_on}" if trained_on else ""
-    if "trained" in stage1_runs or (stage1_runs and set(stage1_runs) == {"none"}):
+    if "trained" in stage1_runs:
         return f"- Whole recipe (catalog generation, both stages, caching, evaluation): {wall / 60:.1f} min{where}."
+    if stage1_runs and set(stage1_runs) == {"none"}:
+        return f"- Whole command (no stage 1; stage 2 with caching and evaluation): {wall / 60:.1f} min{where}."
     if stage1_runs and set(stage1_runs) == {"reused"}:
         return (f"- This run found a finished stage 1 in its folder and reused it (`sdfn train` skips it; the "
                 f"stage-1 line gives that stage's own time): stage 2 with caching and evaluation took "

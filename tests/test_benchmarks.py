@@ -51,6 +51,7 @@ def test_model_card_states_a_whole_recipe_time_only_when_the_run_trained_stage_o
     line = card.whole_recipe_line({"wall_seconds": 2482.0, "stage1_runs": ["trained", "reused"]}, "2 CPU cores")
     assert line.startswith("- Whole recipe (") and "41.4 min" in line          # a resumed run: both invocations
     assert "does not record" in card.whole_recipe_line({"wall_seconds": 60.0, "stage1_runs": [None]}, "")
+    assert "no stage 1" in card.whole_recipe_line({"wall_seconds": 60.0, "stage1_runs": ["none"]}, "")
     assert card.whole_recipe_line({"wall_seconds": None, "stage1_runs": []}, "x") == ""
 
 
