@@ -127,9 +127,16 @@ def main(argv: list[str] | None = None) -> int:
     from sdfn import Retriever
     from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog
 
-    retriever = Retriever(args.checkpoint, catalog=args.catalog, progress=False)
     catalog_root = Path(args.catalog) if args.catalog else default_catalog()
+    if not (catalog_root / "catalog.csv").is_file():
+        raise SystemExit(f"own_requests: no catalog.csv in {catalog_root}; give a synthetic catalog with --catalog "
+                         "(sdfn synth --out FOLDER), or run python demo.py once to draw the default one")
     catalog = pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
+    missing = sorted({"split", "category", *(a for r in REQUESTS for a in r.wants)} - set(catalog.columns))
+    if missing:
+        raise SystemExit(f"own_requests: {catalog_root / 'catalog.csv'} has no {', '.join(missing)} column: the "
+                         "requests are judged by a synthetic catalog's attributes (sdfn synth)")
+    retriever = Retriever(args.checkpoint, catalog=args.catalog, progress=False)
     rows = measure(lambda ref, text: [item.id for item in retriever.search(ref, text, k=10).items], catalog)
     body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root))
     print(body)

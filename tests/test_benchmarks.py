@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 # An f-string field left unformatted: "{table}", "{goal_line(rows)}", "{x!r}", "{n:,}" (JSON and set literals
@@ -76,3 +77,13 @@ def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed
     assert [r["hits"] for r in echo] == [0, 0]
     text = bench.section(scored, "toy", "ckpt", "cat")
     assert "66.7%" in text and '"ditch the belt"' in text
+
+
+def test_own_requests_name_a_catalog_they_cannot_judge(tmp_path):
+    bench = load_script("own_requests")
+    with pytest.raises(SystemExit, match="no catalog.csv in .*--catalog"):
+        bench.main(["--catalog", str(tmp_path / "missing"), "--quality", str(tmp_path / "q.md")])
+    (tmp_path / "catalog.csv").write_text("id,split,category\nx,val,dress\n")   # FashionIQ-like: no attributes
+    with pytest.raises(SystemExit, match="has no belt, buttons, color.*synthetic catalog"):
+        bench.main(["--catalog", str(tmp_path), "--quality", str(tmp_path / "q.md")])
+    assert not (tmp_path / "q.md").exists()
