@@ -257,7 +257,7 @@ FRAMES: dict[str, Bank] = {
                 "i want something {c}", "what i want is {np}"],
                ["i'd love {np}", "hoping to find {np}", "i'm after {np}", "i would prefer it {c}"]),
     "question": _b(["do you have {np}", "do you have this {c}", "is there {np}", "do you have it {c}",
-                    "have you got {np}", "is there one {c}", "any {np}", "do you carry {np}",
+                    "have you got {np}", "is there one {c}", "do you do {np}", "do you carry {np}",
                     "is this available {c}", "could i have {np}", "anything {c}", "do you stock {np}",
                     "is there a version {c}"],
                    ["got {np}", "does it come {c}", "can i get {np}", "do you sell {np}"]),
@@ -484,8 +484,8 @@ def phrase_change(attribute: str, u: str, v: str, category: str, part: str, rng:
 def _join(parts: Sequence[str], rng: random.Random) -> str:
     if len(parts) == 1:
         return parts[0]
-    if rng.random() < 0.7:
-        return ", ".join(parts[:-1]) + " and " + parts[-1]
+    if rng.random() < 0.7:   # "red and with long sleeves"; a last part that says "but no ..." takes no "and"
+        return ", ".join(parts[:-1]) + (", " if parts[-1].startswith("but ") else " and ") + parts[-1]
     return " ".join(parts) if rng.random() < 0.5 else ", ".join(parts)
 
 
@@ -560,6 +560,9 @@ def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], cate
         words["np"], novel_noun = _noun_phrase(phrases, category, part, rng)
         novel = novel or novel_noun
     text = re.sub(r"\ba (?=[aeiou])(?!one\b)", "an ", frame.format(**words))
+    # a frame word met again at the start of a change ("this but" + "but no flowers", "anything" + "anything but
+    # grey", "a logo print" + " print") is said once
+    text = re.sub(r"\b(\w+) \1\b", r"\1", text)
     typo = rng.random() < TYPO_SHARE and len(text.split()) >= 3   # a misspelt one-word request says nothing
     if typo:
         text = _typo(text, part, rng)
