@@ -87,3 +87,43 @@ def test_own_requests_name_a_catalog_they_cannot_judge(tmp_path):
     with pytest.raises(SystemExit, match="has no belt, buttons, color.*synthetic catalog"):
         bench.main(["--catalog", str(tmp_path), "--quality", str(tmp_path / "q.md")])
     assert not (tmp_path / "q.md").exists()
+
+
+def latency_section() -> str:
+    """A latency.py section as benchmarks/RESULTS.md holds it (the numbers of a real run)."""
+    stages = ("preprocess", "encode_image", "encode_text", "fuse", "search", "end to end")
+    rows = [["sdfn-tiny", "sdfn", "catalog reference", "0.32 / 0.44", "0.34 / 0.40", "1.21 / 1.52", "3.03 / 3.52",
+             "0.59 / 0.72", "5.76 / 6.94"],
+            ["sdfn-tiny", "sdfn", "catalog reference, all categories", "0.38 / 0.49", "0.41 / 0.49", "1.38 / 1.58",
+             "3.31 / 3.56", "1.44 / 1.61", "7.23 / 7.79"],
+            ["sdfn-tiny", "combiner", "catalog reference", "0.21 / 0.31", "0.26 / 0.33", "0.92 / 1.26", "0.44 / 0.61",
+             "0.45 / 0.57", "2.41 / 3.21"]]
+    table = load_script("results").markdown_table(
+        ["backbone", "fusion", "reference", *(f"{s} ms p50 / p95" for s in stages)], rows)
+    return f"<!-- latency:start -->\n## Query latency\n\n{table}\n<!-- latency:end -->\n"
+
+
+def test_fusion_cost_budget_is_what_the_ratio_goal_leaves_for_the_routed_fusion():
+    bench = load_script("fusion_cost")
+    budget = bench.latency_budget("# Results\n" + latency_section())
+    assert budget == {"sdfn fuse": 3.03, "sdfn end to end": 5.76, "combiner fuse": 0.44, "combiner end to end": 2.41}
+    lines = "\n".join(bench.budget_lines(budget, [("compose", 2.3), ("torch.compile", 2.0)]))
+    assert "1.3 x 2.41 - 2.73 = **0.40 ms**" in lines                    # 3.133 - (5.76 - 3.03)
+    assert "torch.compile, p50 2.00 ms (5.0 x the budget)" in lines
+    assert "within the budget" in "\n".join(bench.budget_lines(budget, [("fast", 0.3)]))
+    assert bench.latency_budget("no latency section here") is None
+    assert bench.latency_budget(latency_section().replace("| sdfn-tiny | combiner |", "| other | combiner |")) is None
+    assert "run `python benchmarks/latency.py --skip-vit` first" in bench.budget_lines(None, [("x", 1.0)])[0]
+
+
+def test_fusion_cost_times_each_way_of_running_the_shipped_fusion(capsys, tmp_path):
+    bench = load_script("fusion_cost")
+    bench.main(["--repeats", "2", "--no-compile", "--no-record"])
+    out = capsys.readouterr().out
+    for row in ("| compose (what the Retriever runs) |", "| eager |", "| trace + freeze |", "| bfloat16 trace |",
+                "| 16 image tokens |",
+                "| 2 layers |", "| width 64 |", "| combiner |"):
+        assert row in out
+    assert "| torch.compile |" not in out and not PLACEHOLDER.search(out)
+    with pytest.raises(SystemExit, match="no sdfn_config.json there"):
+        bench.main(["--checkpoint", str(tmp_path), "--no-record"])
