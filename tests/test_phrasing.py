@@ -148,6 +148,19 @@ def test_requests_read_as_sentences_without_doubled_words():
             assert not re.search(r" ([a-z]+) \1 ", text.replace(" very very ", " ")), request
 
 
+def test_some_training_requests_carry_one_unknown_word_and_held_out_ones_never_do():
+    """NOISE_SHARE of training requests get one word from phrasing.noise_words(): never a word of the generator
+    (so never a held-out frame, verb or fashion word) nor one that carries a change ("not", "darker", "denim")."""
+    noise = set(phrasing.noise_words())
+    assert len(noise) > 10_000
+    assert not noise & held_out_words() and not noise & phrasing._MEANINGFUL
+    assert not {"red", "sleeves", "belt", "love", "hoping", "kindly", "scarlet", "onyx", "without"} & noise
+    for part, low, high in ((TRAIN, 0.2, 0.4), (HELDOUT, 0.0, 0.0)):
+        made = [r for r in requests(part, 3000, 7) if not r.typo]   # a misspelling can happen to be a real word
+        share = sum(any(w in noise for w in words_in(r.text).split()) for r in made) / len(made)
+        assert low <= share <= high, (part, share)
+
+
 def test_every_family_form_and_typo_kind_occurs_in_both_parts():
     for part in (TRAIN, HELDOUT):
         made = requests(part, 3000, 4)

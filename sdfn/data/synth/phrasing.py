@@ -24,6 +24,9 @@ The split into a TRAIN part and a HELD-OUT part (fixed in this file, no randomne
   "burgundy", "maxi", "oversized", "scoop neck"): every model trained on the catalog has seen them, so
   holding them out would test nothing.
 - Typos: training requests swap two neighbouring letters, held-out ones drop a letter.
+- Words it does not know: NOISE_SHARE of the training requests carry one word of the tokenizer's vocabulary
+  that this generator never uses, one with no change's meaning (`noise_words`: "turn it cedar red"), so the
+  model learns to read past words it does not know; held-out requests never get one.
 - The bare family ("{c}": the changes alone, like an annotator caption) exists in the training part only.
 
 The training part holds the words and shapes people commonly type (the examples of issue 9 among them:
@@ -44,11 +47,13 @@ encoder trained only on this catalog cannot know) from unseen sentence shapes.
 
 from __future__ import annotations
 
+import ast
 import csv
 import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 from sdfn.data.attributes import (
@@ -72,6 +77,7 @@ FAMILIES: tuple[str, ...] = ("imperative", "wish", "question", "like_this_but", 
 TYPO_SHARE = 0.12          # requests with one misspelt word
 SYNONYM_SHARE = 0.35       # a word slot takes one of its part's fashion words, else a core word
 LOWER_SHARE = 0.6          # requests typed in lower case without punctuation
+NOISE_SHARE = 0.3          # training requests with one word they do not need ("make it cedar red"): see noise_words
 
 
 @dataclass(frozen=True)
@@ -563,11 +569,64 @@ def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], cate
     # a frame word met again at the start of a change ("this but" + "but no flowers", "anything" + "anything but
     # grey", "a logo print" + " print") is said once
     text = re.sub(r"\b(\w+) \1\b", r"\1", text)
+    if part == TRAIN and rng.random() < NOISE_SHARE:
+        words_ = text.split(" ")
+        words_.insert(rng.randrange(len(words_) + 1), rng.choice(noise_words()))
+        text = " ".join(words_)
     typo = rng.random() < TYPO_SHARE and len(text.split()) >= 3   # a misspelt one-word request says nothing
     if typo:
         text = _typo(text, part, rng)
     return Request(_style(text, family, rng), _asks(phrases), family, part,
                    tuple(p.form for p in phrases), novel, typo)
+
+
+# Words a random insertion must never be: they carry a change's meaning even where no bank lists them.
+_MEANINGFUL_WORDS = """
+not no nor never none nothing nobody neither without dont don doesnt didnt isnt arent wasnt werent wont cant cannot
+shouldnt wouldnt couldnt hate hated dislike avoid except minus lose drop remove removed skip instead rather than but
+however although though unless only just keep kept same different change changed more less most least much many few
+too very extra super darker lighter brighter duller longer shorter bigger smaller wider narrower tighter looser
+higher lower color colors colour colours colored coloured shade shades tone hue dark light bright pale deep neon
+pastel teal turquoise aqua coral indigo salmon peach rust copper bronze silver gold golden amber jade ivory cyan
+magenta khaki beige denim silk lace velvet leather cotton wool linen satin suede knit knitted sequin sequins fabric
+material hem hemline waist waistline sleeve sleeves sleeved collar collared neck neckline button buttons buttoned
+belt belts belted zip zipper pocket pockets hood hooded strap straps strapless ruffle ruffles pleat pleated print
+prints printed pattern patterns patterned stripe stripes striped check checks checked dots dotted spots floral
+flowers plain solid fit fits fitted loose tight length long short mini midi maxi cropped dress dresses shirt shirts
+blouse blouses top tops tee tees tshirt skirt skirts trousers pants jeans shorts jacket coat sweater jumper cardigan
+hoodie vest tank gown frock outfit suit wear wearing reddish bluish greenish pinkish purplish yellowish brownish
+greyish grayish orangey blu blk wht rosy blonde brunette florals
+"""
+_MEANINGFUL = frozenset(_MEANINGFUL_WORDS.split())
+
+
+def _string_literals(path: Path) -> list[str]:
+    """The string constants of a Python file's code, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+@lru_cache(maxsize=1)
+def noise_words() -> tuple[str, ...]:
+    """Whole words of the CLIP tokenizer's vocabulary (the one sdfn-tiny's text tower reads) that no part of this
+    generator, the caption grammar or the attribute vocabulary uses (every word of their code's string literals
+    is left out, so no held-out frame, verb or fashion word can be among them; docstrings and comments do not
+    count, so editing them changes nothing) and that carry no change's meaning
+    (negations, comparatives, colour, fabric and garment words; `_MEANINGFUL`). NOISE_SHARE of the training
+    requests get one of them at a random place ("turn it cedar red"), so the model learns to read past a
+    word it does not know: its text tower learnt only this project's texts, and people type words it never
+    saw. Held-out requests never get one (the held-out figure measures unseen shapes and words as before)."""
+    from open_clip.tokenizer import _tokenizer
+
+    sources = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parents[1] / "attributes.py"]
+    used = {w for path in sources for text in _string_literals(path) for w in re.findall(r"[a-z]+", text.lower())}
+    vocabulary = (token[:-4] for token in _tokenizer.encoder if token.endswith("</w>"))
+    return tuple(sorted(w for w in vocabulary if w.isascii() and w.isalpha() and 3 <= len(w) <= 10
+                        and w not in used and w not in _MEANINGFUL))
 
 
 def request_rng(seed: int, part: str, triplet: Triplet) -> random.Random:
