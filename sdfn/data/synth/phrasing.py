@@ -24,9 +24,10 @@ The split into a TRAIN part and a HELD-OUT part (fixed in this file, no randomne
   "burgundy", "maxi", "oversized", "scoop neck"): every model trained on the catalog has seen them, so
   holding them out would test nothing.
 - Typos: training requests swap two neighbouring letters, held-out ones drop a letter.
-- Words it does not know: NOISE_SHARE of the training requests carry one word of the tokenizer's vocabulary
-  that this generator never uses, one with no change's meaning (`noise_words`: "turn it cedar red"), so the
-  model learns to read past words it does not know; held-out requests never get one.
+- Words it does not know: NOISE_SHARE of the training requests (`training_requests`) carry one word of the
+  tokenizer's vocabulary that this generator never uses, one with no change's meaning (`noise_words`: "turn
+  it cedar red"), so the model learns to read past words it does not know; held-out requests, and the
+  training part's requests shown to people (the demo's paraphrases), never get one.
 - The bare family ("{c}": the changes alone, like an annotator caption) exists in the training part only.
 
 The training part holds the words and shapes people commonly type (the examples of issue 9 among them:
@@ -539,11 +540,14 @@ def check_part(part: str) -> None:
 
 
 def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], category: str, part: str,
-                   rng: random.Random, family: str | None = None) -> Request:
+                   rng: random.Random, family: str | None = None, noise: bool = False) -> Request:
     """An everyday request for reference -> target (attribute dicts of one category) from the words and
     frames of `part` ("train" or "heldout"); `family` picks the frame family (default: drawn from the part's
-    families). Every changed attribute is asked for."""
+    families). Every changed attribute is asked for. `noise` (training requests only, `training_requests`):
+    NOISE_SHARE of the requests get one word of `noise_words` at a random place."""
     check_part(part)
+    if noise and part != TRAIN:
+        raise ConfigError("phrase_request: noise words are for training requests only (part 'train')")
     changed = [a for a in APPLIES[category] if reference[a] != target[a] and NOT_APPLICABLE not in
                (reference[a], target[a])]
     if not changed:
@@ -569,7 +573,7 @@ def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], cate
     # a frame word met again at the start of a change ("this but" + "but no flowers", "anything" + "anything but
     # grey", "a logo print" + " print") is said once
     text = re.sub(r"\b(\w+) \1\b", r"\1", text)
-    if part == TRAIN and rng.random() < NOISE_SHARE:
+    if noise and rng.random() < NOISE_SHARE:
         words_ = text.split(" ")
         words_.insert(rng.randrange(len(words_) + 1), rng.choice(noise_words()))
         text = " ".join(words_)
@@ -610,23 +614,46 @@ def _string_literals(path: Path) -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
 
 
-@lru_cache(maxsize=1)
-def noise_words() -> tuple[str, ...]:
+NOISE_WORDS_FILE = Path(__file__).with_name("noise_words.txt")
+
+
+def noise_word_candidates() -> tuple[str, ...]:
     """Whole words of the CLIP tokenizer's vocabulary (the one sdfn-tiny's text tower reads) that no part of this
-    generator, the caption grammar or the attribute vocabulary uses (every word of their code's string literals
-    is left out, so no held-out frame, verb or fashion word can be among them; docstrings and comments do not
-    count, so editing them changes nothing) and that carry no change's meaning
-    (negations, comparatives, colour, fabric and garment words; `_MEANINGFUL`). NOISE_SHARE of the training
-    requests get one of them at a random place ("turn it cedar red"), so the model learns to read past a
-    word it does not know: its text tower learnt only this project's texts, and people type words it never
-    saw. Held-out requests never get one (the held-out figure measures unseen shapes and words as before)."""
+    generator, the caption grammar or the attribute vocabulary uses (every word of their code's string literals,
+    docstrings left out: so no held-out frame, verb or fashion word) and that carry no change's meaning
+    (negations, comparatives, colour, fabric and garment words; `_MEANINGFUL`). `noise_words` reads a fixed list
+    made by this function (noise_words.txt), so that editing the generator's code cannot change the training
+    requests; tests/test_phrasing.py checks that the list still avoids every word the generator uses.
+    `write_noise_words()` makes the list again (the training requests, and the shipped model's recipe, change
+    with it)."""
     from open_clip.tokenizer import _tokenizer
 
-    sources = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parents[1] / "attributes.py"]
-    used = {w for path in sources for text in _string_literals(path) for w in re.findall(r"[a-z]+", text.lower())}
     vocabulary = (token[:-4] for token in _tokenizer.encoder if token.endswith("</w>"))
+    used = generator_words()
     return tuple(sorted(w for w in vocabulary if w.isascii() and w.isalpha() and 3 <= len(w) <= 10
                         and w not in used and w not in _MEANINGFUL))
+
+
+def generator_words() -> set[str]:
+    """Every word of the string literals of this generator, the caption grammar and the attribute vocabulary."""
+    sources = [*sorted(Path(__file__).parent.glob("*.py")), Path(__file__).parents[1] / "attributes.py"]
+    return {w for path in sources for text in _string_literals(path) for w in re.findall(r"[a-z]+", text.lower())}
+
+
+def write_noise_words() -> Path:
+    """Make noise_words.txt again from `noise_word_candidates`."""
+    NOISE_WORDS_FILE.write_text("\n".join(noise_word_candidates()) + "\n", encoding="utf-8")
+    return NOISE_WORDS_FILE
+
+
+@lru_cache(maxsize=1)
+def noise_words() -> tuple[str, ...]:
+    """The words NOISE_SHARE of the training requests get one of, at a random place ("turn it cedar red"), so the
+    model learns to read past a word it does not know: its text tower learnt only this project's texts, and
+    people type words it never saw. A fixed list (noise_words.txt, made by `noise_word_candidates`). Only
+    `training_requests` asks for them: held-out requests (the held-out figure measures unseen shapes and words
+    as before) and requests shown to people (the demo's paraphrases) never get one."""
+    return tuple(NOISE_WORDS_FILE.read_text(encoding="utf-8").split())
 
 
 def request_rng(seed: int, part: str, triplet: Triplet) -> random.Random:
@@ -670,7 +697,7 @@ def training_requests(triplet: Triplet, attributes: Mapping[str, Mapping[str, st
                for a in APPLIES[triplet.category]):
         return ()
     texts = (phrase_request(reference, target, triplet.category, TRAIN,
-                            request_rng(seed * 1_000 + k, TRAIN, triplet)).text for k in range(variants))
+                            request_rng(seed * 1_000 + k, TRAIN, triplet), noise=True).text for k in range(variants))
     return tuple(dict.fromkeys(texts))
 
 
