@@ -48,7 +48,9 @@ def reporting_bar_class(base: type, report: Report) -> type:
             return shown
 
         def close(self) -> None:
-            if not self.disable and not self._sdfn_closed:
+            # a bar whose __init__ a stop (Ctrl-C, SIGTERM) cut short has no `disable` yet, and tqdm's __del__ still
+            # closes it: count it as disabled, as tqdm's own close does
+            if not getattr(self, "disable", True) and not getattr(self, "_sdfn_closed", True):
                 self._sdfn_closed = True
                 self._sdfn_report(closed=True)
             super().close()

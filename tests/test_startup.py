@@ -40,6 +40,17 @@ def test_startup_progress_follows_the_running_bar(tmp_path):
     assert "aria-valuenow='25'" in status_html(progress)
 
 
+def test_a_bar_cut_short_while_it_starts_closes_quietly():
+    """A stop (Ctrl-C, SIGTERM) inside a bar's __init__ leaves it half made; tqdm's __del__ still closes it, and that
+    must not print a traceback after the demo's one-line stop (seen in CI: no attribute 'disable')."""
+    reports = []
+    Bar = reporting_bar_class(tqdm, lambda *record: reports.append(record))
+    half_made = Bar.__new__(Bar)           # what __init__ leaves when interrupted before tqdm sets anything
+    half_made.close()
+    del half_made
+    assert reports == []
+
+
 def test_the_preparing_page_says_what_it_does_and_every_endpoint_refuses():
     progress = StartupProgress()
     progress.report("encoding catalog images", 12, 47, "batch", False)
