@@ -79,7 +79,7 @@ def traced(fusion: torch.nn.Module, args: tuple) -> torch.jit.ScriptModule:
 
 
 def variants(model: ComposedRetrievalModel, image: ImageFeatures, text: TextFeatures, compile_too: bool):
-    """(label, what it is, callable or None, note) per row; a callable runs one fusion of the query."""
+    """(label, what it is, run, note) per row; `run()` runs one fusion of the query."""
     args = (image.tokens, image.pooled, text.tokens, text.mask, text.pooled)
     fusion, cfg = model.fusion, model.fusion.cfg
     rows = [("compose (what the Retriever runs)", "shipped weights, jit trace", lambda: model.compose(image, text), ""),
