@@ -94,9 +94,10 @@ class ModelQueryEncoder:
     """Implements `sdfn.evaluate.QueryEncoder` for a model; image features are computed once per path."""
 
     def __init__(self, model: ComposedRetrievalModel, batch_size: int = 128, num_workers: int = 0,
-                 table: ImageFeatureTable | None = None, progress: bool = False):
+                 table: ImageFeatureTable | None = None, progress: bool = False, read: bool = True):
         self.model, self.batch_size, self.num_workers, self.progress = model, batch_size, num_workers, progress
         self.table = table
+        self.read = read   # texts as the model reads them (`model.read_text`, as a search does); False: as given
 
     def _features(self, paths: Sequence[Path]) -> tuple[ImageFeatures, dict[int, str]]:
         paths = [Path(p) for p in paths]
@@ -116,6 +117,8 @@ class ModelQueryEncoder:
 
     def encode_queries(self, reference_paths: Sequence[Path], texts: Sequence[str]) -> EncodeResult:
         feats, failed = self._features(reference_paths)
+        if self.read:
+            texts = [self.model.read_text(t)[0] for t in texts]
         queries, _ = compose_queries(self.model, feats, texts, self.batch_size)
         return EncodeResult(queries, failed)
 

@@ -241,8 +241,9 @@ def explain_features(model: ComposedRetrievalModel, image: ImageFeatures, text: 
     """Explain the query (reference features `image`, batch 1) + `text` on `model` (see the module docstring)."""
     clock = time.perf_counter()
     backbone = model.backbone
-    used = " ".join(text.split())
+    used, rewrites = model.read_text(text)
     words, spans, notes = word_spans(backbone, used)
+    notes = [r.note() for r in rewrites] + notes
     if not words:
         raise ConfigError("give a change text to explain: an image-only search reads no words")
     if len(words) > MAX_WORDS:
@@ -535,7 +536,7 @@ class Explainer:
         "all": the whole catalog; the reference left out), ranked exactly over the same backbone features. `target`: the
         annotated answer, whose rank each model gives."""
         r = self.retriever
-        text = " ".join((text or "").split())
+        text, _ = r.model.read_text(text or "")
         if not text:
             raise ConfigError("give a change text: with no text both models search by the image alone.")
         combiner = self.combiner()

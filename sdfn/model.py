@@ -38,6 +38,7 @@ from sdfn.fsio import staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
 from sdfn.paths import SHIPPED_CHECKPOINT
+from sdfn.reading import READING_FILE, Reader, Rewrite, load_reader
 from sdfn.weights import has_tensors, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class ComposedRetrievalModel(nn.Module):
         self.criterion = BatchClassificationLoss()
         self.provenance: dict = {}
         self.source: Path | None = None        # the checkpoint folder it was loaded from
+        self.reader: Reader | None = None      # the checkpoint's reading.json (sdfn.reading); None: texts as given
 
     @property
     def device(self) -> torch.device:
@@ -89,6 +91,13 @@ class ComposedRetrievalModel(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         return self.backbone.encode_image(images.to(self.device))
+
+    def read_text(self, text: str) -> tuple[str, list[Rewrite]]:
+        """`text` as this model reads it: whitespace collapsed and, with a reading.json, the colour names and
+        misspellings it never learnt rewritten (sdfn.reading); and the rewrites made."""
+        if self.reader is None:
+            return " ".join(text.split()), []
+        return self.reader.read(text)
 
     def encode_texts(self, texts: list[str]) -> TextFeatures:
         return self.backbone.encode_text(self.backbone.tokenize(list(texts)).to(self.device))
@@ -168,6 +177,8 @@ class ComposedRetrievalModel(nn.Module):
         meta = {"format": FORMAT, "version": FORMAT_VERSION, "model": cfg,
                 "fingerprint": weights_fingerprint(clip, fusion), **self.provenance, **(extra or {})}
         (folder / "sdfn_config.json").write_text(json.dumps(meta, indent=2))
+        if self.reader is not None:
+            (folder / READING_FILE).write_text(json.dumps(self.reader.to_json(), indent=1) + "\n", encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path | str | None = None, device: str | torch.device = "cpu",
@@ -187,6 +198,7 @@ class ComposedRetrievalModel(nn.Module):
         model.provenance = {k: v for k, v in meta.items() if k not in ("format", "version", "model", "fingerprint")}
         model.load_backbone(load_tensors(folder, BACKBONE_FILES), folder)
         model.load_head(load_tensors(folder, HEAD_FILES), folder)
+        model.reader = load_reader(folder)
         model = model.to(device).float()
         stored, actual = meta.get("fingerprint"), model.fingerprint()
         if meta.get("version", 1) >= 2 and stored != actual:

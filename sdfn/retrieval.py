@@ -90,6 +90,9 @@ class QueryInfo:
     category_source: str = "asked"
     prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
+    # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
+    # [{"original", "read", "kind": "colour" | "spelling"}]; each also gets a note
+    rewrites: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -418,6 +421,10 @@ class Retriever:
             info.mode, info.text_used = "image-only", ""
             info.notes.append('empty text: image-only search (items most like the reference, "more like this")')
             return
+        read, rewrites = self.model.read_text(stripped)
+        info.rewrites = [r.to_json() for r in rewrites]
+        info.notes += [r.note() for r in rewrites]
+        stripped = read
         info.mode, info.text_used = "composed", stripped
         backbone = self.model.backbone
         q.tokens = backbone.tokenize([stripped])[0]

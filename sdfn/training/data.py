@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,24 @@ def with_phrasings(dataset: RetrievalDataset, triplets: list[Triplet], cfg: Trai
              sum(len(getattr(t, "requests", ())) for t in out), sum(isinstance(t, PhrasedTriplet) for t in out),
              len(out))
     return out
+
+
+def taught_words(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainConfig) -> Counter:
+    """The words the training texts of `triplets` teach, with counts (for a checkpoint's reading.json,
+    sdfn.reading): their captions and, with data.phrasing_variants, their everyday requests as
+    `training_requests(clean=True)` gives them, without the misspellings and filler words (trained to mean
+    nothing) that the trained-on requests carry."""
+    from sdfn.reading import training_words
+
+    texts = [c for t in triplets for c in t.captions]
+    if cfg.data.phrasing_variants > 0:
+        from sdfn.data.synth.phrasing import catalog_attributes, training_requests
+
+        attributes = catalog_attributes(dataset.root)
+        texts += [r for t in triplets
+                  for r in training_requests(t, attributes, cfg.data.phrasing_variants, cfg.data.phrasing_seed,
+                                             clean=True)]
+    return training_words(texts)
 
 
 def target_keys(triplets: list[Triplet]) -> dict[str, int]:

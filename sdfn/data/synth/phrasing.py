@@ -540,11 +540,12 @@ def check_part(part: str) -> None:
 
 
 def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], category: str, part: str,
-                   rng: random.Random, family: str | None = None, noise: bool = False) -> Request:
+                   rng: random.Random, family: str | None = None, noise: bool = False, typos: bool = True) -> Request:
     """An everyday request for reference -> target (attribute dicts of one category) from the words and
     frames of `part` ("train" or "heldout"); `family` picks the frame family (default: drawn from the part's
     families). Every changed attribute is asked for. `noise` (training requests only, `training_requests`):
-    NOISE_SHARE of the requests get one word of `noise_words` at a random place."""
+    NOISE_SHARE of the requests get one word of `noise_words` at a random place. `typos=False`: no request is
+    misspelt (for the words a model was taught, `training_requests(clean=True)`)."""
     check_part(part)
     if noise and part != TRAIN:
         raise ConfigError("phrase_request: noise words are for training requests only (part 'train')")
@@ -577,7 +578,7 @@ def phrase_request(reference: Mapping[str, str], target: Mapping[str, str], cate
         words_ = text.split(" ")
         words_.insert(rng.randrange(len(words_) + 1), rng.choice(noise_words()))
         text = " ".join(words_)
-    typo = rng.random() < TYPO_SHARE and len(text.split()) >= 3   # a misspelt one-word request says nothing
+    typo = typos and rng.random() < TYPO_SHARE and len(text.split()) >= 3   # a misspelt one-word request says nothing
     if typo:
         text = _typo(text, part, rng)
     return Request(_style(text, family, rng), _asks(phrases), family, part,
@@ -682,10 +683,11 @@ def phrase_triplets(triplets: Sequence[Triplet], attributes: Mapping[str, Mappin
 
 
 def training_requests(triplet: Triplet, attributes: Mapping[str, Mapping[str, str]], variants: int,
-                      seed: int = 0) -> tuple[str, ...]:
+                      seed: int = 0, clean: bool = False) -> tuple[str, ...]:
     """Up to `variants` distinct everyday requests for a training triplet, from the TRAIN part only (never
     the held-out one), fixed by `seed` and the triplet; () when reference and target do not differ in any
-    attribute (nothing to ask for) or the triplet has no target."""
+    attribute (nothing to ask for) or the triplet has no target. `clean`: the same requests without their
+    misspellings and filler words (the words they teach, for `sdfn.reading`; never trained on)."""
     if triplet.target is None or variants <= 0:
         return ()
     missing = [i for i in (triplet.reference, triplet.target) if i not in attributes]
@@ -697,7 +699,8 @@ def training_requests(triplet: Triplet, attributes: Mapping[str, Mapping[str, st
                for a in APPLIES[triplet.category]):
         return ()
     texts = (phrase_request(reference, target, triplet.category, TRAIN,
-                            request_rng(seed * 1_000 + k, TRAIN, triplet), noise=True).text for k in range(variants))
+                            request_rng(seed * 1_000 + k, TRAIN, triplet), noise=not clean, typos=not clean).text
+             for k in range(variants))
     return tuple(dict.fromkeys(texts))
 
 

@@ -1,0 +1,251 @@
+"""Reading a request with the words a model was taught (ours, not the paper's).
+
+A text tower trained only on this project's texts (the shipped sdfn-tiny) knows the words of its training texts
+and no other: a colour name it never saw ("scarlet", "teal") or a misspelt word ("sleves") reaches the fusion as
+an embedding that training never moved. A checkpoint may carry `reading.json` (`write_reading`): the words of
+its training texts, with counts, and the colours its catalog is drawn in. With it, `Reader.read` rewrites a
+request before it is tokenised:
+
+- a colour name the model never saw, from `colour_names.tsv` (the XKCD colour survey's 949 names, CC0, and the
+  CSS named colours), as the catalog colour nearest to it: CIEDE2000 with the textile weighting (kL = 2, so a
+  difference in lightness counts half). A name any of whose words the model knows stays as it is ("cherry red",
+  "off-white": the model reads "red", "white"), and so does a name that is a known word itself ("wine") or a
+  material (`MATERIALS`: "denim", "leather", ...);
+- a word the model never saw, of 4+ letters, that is not a whole word of the CLIP tokenizer's vocabulary (so
+  not an English word of its own, like "shorts" beside "short") and is one edit (a letter left out, added,
+  changed, or two swapped) from a known word of 5+ letters, as that word (the most frequent one in training
+  when several are).
+
+Every rewrite is returned (`Rewrite`), so an answer says what was read ("'scarlet' read as 'red'"). Checkpoints
+without reading.json (a pretrained text tower knows the words) read every text as given. The words a model knew
+are those of the texts it trained on, less the filler words `sdfn.data.synth.phrasing.noise_words` put in
+(those were trained to mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from sdfn.errors import CheckpointError
+from sdfn.fsio import atomic_write_text
+
+READING_FILE = "reading.json"
+FORMAT = "sdfn-reading"
+COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
+MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
+MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
+MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
+TEXTILE_KL = 2.0            # CIEDE2000's parametric lightness factor for textiles
+# Names in the colour lists that a shopper means as a material or print, not a colour: never read as one
+MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
+_WORD = re.compile(r"^([^A-Za-z0-9]*)(.*?)([^A-Za-z0-9]*)$")
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One change `Reader.read` made: `original` (as typed) read as `read`, and why ("colour" or "spelling")."""
+
+    original: str
+    read: str
+    kind: str
+
+    def note(self) -> str:
+        why = ("a colour name this model never learnt: the catalog colour nearest to it" if self.kind == "colour"
+               else "a word this model never learnt, one letter from one it knows")
+        return f"'{self.original}' read as '{self.read}' ({why})"
+
+    def to_json(self) -> dict[str, str]:
+        return {"original": self.original, "read": self.read, "kind": self.kind}
+
+
+@lru_cache(maxsize=1)
+def colour_names() -> dict[str, tuple[int, int, int]]:
+    """Colour name (lower case, words joined by one space) -> sRGB, from colour_names.tsv."""
+    out = {}
+    for line in COLOUR_NAMES_FILE.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, value, _source = line.split("\t")
+            out[name] = tuple(int(value[i:i + 2], 16) for i in (1, 3, 5))
+    return out
+
+
+def lab(rgb: Iterable[float]) -> tuple[float, float, float]:
+    """sRGB (0-255) -> CIELAB (D65)."""
+    def linear(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgb)
+    x = (0.4124 * r + 0.3576 * g + 0.1805 * b) / 0.95047
+    y = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    z = (0.0193 * r + 0.1192 * g + 0.9505 * b) / 1.08883
+
+    def f(t: float) -> float:
+        return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
+
+    return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+def ciede2000(lab1: tuple[float, float, float], lab2: tuple[float, float, float], kl: float = 1.0) -> float:
+    """The CIEDE2000 colour difference (Sharma, Wu and Dalal 2005), with lightness factor `kl`."""
+    l1, a1, b1 = lab1
+    l2, a2, b2 = lab2
+    c_mean = (math.hypot(a1, b1) + math.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - math.sqrt(c_mean ** 7 / (c_mean ** 7 + 25 ** 7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1p, c2p = math.hypot(a1p, b1), math.hypot(a2p, b2)
+    h1p = math.degrees(math.atan2(b1, a1p)) % 360
+    h2p = math.degrees(math.atan2(b2, a2p)) % 360
+    dl, dc = l2 - l1, c2p - c1p
+    dh = 0.0 if c1p * c2p == 0 else h2p - h1p
+    dh = dh - 360 if dh > 180 else dh + 360 if dh < -180 else dh
+    dh_big = 2 * math.sqrt(c1p * c2p) * math.sin(math.radians(dh / 2))
+    l_mean, cp_mean = (l1 + l2) / 2, (c1p + c2p) / 2
+    if c1p * c2p == 0:
+        h_mean = h1p + h2p
+    elif abs(h1p - h2p) <= 180:
+        h_mean = (h1p + h2p) / 2
+    else:
+        h_mean = (h1p + h2p + 360) / 2 if h1p + h2p < 360 else (h1p + h2p - 360) / 2
+    t = (1 - 0.17 * math.cos(math.radians(h_mean - 30)) + 0.24 * math.cos(math.radians(2 * h_mean))
+         + 0.32 * math.cos(math.radians(3 * h_mean + 6)) - 0.20 * math.cos(math.radians(4 * h_mean - 63)))
+    rotation = 30 * math.exp(-(((h_mean - 275) / 25) ** 2))
+    rc = 2 * math.sqrt(cp_mean ** 7 / (cp_mean ** 7 + 25 ** 7))
+    sl = 1 + 0.015 * (l_mean - 50) ** 2 / math.sqrt(20 + (l_mean - 50) ** 2)
+    sc, sh = 1 + 0.045 * cp_mean, 1 + 0.015 * cp_mean * t
+    rt = -math.sin(math.radians(2 * rotation)) * rc
+    return math.sqrt((dl / (kl * sl)) ** 2 + (dc / sc) ** 2 + (dh_big / sh) ** 2 + rt * (dc / sc) * (dh_big / sh))
+
+
+def nearest_colour(rgb: Iterable[float], palette: Mapping[str, Iterable[float]]) -> str:
+    """The palette colour nearest to `rgb` (CIEDE2000, textile weighting)."""
+    target = lab(rgb)
+    return min(palette, key=lambda name: (ciede2000(target, lab(palette[name]), TEXTILE_KL), name))
+
+
+@lru_cache(maxsize=1)
+def _clip_whole_words() -> frozenset[str]:
+    from open_clip.tokenizer import _tokenizer
+
+    return frozenset(token[:-4] for token in _tokenizer.encoder if token.endswith("</w>"))
+
+
+def _one_edit(word: str) -> set[str]:
+    """Every string one edit from `word` (Norvig's spelling corrector)."""
+    splits = [(word[:i], word[i:]) for i in range(len(word) + 1)]
+    deletes = {a + b[1:] for a, b in splits if b}
+    swaps = {a + b[1] + b[0] + b[2:] for a, b in splits if len(b) > 1}
+    changes = {a + c + b[1:] for a, b in splits if b for c in _LETTERS}
+    inserts = {a + c + b for a, b in splits for c in _LETTERS}
+    return deletes | swaps | changes | inserts
+
+
+class Reader:
+    """Rewrites the words a model never learnt (see the module docstring). `words`: word -> count in the model's
+    training texts; `palette`: catalog colour name -> sRGB."""
+
+    def __init__(self, words: Mapping[str, int], palette: Mapping[str, Iterable[int]]):
+        if not words or not palette:
+            raise CheckpointError("a reading needs the model's training words and its catalog's colours")
+        self.words = {w.lower(): int(n) for w, n in words.items()}
+        self.palette = {name: tuple(int(c) for c in rgb) for name, rgb in palette.items()}
+        self._colour_of: dict[str, str] = {}
+
+    def _colour(self, name: str) -> str:
+        if name not in self._colour_of:
+            self._colour_of[name] = nearest_colour(colour_names()[name], self.palette)
+        return self._colour_of[name]
+
+    def _correction(self, word: str) -> str | None:
+        if (len(word) < MIN_TYPO_LENGTH or not word.isalpha() or word in self.words
+                or word in _clip_whole_words()):
+            return None
+        known = [w for w in _one_edit(word) if w in self.words and len(w) >= MIN_CORRECTION_LENGTH]
+        return max(known, key=lambda w: (self.words[w], w)) if known else None
+
+    def read(self, text: str) -> tuple[str, list[Rewrite]]:
+        """`text` with whitespace collapsed and its unknown colour names and misspellings rewritten, and the
+        rewrites in order. Punctuation around a word is kept; a rewritten word is lower case."""
+        tokens = text.split()
+        parts = [_WORD.match(t).groups() for t in tokens]   # (leading punctuation, word, trailing punctuation)
+        keys = [w.lower() for _, w, _ in parts]
+        names = colour_names()
+        out, rewrites, i = [], [], 0
+        while i < len(tokens):
+            for n in range(min(MAX_NAME_WORDS, len(tokens) - i), 0, -1):
+                name = " ".join(keys[i:i + n])
+                # a hyphenated word is a name if its parts are one ("off-white"); punctuation inside a span ends it
+                inner_punct = any(parts[j][2] for j in range(i, i + n - 1)) or any(parts[j][0] for j in
+                                                                                  range(i + 1, i + n))
+                lookup = name.replace("-", " ")
+                if inner_punct or lookup not in names or lookup in MATERIALS:
+                    continue
+                if any(w in self.words for w in re.split(r"[ -]", name)):
+                    out += tokens[i:i + n]                   # the model knows a word of it: read as typed
+                else:
+                    colour = self._colour(lookup)
+                    original = " ".join(parts[j][1] for j in range(i, i + n))
+                    rewrites.append(Rewrite(original, colour, "colour"))
+                    out.append(parts[i][0] + colour + parts[i + n - 1][2])
+                i += n
+                break
+            else:
+                lead, word, trail = parts[i]
+                fixed = self._correction(keys[i])
+                if fixed is not None:
+                    rewrites.append(Rewrite(word, fixed, "spelling"))
+                    out.append(lead + fixed + trail)
+                else:
+                    out.append(tokens[i])
+                i += 1
+        return " ".join(out), rewrites
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": 1, "palette": {k: list(v) for k, v in self.palette.items()},
+                "words": dict(sorted(self.words.items()))}
+
+
+def training_words(texts: Iterable[str], ignore: Iterable[str] = ()) -> Counter:
+    """Word -> count over `texts` (lower case, split on anything but letters, digits and apostrophes), without
+    the words of `ignore` (filler words trained to mean nothing)."""
+    skip = set(ignore)
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in skip)
+    return counts
+
+
+def write_reading(folder: Path | str, words: Mapping[str, int], palette: Mapping[str, Iterable[int]]) -> Path:
+    """Write a checkpoint folder's reading.json (see the module docstring)."""
+    path = Path(folder) / READING_FILE
+    atomic_write_text(path, json.dumps(Reader(words, palette).to_json(), indent=1) + "\n")
+    return path
+
+
+def load_reader(folder: Path | str) -> Reader | None:
+    """The Reader of a checkpoint folder's reading.json; None when it has none (the text is read as given)."""
+    path = Path(folder) / READING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err}); copy the checkpoint folder again whole, or delete "
+                              "the file to read texts as given") from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("words"), dict) \
+            or not isinstance(data.get("palette"), dict):
+        raise CheckpointError(f"{path}: not an sdfn reading file (format '{FORMAT}' with 'words' and 'palette'); "
+                              "copy the checkpoint folder again whole, or delete the file to read texts as given")
+    try:
+        return Reader(data["words"], data["palette"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: a word count or colour is not a number ({err}); copy the checkpoint folder "
+                              "again whole, or delete the file to read texts as given") from err

@@ -1,0 +1,151 @@
+"""sdfn.reading: a colour name or a misspelling the model never learnt is read as a word it knows, every rewrite is
+said, words it knows and real English words are left alone, and the shipped model carries its reading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sdfn import Retriever
+from sdfn.data.attributes import COLOR_RGB
+from sdfn.data.base import open_dataset
+from sdfn.data.synth.phrasing import COLOR_WORDS, noise_words, training_requests
+from sdfn.errors import CheckpointError
+from sdfn.explain import explain_features
+from sdfn.fusion import FusionConfig
+from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
+from sdfn.reading import READING_FILE, Reader, ciede2000, colour_names, load_reader, nearest_colour, write_reading
+
+WORDS = {"make": 50, "it": 90, "red": 40, "in": 60, "with": 70, "long": 30, "sleeves": 25, "sleeve": 3,
+         "pattern": 12, "stripes": 9, "short": 20, "shirt": 8, "white": 15, "a": 99, "please": 5}
+
+
+@pytest.fixture()
+def reader() -> Reader:
+    return Reader(WORDS, COLOR_RGB)
+
+
+def test_ciede2000_matches_the_published_test_data():
+    # Sharma, Wu and Dalal (2005), table 1, pairs 1, 7 and 17
+    assert ciede2000((50, 2.6772, -79.7751), (50, 0, -82.7485)) == pytest.approx(2.0425, abs=1e-4)
+    assert ciede2000((50, 0, 0), (50, -1, 2)) == pytest.approx(2.3669, abs=1e-4)
+    assert ciede2000((50, 2.5, 0), (56, -27, -3)) == pytest.approx(31.9030, abs=1e-4)
+
+
+def test_colour_names_come_with_their_colours_and_read_as_the_nearest_catalog_colour():
+    names = colour_names()
+    assert len(names) > 1000 and names["scarlet"] == (0xbe, 0x01, 0x19)   # the XKCD survey's value
+    assert names["azure"] == (0x06, 0x9a, 0xf3)                         # the survey wins over CSS's near-white
+    expected = {"scarlet": "red", "bordeaux": "maroon", "pumpkin": "orange", "lemon": "yellow", "cocoa": "brown",
+                "azure": "blue", "aubergine": "purple", "bubblegum": "pink", "slate": "grey", "emerald": "green",
+                "charcoal": "black", "taupe": "beige", "snow": "white"}
+    assert {n: nearest_colour(names[n], COLOR_RGB) for n in expected} == expected
+
+
+def test_unknown_colour_names_are_rewritten_and_said(reader):
+    text, rewrites = reader.read("make it  Scarlet, please")
+    assert text == "make it red, please"                          # punctuation and the rest kept, spaces collapsed
+    assert [r.to_json() for r in rewrites] == [{"original": "Scarlet", "read": "red", "kind": "colour"}]
+    assert "'Scarlet' read as 'red'" in rewrites[0].note() and "colour" in rewrites[0].note()
+    assert reader.read("do you have it in teal?")[0] == "do you have it in green?"
+    assert reader.read("in burnt sienna")[0] == "in brown"          # a two-word name is read whole
+
+
+def test_known_words_and_names_with_a_known_colour_word_stay(reader):
+    for text in ("make it red", "in cherry red", "with off-white stripes", "make it red with long sleeves",
+                 "in denim", "a leather one"):                      # materials, though the survey names them
+        assert reader.read(text) == (text, [])
+    own = Reader({**WORDS, "wine": 4}, COLOR_RGB)                    # a colour name the model was taught
+    assert own.read("in wine") == ("in wine", [])
+
+
+def test_misspellings_one_letter_from_a_known_word_are_corrected(reader):
+    text, rewrites = reader.read("with long sleves and a patern")
+    assert text == "with long sleeves and a pattern"
+    assert [(r.original, r.read, r.kind) for r in rewrites] == [("sleves", "sleeves", "spelling"),
+                                                                ("patern", "pattern", "spelling")]
+    assert reader.read("no strpes")[0] == "no stripes"               # a dropped letter
+    assert reader.read("no sritpes")[0] == "no sritpes"              # two edits: left alone
+    assert reader.read("shrt")[0] == "short"                         # the more frequent of short / shirt
+
+
+def test_real_words_short_words_and_numbers_are_not_corrected(reader):
+    # "shorts" and "sleeve" are whole words of the tokenizer (English of their own), "slev" is under 5 letters
+    # away from nothing long enough, and digits are not words
+    for text in ("i want shorts", "one sleeve", "sl", "size 12345", "redd"):
+        assert reader.read(text) == (text, [])
+
+
+def test_a_checkpoint_carries_its_reading_and_a_bad_file_is_named(tmp_path):
+    torch.manual_seed(0)
+    model = ComposedRetrievalModel(ModelConfig(fusion=FusionConfig(width=32, heads=2, router_hidden=16)))
+    model.save(tmp_path / "plain")
+    assert ComposedRetrievalModel.load(tmp_path / "plain").reader is None
+    assert ComposedRetrievalModel.load(tmp_path / "plain").read_text(" in  scarlet ") == ("in scarlet", [])
+    model.reader = Reader(WORDS, COLOR_RGB)
+    model.save(tmp_path / "read")                                    # saving keeps the reading with the weights
+    loaded = ComposedRetrievalModel.load(tmp_path / "read")
+    assert loaded.read_text("in scarlet")[0] == "in red"
+    (tmp_path / "read" / READING_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"reading\.json.*delete the file"):
+        ComposedRetrievalModel.load(tmp_path / "read")
+    (tmp_path / "read" / READING_FILE).write_text(json.dumps({"format": "sdfn-reading", "words": {"a": "x"},
+                                                              "palette": {"red": [1, 2, 3]}}))
+    with pytest.raises(CheckpointError, match="not a number"):
+        load_reader(tmp_path / "read")
+
+
+def test_search_and_explanation_read_the_text_as_the_model_does(tmp_path, small_catalog, tiny_checkpoint):
+    checkpoint = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    write_reading(checkpoint, WORDS, COLOR_RGB)
+    catalog = tmp_path / "catalog"
+    shutil.copytree(small_catalog, catalog)
+    retriever = Retriever(checkpoint, catalog, progress=False)
+    reference = retriever.catalog.ids[0]
+    result = retriever.search(reference, "make it scarlet with long sleves", k=3)
+    q = result.to_json()["query"]
+    assert q["text"] == "make it scarlet with long sleves"           # as typed
+    assert q["text_used"] == "make it red with long sleeves"          # as read
+    assert [r["read"] for r in q["rewrites"]] == ["red", "sleeves"]
+    assert any("'scarlet' read as 'red'" in n for n in q["notes"])
+    same = retriever.search(reference, "make it red with long sleeves", k=3)
+    assert [i.id for i in result.items] == [i.id for i in same.items]
+    assert [i.score for i in result.items] == pytest.approx([i.score for i in same.items])
+    features = retriever.index.cache.features([retriever.index.row_of[reference]])
+    explanation = explain_features(retriever.model, features, "make it scarlet", reference)
+    assert explanation.text == "make it red" and any("scarlet" in n for n in explanation.notes)
+
+
+def test_clean_training_requests_are_the_trained_ones_without_typos_or_filler(small_catalog):
+    from sdfn.data.synth.phrasing import catalog_attributes
+
+    dataset = open_dataset("fashioniq", small_catalog)
+    attributes = catalog_attributes(small_catalog)
+    fillers = set(noise_words())
+    pairs = [(training_requests(t, attributes, 4), training_requests(t, attributes, 4, clean=True))
+             for t in dataset.triplets("train")[:150]]
+    trained = [r for noisy, _ in pairs for r in noisy]
+    clean = [r for _, c in pairs for r in c]
+    assert any(set(r.lower().split()) & fillers for r in trained)     # the trained ones do carry filler words
+    assert not any(set(r.lower().split()) & fillers for r in clean)
+    assert sum(map(len, (c for _, c in pairs))) >= 0.9 * len(trained)
+
+
+@pytest.mark.skipif(not (SHIPPED_CHECKPOINT / READING_FILE).is_file(), reason="the shipped model has no reading")
+def test_shipped_reading_leaves_captions_alone_and_never_learnt_the_held_out_words(small_catalog):
+    reader = load_reader(SHIPPED_CHECKPOINT)
+    dataset = open_dataset("fashioniq", small_catalog)
+    captions = [c for split in ("val", "test") for t in dataset.triplets(split) for c in t.captions]
+    changed = [c for c in captions if reader.read(c)[1]]
+    assert not changed, changed[:5]             # the annotated captions are read as typed (metrics.json's val R@1)
+    held_out = {w for bank in COLOR_WORDS.values() for w in bank.heldout}
+    assert not held_out & set(reader.words)     # the held-out colour names stay words the model never learnt
+    assert not set(noise_words()) & set(reader.words)   # filler words taught nothing
+    # held-out colour words are read as the bank's colour when the survey names them nearest to it
+    read = {w: reader.read(f"make it {w}")[0].split()[-1] for w in held_out if w in colour_names()}
+    right = [w for w, colour in read.items() if w in COLOR_WORDS[colour].heldout]
+    assert {"scarlet", "bordeaux", "azure", "aubergine", "pumpkin"} <= set(right)
