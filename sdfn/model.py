@@ -6,7 +6,9 @@ A checkpoint is a folder:
   `open_clip_model.safetensors.index.json`, see sdfn.weights);
 - `sdfn_config.json`: the model config (backbone provenance + fusion), format version, the weights'
   fingerprint (checked on load), metrics;
-- `fusion.safetensors` (or its shards): fusion module and loss temperature.
+- `fusion.safetensors` (or its shards): fusion module and loss temperature;
+- optionally `reading.json` (sdfn.reading): the words of a from-scratch text tower's training texts and its
+  catalog's colours, so that searches read words it never learnt as ones it knows.
 Nothing is ever unpickled. Paths stored in it are relative to the checkpoint folder.
 """
 
@@ -38,7 +40,7 @@ from sdfn.fsio import staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
 from sdfn.paths import SHIPPED_CHECKPOINT
-from sdfn.reading import READING_FILE, Reader, Rewrite, load_reader
+from sdfn.reading import Reader, Rewrite, load_reader
 from sdfn.weights import has_tensors, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -178,7 +180,7 @@ class ComposedRetrievalModel(nn.Module):
                 "fingerprint": weights_fingerprint(clip, fusion), **self.provenance, **(extra or {})}
         (folder / "sdfn_config.json").write_text(json.dumps(meta, indent=2))
         if self.reader is not None:
-            (folder / READING_FILE).write_text(json.dumps(self.reader.to_json(), indent=1) + "\n", encoding="utf-8")
+            self.reader.save(folder)
 
     @classmethod
     def load(cls, folder: Path | str | None = None, device: str | torch.device = "cpu",

@@ -2,7 +2,7 @@
 
 A text tower trained only on this project's texts (the shipped sdfn-tiny) knows the words of its training texts
 and no other: a colour name it never saw ("scarlet", "teal") or a misspelt word ("sleves") reaches the fusion as
-an embedding that training never moved. A checkpoint may carry `reading.json` (`write_reading`): the words of
+an embedding that training never moved. A checkpoint may carry `reading.json` (`Reader.save`): the words of
 its training texts, with counts, and the colours its catalog is drawn in. With it, `Reader.read` rewrites a
 request before it is tokenised:
 
@@ -212,6 +212,12 @@ class Reader:
         return {"format": FORMAT, "version": 1, "palette": {k: list(v) for k, v in self.palette.items()},
                 "words": dict(sorted(self.words.items()))}
 
+    def save(self, folder: Path | str) -> Path:
+        """Write it as the checkpoint folder's reading.json (`load_reader` reads it back)."""
+        path = Path(folder) / READING_FILE
+        atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
+        return path
+
 
 def training_words(texts: Iterable[str], ignore: Iterable[str] = ()) -> Counter:
     """Word -> count over `texts` (lower case, split on anything but letters, digits and apostrophes), without
@@ -223,11 +229,6 @@ def training_words(texts: Iterable[str], ignore: Iterable[str] = ()) -> Counter:
     return counts
 
 
-def write_reading(folder: Path | str, words: Mapping[str, int], palette: Mapping[str, Iterable[int]]) -> Path:
-    """Write a checkpoint folder's reading.json (see the module docstring)."""
-    path = Path(folder) / READING_FILE
-    atomic_write_text(path, json.dumps(Reader(words, palette).to_json(), indent=1) + "\n")
-    return path
 
 
 def load_reader(folder: Path | str) -> Reader | None:

@@ -17,7 +17,7 @@ from sdfn.errors import CheckpointError
 from sdfn.explain import explain_features
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
-from sdfn.reading import READING_FILE, Reader, ciede2000, colour_names, load_reader, nearest_colour, write_reading
+from sdfn.reading import READING_FILE, Reader, ciede2000, colour_names, load_reader, nearest_colour
 
 WORDS = {"make": 50, "it": 90, "red": 40, "in": 60, "with": 70, "long": 30, "sleeves": 25, "sleeve": 3,
          "pattern": 12, "stripes": 9, "short": 20, "shirt": 8, "white": 15, "a": 99, "please": 5}
@@ -101,7 +101,7 @@ def test_a_checkpoint_carries_its_reading_and_a_bad_file_is_named(tmp_path):
 def test_search_and_explanation_read_the_text_as_the_model_does(tmp_path, small_catalog, tiny_checkpoint):
     checkpoint = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, checkpoint)
-    write_reading(checkpoint, WORDS, COLOR_RGB)
+    Reader(WORDS, COLOR_RGB).save(checkpoint)
     catalog = tmp_path / "catalog"
     shutil.copytree(small_catalog, catalog)
     retriever = Retriever(checkpoint, catalog, progress=False)
