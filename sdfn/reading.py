@@ -219,13 +219,11 @@ class Reader:
         return path
 
 
-def training_words(texts: Iterable[str], ignore: Iterable[str] = ()) -> Counter:
-    """Word -> count over `texts` (lower case, split on anything but letters, digits and apostrophes), without
-    the words of `ignore` (filler words trained to mean nothing)."""
-    skip = set(ignore)
+def training_words(texts: Iterable[str]) -> Counter:
+    """Word -> count over `texts` (lower case, split on anything but letters, digits and apostrophes)."""
     counts: Counter = Counter()
     for text in texts:
-        counts.update(w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in skip)
+        counts.update(re.findall(r"[a-z0-9']+", text.lower()))
     return counts
 
 
