@@ -75,6 +75,29 @@ REQUESTS: tuple[OwnRequest, ...] = (
     OwnRequest("want a v-neck in black", {"neckline": "v-neck", "color": "black"}, SLEEVED),
 )
 
+# Negations typed by hand (issue 9 §1 names them), fixed on 2026-11-28 before the shipped model was measured on
+# them and before sdfn.reading read any negation: the shapes people use to say what they do NOT want ("i don't
+# want", "not a fan of", "i'd rather not have", "can it not have"), most of which no training or held-out
+# request has. A right answer is the attribute value that removing or refusing it leaves.
+NEGATIONS: tuple[OwnRequest, ...] = (
+    OwnRequest("i don't want a belt", {"belt": "no"}, BELTED),
+    OwnRequest("I do not want sleeves", {"sleeve": "sleeveless"}, SLEEVED),
+    OwnRequest("dont want any buttons on it", {"buttons": "no"}, ("dress", "shirt")),
+    OwnRequest("i don't like the pattern", {"pattern": "solid"}, ALL),
+    OwnRequest("really don't need the belt", {"belt": "no"}, BELTED),
+    OwnRequest("doesn't need sleeves", {"sleeve": "sleeveless"}, SLEEVED),
+    OwnRequest("not a fan of the print", {"pattern": "solid"}, ALL),
+    OwnRequest("i'd rather not have buttons", {"buttons": "no"}, ("dress", "shirt")),
+    OwnRequest("no belt for me thanks", {"belt": "no"}, BELTED),
+    OwnRequest("please no buttons", {"buttons": "no"}, ("dress", "shirt")),
+    OwnRequest("i don't want it patterned", {"pattern": "solid"}, ALL),
+    OwnRequest("don't want the belt, make it blue", {"belt": "no", "color": "blue"}, BELTED),
+    OwnRequest("can it not have a belt", {"belt": "no"}, BELTED),
+    OwnRequest("i hate the pattern, plain please", {"pattern": "solid"}, ALL),
+    OwnRequest("same but don't give it sleeves", {"sleeve": "sleeveless"}, SLEEVED),
+    OwnRequest("without any belt", {"belt": "no"}, BELTED),
+)
+
 
 def has_all(row: Mapping[str, str], wants: Mapping[str, str]) -> bool:
     return all(row[a] == v for a, v in wants.items())
