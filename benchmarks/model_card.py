@@ -2,9 +2,10 @@
 
     python benchmarks/model_card.py --run runs/tiny-synthetic
 
-1. copies `RUN/best` to `--out` with float16 weights (what the library loads by default), with a reading.json
+1. copies `RUN/best` to `--out` with float16 weights (what the library loads by default), with its reading.json
    (sdfn.reading: the words of the run's training texts and the catalog's colours, so a search reads a colour
-   name or a misspelling the model never learnt as one it knows);
+   name or a misspelling the model never learnt as one it knows; written by `sdfn train` with data.reading, built
+   here the same way for a run from before that option);
 2. measures the shipped weights on the synthetic catalog's val and test splits (R@K, attribute
    satisfaction; test protocol of benchmarks/quality.py) and on everyday requests (benchmarks/phrasing.py's
    held-out phrasings and its fast test's sample), and writes `--out/metrics.json` (tests check the val
@@ -31,13 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.quality import PROTOCOL, split_metrics  # noqa: E402
 from benchmarks.results import git_commit, machine, markdown_table, stage2_inputs  # noqa: E402
-from sdfn.data.attributes import COLOR_RGB  # noqa: E402
 from sdfn.data.base import open_dataset  # noqa: E402
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel  # noqa: E402
 from sdfn.paths import default_catalog  # noqa: E402
 from sdfn.reading import Reader  # noqa: E402
 from sdfn.routes import RouteStatistics, route_statistics  # noqa: E402
-from sdfn.training.data import open_training_data, taught_words, training_triplets  # noqa: E402
+from sdfn.training.data import open_training_data, reading_for, training_triplets  # noqa: E402
 from sdfn.training.state import config_from_run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -178,8 +178,10 @@ def understands(cfg: dict) -> list[str]:
         "- **Read for it** (reading.json, sdfn.reading; ours): a colour name it never learnt, from the XKCD colour "
         "survey's 949 names and the CSS colours (scarlet, teal, aubergine, slate), is read as the catalog colour "
         "nearest to it (CIEDE2000), and a misspelt word one letter from a word it knows as that word (sleves -> "
-        "sleeves); the answer's notes name every such rewrite. The nearest colour is not always the one a person "
-        "means (sapphire is read as navy, coffee as beige).",
+        "sleeves), and a refusal its training texts never used (\"i don't want a belt\", \"i'd rather not have "
+        "buttons\", \"not a fan of the print\") as the one they use (\"without a belt\"); the answer's notes name "
+        "every such rewrite. The nearest colour is not always the one a person means (sapphire is read as navy, "
+        "coffee as beige).",
         "- **Not understood**: other words that never occurred in its training texts (a brand, a material such "
         "as denim or silk, an occasion, a rarer fit or neckline word); attributes the catalog does not have "
         "(material, heels, 3/4 "
@@ -213,14 +215,12 @@ def phrasing_lines(metrics: dict, cfg: dict) -> list[str]:
 
 
 def reading_of(run: Path, catalog_root: Path) -> Reader:
-    """The shipped model's reading.json (sdfn.reading): the words of the run's training texts, the catalog's
-    colours as drawn (sdfn.data.attributes.COLOR_RGB, those the catalog has)."""
+    """The reading.json (sdfn.reading) of a run that trained before `data.reading` wrote one into its checkpoints:
+    built as the trainer builds it (sdfn.training.data.reading_for), from the run's config."""
     cfg = config_from_run(run)
     cfg.data.root = str(catalog_root)
     dataset = open_training_data(cfg)
-    words = taught_words(dataset, training_triplets(dataset, cfg, None), cfg)
-    colours = set(pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False)["color"])
-    return Reader(words, {c: rgb for c, rgb in COLOR_RGB.items() if c in colours})
+    return reading_for(dataset, training_triplets(dataset, cfg, None), cfg)
 
 
 def phrasing_metrics(model: ComposedRetrievalModel, dataset, catalog: pd.DataFrame) -> dict:
@@ -332,7 +332,8 @@ def main() -> None:
         # combiner/, tested against this backbone) are carried over, not lost
         kept = [shutil.copytree(d, Path(keep) / d.name) for d in args.out.iterdir() if d.is_dir()] \
             if args.out.is_dir() else []
-        source.reader = reading_of(args.run, args.catalog)
+        if source.reader is None:   # a run from before data.reading: built the same way
+            source.reader = reading_of(args.run, args.catalog)
         source.save(args.out, half=True, extra={"shipped_from": str(args.run / "best")})
         for folder in kept:
             shutil.copytree(folder, args.out / Path(folder).name, dirs_exist_ok=True)

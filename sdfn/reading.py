@@ -2,9 +2,9 @@
 
 A text tower trained only on this project's texts (the shipped sdfn-tiny) knows the words of its training texts
 and no other: a colour name it never saw ("scarlet", "teal") or a misspelt word ("sleves") reaches the fusion as
-an embedding that training never moved. A checkpoint may carry `reading.json` (`Reader.save`): the words of
-its training texts, with counts, and the colours its catalog is drawn in. With it, `Reader.read` rewrites a
-request before it is tokenised:
+an embedding that training never moved. A checkpoint may carry `reading.json` (`Reader.save`; `sdfn train`
+writes it with `data.reading`): the words of its training texts, with counts, and the colours its catalog is
+drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a request before it is tokenised:
 
 - a colour name the model never saw, from `colour_names.tsv` (the XKCD colour survey's 949 names, CC0, and the
   CSS named colours), as the catalog colour nearest to it: CIEDE2000 with the textile weighting (kL = 2, so a
@@ -14,7 +14,12 @@ request before it is tokenised:
 - a word the model never saw, of 4+ letters, that is not a whole word of the CLIP tokenizer's vocabulary (so
   not an English word of its own, like "shorts" beside "short") and is one edit (a letter left out, added,
   changed, or two swapped) from a known word of 5+ letters, as that word (the most frequent one in training
-  when several are).
+  when several are);
+- a way of saying what one does NOT want that the model never learnt ("i don't want a belt", "i'd rather not
+  have buttons", "can it not have a belt", "not a fan of the print", "i hate the pattern"), as the refusal its
+  training texts use: "without" before what is refused ("i without a belt"), "not" before a refused description
+  ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
+  refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it).
 
 Every rewrite is returned (`Rewrite`), so an answer says what was read ("'scarlet' read as 'red'"). Checkpoints
 without reading.json (a pretrained text tower knows the words) read every text as given. The words a model knew
@@ -46,21 +51,38 @@ TEXTILE_KL = 2.0            # CIEDE2000's parametric lightness factor for textil
 # Names in the colour lists that a shopper means as a material or print, not a colour: never read as one
 MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
 _WORD = re.compile(r"^([^A-Za-z0-9]*)(.*?)([^A-Za-z0-9]*)$")
+WHY = {"colour": "a colour name this model never learnt: the catalog colour nearest to it",
+       "spelling": "a word this model never learnt, one letter from one it knows",
+       "negation": "a way of saying what you do not want that this model never learnt: read as one it knows"}
+
+# Saying what one does NOT want (ours): the shapes the catalog's captions and the training requests never use
+# ("i don't want a belt", "i'd rather not have buttons", "not a fan of the print"), read as the ones they do use:
+# "without" before what is refused, "not" before a refused description ("don't want it red" -> "not red").
+# The captions' own "does not have a belt" is known to the model and left alone.
+NEGATORS = (("do", "not"), ("does", "not"), ("did", "not"), ("would", "not"), ("will", "not"), ("should", "not"),
+            ("rather", "not"), ("no", "longer"), ("not",), ("never",), ("don't",), ("dont",), ("doesn't",),
+            ("doesnt",), ("didn't",), ("didnt",), ("won't",), ("wont",), ("wouldn't",), ("wouldnt",),
+            ("shouldn't",), ("shouldnt",))
+NEGATED_VERBS = frozenset({"want", "need", "like", "love", "fancy", "have", "give", "put", "add", "include", "get",
+                           "make", "show", "wear"})
+ADVERBS = frozenset({"really", "just", "actually", "even", "particularly", "necessarily", "honestly", "exactly"})
+DISLIKES = (("not", "a", "fan", "of"), ("not", "keen", "on"), ("no", "need", "for"), ("can't", "stand"),
+            ("cant", "stand"), ("hate",), ("hates",), ("dislike",), ("dislikes",))
+PRONOUNS = frozenset({"it", "this", "that", "them", "these", "those", "one"})
+KNOWN_NEGATIONS = {(("do", "not"), "have"), (("does", "not"), "have")}   # the captions' "does not have a belt"
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 @dataclass(frozen=True)
 class Rewrite:
-    """One change `Reader.read` made: `original` (as typed) read as `read`, and why ("colour" or "spelling")."""
+    """One change `Reader.read` made: `original` (as typed) read as `read`, and why (a key of `WHY`)."""
 
     original: str
     read: str
     kind: str
 
     def note(self) -> str:
-        why = ("a colour name this model never learnt: the catalog colour nearest to it" if self.kind == "colour"
-               else "a word this model never learnt, one letter from one it knows")
-        return f"'{self.original}' read as '{self.read}' ({why})"
+        return f"'{self.original}' read as '{self.read}' ({WHY[self.kind]})"
 
     def to_json(self) -> dict[str, str]:
         return {"original": self.original, "read": self.read, "kind": self.kind}
@@ -131,6 +153,48 @@ def nearest_colour(rgb: Iterable[float], palette: Mapping[str, Iterable[float]])
     return min(palette, key=lambda name: (ciede2000(target, lab(palette[name]), TEXTILE_KL), name))
 
 
+def _starts_with(keys: list[str], i: int, phrase: tuple[str, ...]) -> bool:
+    return tuple(keys[i:i + len(phrase)]) == phrase
+
+
+def negation(keys: list[str], i: int, ends: frozenset[int] = frozenset()) -> tuple[int, str] | None:
+    """A way of saying what one does not want that starts at word `i` of `keys` (lower case, no punctuation
+    around them): (words it spans, the words it is read as), or None. `ends`: the indices of words that end a
+    clause (punctuation after them); a refusal is read only when what it refuses follows in the same clause."""
+    n = len(keys)
+
+    def read_as(j: int, words: str) -> tuple[int, str] | None:   # the span is keys[i:j]; something must follow
+        return (j - i, words) if j < n and not ends & set(range(i, j)) else None
+
+    for phrase in DISLIKES:
+        if _starts_with(keys, i, phrase):
+            return read_as(i + len(phrase), "without")
+    for negator in NEGATORS:
+        if not _starts_with(keys, i, negator):
+            continue
+        j = i + len(negator)
+        while j < n and keys[j] in ADVERBS:
+            j += 1
+        if j >= n or keys[j] not in NEGATED_VERBS or (negator, keys[j]) in KNOWN_NEGATIONS:
+            return None
+        if negator == ("not",) and i > 0 and (keys[i - 1], "not") in NEGATORS:
+            return None     # "does not have": read (or left alone) from the word before
+        verb, j = keys[j], j + 1
+        if j < n and keys[j] in PRONOUNS:                    # "don't want it red", "don't give it sleeves"
+            j += 1 + (j + 1 < n and keys[j + 1] == "one")    # "this one"
+            if keys[j:j + 1] == ["with"]:                    # "don't want it with a belt"
+                return read_as(j + 1, "without")
+            if keys[j:j + 2] == ["to", "be"]:                # "don't want it to be red"
+                return read_as(j + 2, "not")
+            if keys[j:j + 2] == ["to", "have"]:              # "don't want it to have sleeves"
+                return read_as(j + 2, "without")
+            return read_as(j, "not" if verb in {"want", "need", "like", "love", "fancy", "make"} else "without")
+        if keys[j:j + 2] == ["to", "have"]:                  # "i'd rather not want to have a belt"
+            j += 2
+        return read_as(j, "without")
+    return None
+
+
 @lru_cache(maxsize=1)
 def _clip_whole_words() -> frozenset[str]:
     from open_clip.tokenizer import _tokenizer
@@ -150,11 +214,12 @@ def _one_edit(word: str) -> set[str]:
 
 class Reader:
     """Rewrites the words a model never learnt (see the module docstring). `words`: word -> count in the model's
-    training texts; `palette`: catalog colour name -> sRGB."""
+    training texts; `palette`: catalog colour name -> sRGB (empty for a catalog whose colours are not known, such
+    as FashionIQ's: then only misspellings are read)."""
 
     def __init__(self, words: Mapping[str, int], palette: Mapping[str, Iterable[int]]):
-        if not words or not palette:
-            raise CheckpointError("a reading needs the model's training words and its catalog's colours")
+        if not words:
+            raise CheckpointError("a reading needs the words of the model's training texts")
         self.words = {w.lower(): int(n) for w, n in words.items()}
         self.palette = {name: tuple(int(c) for c in rgb) for name, rgb in palette.items()}
         self._colour_of: dict[str, str] = {}
@@ -176,20 +241,28 @@ class Reader:
         rewrites in order. Punctuation around a word is kept; a rewritten word is lower case."""
         tokens = text.split()
         parts = [_WORD.match(t).groups() for t in tokens]   # (leading punctuation, word, trailing punctuation)
-        keys = [w.lower() for _, w, _ in parts]
+        keys = [w.lower().replace("\u2019", "'") for _, w, _ in parts]
+        ends = frozenset(k for k, (_, _, trail) in enumerate(parts) if trail)
         names = colour_names()
         out, rewrites, i = [], [], 0
         while i < len(tokens):
+            refusal = negation(keys, i, ends)
+            if refusal is not None:
+                span, words = refusal
+                rewrites.append(Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words, "negation"))
+                out.append(parts[i][0] + words + parts[i + span - 1][2])
+                i += span
+                continue
             for n in range(min(MAX_NAME_WORDS, len(tokens) - i), 0, -1):
                 name = " ".join(keys[i:i + n])
                 # a hyphenated word is a name if its parts are one ("off-white"); punctuation inside a span ends it
                 inner_punct = any(parts[j][2] for j in range(i, i + n - 1)) or any(parts[j][0] for j in
                                                                                   range(i + 1, i + n))
                 lookup = name.replace("-", " ")
-                if inner_punct or lookup not in names or lookup in MATERIALS:
+                if not self.palette or inner_punct or lookup not in names or lookup in MATERIALS:
                     continue
-                if any(w in self.words for w in re.split(r"[ -]", name)):
-                    out += tokens[i:i + n]                   # the model knows a word of it: read as typed
+                if any(w in self.words for w in re.split(r"[ -]", name)) or lookup in self.palette:
+                    out += tokens[i:i + n]   # the model knows a word of it, or it is a catalog colour: as typed
                 else:
                     colour = self._colour(lookup)
                     original = " ".join(parts[j][1] for j in range(i, i + n))

@@ -91,7 +91,7 @@ class QueryInfo:
     prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
     # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
-    # [{"original", "read", "kind": "colour" | "spelling"}]; each also gets a note
+    # [{"original", "read", "kind": "colour" | "spelling" | "negation"}]; each also gets a note
     rewrites: list[dict] = field(default_factory=list)
 
 

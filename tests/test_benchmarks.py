@@ -76,7 +76,10 @@ def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed
     echo = bench.measure(lambda ref, text: [ref], catalog, [wants_red, no_belt], n=6)   # the reference back
     assert [r["hits"] for r in echo] == [0, 0]
     text = bench.section(scored, "toy", "ckpt", "cat")
-    assert "66.7%" in text and '"ditch the belt"' in text
+    assert "66.7%" in text and '"ditch the belt"' in text and "Negations" not in text
+    both = bench.section(scored, "toy", "ckpt", "cat", scored[:2])     # the negations' own table and mean
+    assert both.startswith(text) and "Negations typed by hand (2 requests" in both and "**100.0%** of the neg" in both
+    assert {r.wants.keys() <= {"belt", "buttons", "sleeve", "pattern", "color"} for r in bench.NEGATIONS} == {True}
 
 
 def test_own_requests_name_a_catalog_they_cannot_judge(tmp_path):

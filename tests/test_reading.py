@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 
 from sdfn import Retriever
+from sdfn.config import load_config
 from sdfn.data.attributes import COLOR_RGB
 from sdfn.data.base import open_dataset
-from sdfn.data.synth.phrasing import COLOR_WORDS, noise_words, training_requests
+from sdfn.data.synth.phrasing import COLOR_WORDS, catalog_attributes, noise_words, training_requests
 from sdfn.errors import CheckpointError
 from sdfn.explain import explain_features
 from sdfn.fusion import FusionConfig
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, ModelConfig
-from sdfn.reading import READING_FILE, Reader, ciede2000, colour_names, load_reader, nearest_colour
+from sdfn.reading import READING_FILE, Reader, Rewrite, ciede2000, colour_names, load_reader, nearest_colour
+from sdfn.training.data import catalog_palette
 
 WORDS = {"make": 50, "it": 90, "red": 40, "in": 60, "with": 70, "long": 30, "sleeves": 25, "sleeve": 3,
          "pattern": 12, "stripes": 9, "short": 20, "shirt": 8, "white": 15, "a": 99, "please": 5}
@@ -77,6 +80,40 @@ def test_real_words_short_words_and_numbers_are_not_corrected(reader):
     # away from nothing long enough, and digits are not words
     for text in ("i want shorts", "one sleeve", "sl", "size 12345", "redd"):
         assert reader.read(text) == (text, [])
+
+
+@pytest.mark.parametrize("typed,read", [
+    ("i don't want a belt", "i without a belt"),
+    ("I do not want sleeves", "I without sleeves"),
+    ("dont really need any buttons", "without any buttons"),
+    ("don\u2019t want it with a belt", "without a belt"),            # a typographic apostrophe
+    ("i don't want it patterned", "i not patterned"),                 # a refused description: "not"
+    ("i don't want it to be red", "i not red"),
+    ("don't want it to have sleeves", "without sleeves"),
+    ("i'd rather not have buttons", "i'd without buttons"),
+    ("can it not have a belt", "can it without a belt"),
+    ("same but don't give it sleeves!", "same but without sleeves!"),
+    ("not a fan of the print", "without the print"),
+    ("i hate the pattern, plain please", "i without the pattern, plain please"),
+    ("Don't want the belt, make it blue", "without the belt, make it blue"),
+])
+def test_what_is_not_wanted_is_read_as_a_refusal_the_model_knows(reader, typed, read):
+    text, rewrites = reader.read(typed)
+    assert text == read and [r.kind for r in rewrites] == ["negation"]
+    assert rewrites[0].read in {"without", "not"} and "do not want" in rewrites[0].note()
+
+
+@pytest.mark.parametrize("typed", [
+    "does not have a belt", "is not red", "not so tight", "no longer sleeveless", "no belt please", "without buttons",
+    "i don't want", "i don't like this one, show me another", "is red instead of blue", "i want it red"])
+def test_refusals_the_model_knows_and_refusals_of_nothing_stay_as_typed(reader, typed):
+    assert reader.read(typed) == (typed, [])
+
+
+def test_a_refusal_and_a_colour_name_are_both_read_and_both_said(reader):
+    text, rewrites = reader.read("i don't want it scarlet")
+    assert text == "i not red" and [(r.original, r.read, r.kind) for r in rewrites] == [
+        ("don't want it", "not", "negation"), ("scarlet", "red", "colour")]
 
 
 def test_a_checkpoint_carries_its_reading_and_a_bad_file_is_named(tmp_path):
@@ -142,6 +179,10 @@ def test_shipped_reading_leaves_captions_alone_and_never_learnt_the_held_out_wor
     captions = [c for split in ("val", "test") for t in dataset.triplets(split) for c in t.captions]
     changed = [c for c in captions if reader.read(c)[1]]
     assert not changed, changed[:5]             # the annotated captions are read as typed (metrics.json's val R@1)
+    attributes = catalog_attributes(small_catalog)
+    requests = [r for t in dataset.triplets("train")[:1500] for r in training_requests(t, attributes, 4, clean=True)]
+    refusals = [r for r in requests if any(w.kind == "negation" for w in reader.read(r)[1])]
+    assert not refusals, refusals[:5]           # nor the refusals the training requests taught it
     held_out = {w for bank in COLOR_WORDS.values() for w in bank.heldout}
     assert not held_out & set(reader.words)     # the held-out colour names stay words the model never learnt
     assert not set(noise_words()) & set(reader.words)   # filler words taught nothing
@@ -149,3 +190,48 @@ def test_shipped_reading_leaves_captions_alone_and_never_learnt_the_held_out_wor
     read = {w: reader.read(f"make it {w}")[0].split()[-1] for w in held_out if w in colour_names()}
     right = [w for w, colour in read.items() if w in COLOR_WORDS[colour].heldout]
     assert {"scarlet", "bordeaux", "azure", "aubergine", "pumpkin"} <= set(right)
+
+
+def test_a_reading_without_catalog_colours_reads_only_misspellings(tmp_path):
+    """A data set whose colours are not known (FashionIQ's) gets a spelling-only reading: colour names stay."""
+    spelling = Reader(WORDS, {})
+    assert spelling.read("make it scarlet with long sleves") == (
+        "make it scarlet with long sleeves", [Rewrite("sleves", "sleeves", "spelling")])
+    spelling.save(tmp_path)
+    assert load_reader(tmp_path).to_json() == spelling.to_json()
+    with pytest.raises(CheckpointError, match="words"):
+        Reader({}, COLOR_RGB)
+
+
+def test_catalog_palette_is_the_catalog_colours_or_none(small_catalog, tmp_path):
+    palette = catalog_palette(small_catalog)
+    drawn = set(pd.read_csv(small_catalog / "catalog.csv", dtype=str)["color"])
+    assert set(palette) == drawn and all(palette[c] == COLOR_RGB[c] for c in palette)
+    assert catalog_palette(tmp_path) == {}     # no catalog.csv: a real data set
+
+
+def test_sdfn_train_writes_the_reading_the_shipped_model_card_builds(small_catalog, tmp_path):
+    """`data.reading` (on in the tiny-synthetic preset): best/ and last/ carry reading.json, the words of the
+    run's clean training texts and the catalog's colours, so a reproduced model reads as the shipped one does;
+    with it off (the paper's setting) the checkpoints read texts as typed."""
+    from sdfn.training import run_training
+    from sdfn.training.data import open_training_data, reading_for, training_triplets
+
+    small = ["model.fusion.width=32", "model.fusion.heads=2", "model.fusion.router_hidden=16", "pretrain.epochs=0",
+             "data.synthesize=false", "optim.batch_size=16", "optim.num_workers=0", "optim.epochs=1",
+             "eval.every=1", "data.phrasing_variants=2", f"data.root={small_catalog}"]
+    cfg = load_config("tiny-synthetic", small)
+    assert cfg.data.reading
+    run_training(cfg, tmp_path / "run", progress=False)
+    dataset = open_training_data(cfg)
+    expected = reading_for(dataset, training_triplets(dataset, cfg, None), cfg).to_json()
+    assert set(expected["palette"]) == set(catalog_palette(small_catalog))
+    assert "sleeves" in expected["words"] and not set(expected["words"]) & set(noise_words())
+    for folder in ("best", "last"):
+        model = ComposedRetrievalModel.load(tmp_path / "run" / folder)
+        assert model.reader is not None and model.reader.to_json() == expected, folder
+        text, rewrites = model.read_text("make it scarlet with long sleves")
+        assert [r.kind for r in rewrites] == ["colour", "spelling"] and text.endswith("with long sleeves")
+    run_training(load_config("tiny-synthetic", [*small, "data.reading=false"]), tmp_path / "plain", progress=False)
+    assert not (tmp_path / "plain" / "best" / READING_FILE).exists()
+    assert ComposedRetrievalModel.load(tmp_path / "plain" / "best").reader is None

@@ -134,6 +134,29 @@ def taught_words(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainC
     return training_words(texts)
 
 
+def catalog_palette(root: Path | str) -> dict[str, tuple[int, int, int]]:
+    """The colours a synthetic catalog's items are drawn in (sdfn.data.attributes.COLOR_RGB, those its catalog.csv
+    has); empty for a data set without a catalog.csv colour column (FashionIQ, Shoes, Fashion200k)."""
+    import csv
+
+    from sdfn.data.attributes import COLOR_RGB
+
+    path = Path(root) / "catalog.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        colours = {row.get("color") for row in csv.DictReader(f)}
+    return {name: rgb for name, rgb in COLOR_RGB.items() if name in colours}
+
+
+def reading_for(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainConfig):
+    """The reading.json (sdfn.reading.Reader) of a model trained on `triplets`: the words its training texts
+    teach (`taught_words`) and its catalog's colours (`catalog_palette`; none: misspellings only)."""
+    from sdfn.reading import Reader
+
+    return Reader(taught_words(dataset, triplets, cfg), catalog_palette(dataset.root))
+
+
 def target_keys(triplets: list[Triplet]) -> dict[str, int]:
     """One integer per target image, the same in every process (str hashes are not), so that queries that share a
     target, on any rank, do not count it as each other's negative."""

@@ -35,6 +35,7 @@ from sdfn.training.data import (
     cache_text_features,
     image_loader,
     open_training_data,
+    reading_for,
     target_keys,
     training_gallery,
     training_text,
@@ -65,6 +66,10 @@ class Trainer:
         self.target_key = target_keys(self.triplets)
         self.model = ComposedRetrievalModel(cfg.model).to(self.device)
         self.model.train()
+        if cfg.data.reading and self.dist.main:   # ours: reading.json goes out with every checkpoint (sdfn.reading)
+            self.model.reader = reading_for(self.dataset, self.triplets, cfg)
+            log.info("reading.json: %d words of the training texts, %d catalog colours",
+                     len(self.model.reader.words), len(self.model.reader.palette))
         self.model.criterion.distribute(self.dist.rank, self.dist.world)
         backbone = self.model.backbone
         for name, p in backbone.clip.named_parameters():
