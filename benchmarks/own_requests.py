@@ -128,15 +128,30 @@ def measure(search: Callable[[str, str], Sequence[str]], catalog: pd.DataFrame,
     return rows
 
 
-def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str) -> str:
-    mean = 100 * sum(r["hits"] / r["asked"] for r in rows) / len(rows)
-    table = markdown_table(["request", "a right answer has", f"top-1 right (of {rows[0]['asked']})"],
-                           [[f'"{r["text"]}"', ", ".join(f"{a} {v}" for a, v in r["wants"].items()), r["hits"]]
-                            for r in rows])
-    return (f"Checkpoint {label} (`{checkpoint}`), catalog `{catalog}`. {len(rows)} requests typed by hand (not "
+def mean_right(rows: Sequence[dict]) -> float:
+    """The share of the requests' references whose top-1 item has every asked value, in percent."""
+    return 100 * sum(r["hits"] / r["asked"] for r in rows) / len(rows)
+
+
+def request_table(rows: Sequence[dict]) -> str:
+    return markdown_table(["request", "a right answer has", f"top-1 right (of {rows[0]['asked']})"],
+                          [[f'"{r["text"]}"', ", ".join(f"{a} {v}" for a, v in r["wants"].items()), r["hits"]]
+                           for r in rows])
+
+
+def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
+            negations: Sequence[dict] = ()) -> str:
+    body = (f"Checkpoint {label} (`{checkpoint}`), catalog `{catalog}`. {len(rows)} requests typed by hand (not "
             f"from sdfn/data/synth/phrasing.py), each on {rows[0]['asked']} val/test references of its categories "
             f"that lack what it asks (seed {SEED}), `Retriever.search` defaults (own category, k=10).\n\n"
-            f"{table}\n\nMean: top-1 has every asked change for **{mean:.1f}%** of the requests' references.")
+            f"{request_table(rows)}\n\nMean: top-1 has every asked change for **{mean_right(rows):.1f}%** of the "
+            f"requests' references.")
+    if negations:
+        body += (f"\n\nNegations typed by hand ({len(negations)} requests, `NEGATIONS`; fixed before the model or "
+                 f"the reading was measured on them), asked the same way:\n\n{request_table(negations)}\n\n"
+                 f"Mean: top-1 has every asked change for **{mean_right(negations):.1f}%** of the negations' "
+                 f"references.")
+    return body
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,13 +170,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"own_requests: no catalog.csv in {catalog_root}; give a synthetic catalog with --catalog "
                          "(sdfn synth --out FOLDER), or run python demo.py once to draw the default one")
     catalog = pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
-    missing = sorted({"split", "category", *(a for r in REQUESTS for a in r.wants)} - set(catalog.columns))
+    missing = sorted({"split", "category", *(a for r in REQUESTS + NEGATIONS for a in r.wants)}
+                     - set(catalog.columns))
     if missing:
         raise SystemExit(f"own_requests: {catalog_root / 'catalog.csv'} has no {', '.join(missing)} column: the "
                          "requests are judged by a synthetic catalog's attributes (sdfn synth)")
     retriever = Retriever(args.checkpoint, catalog=args.catalog, progress=False)
-    rows = measure(lambda ref, text: [item.id for item in retriever.search(ref, text, k=10).items], catalog)
-    body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root))
+    def search(ref: str, text: str) -> list[str]:
+        return [item.id for item in retriever.search(ref, text, k=10).items]
+
+    rows, negations = measure(search, catalog), measure(search, catalog, NEGATIONS)
+    body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root),
+                   negations)
     print(body)
     write_section(SECTION, "Requests typed by hand (benchmarks/own_requests.py)", body, args.quality)
     return 0
