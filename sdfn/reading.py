@@ -17,7 +17,7 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   when several are);
 - a way of saying what one does NOT want that the model never learnt ("i don't want a belt", "i'd rather not
   have buttons", "can it not have a belt", "not a fan of the print", "i hate the pattern"), as the refusal its
-  training texts use: "without" before what is refused ("i without a belt"), "not" before a refused description
+  training texts use: "without" before what is refused ("without a belt"), "not" before a refused description
   ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
   refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it).
 
@@ -57,7 +57,8 @@ WHY = {"colour": "a colour name this model never learnt: the catalog colour near
 
 # Saying what one does NOT want (ours): the shapes the catalog's captions and the training requests never use
 # ("i don't want a belt", "i'd rather not have buttons", "not a fan of the print"), read as the ones they do use:
-# "without" before what is refused, "not" before a refused description ("don't want it red" -> "not red").
+# "without" before what is refused, "not" before a refused description ("don't want it red" -> "not red"); a
+# subject that starts the refusal goes with it ("i don't want a belt" -> "without a belt").
 # The captions' own "does not have a belt" is known to the model and left alone.
 NEGATORS = (("do", "not"), ("does", "not"), ("did", "not"), ("would", "not"), ("will", "not"), ("should", "not"),
             ("rather", "not"), ("no", "longer"), ("not",), ("never",), ("don't",), ("dont",), ("doesn't",),
@@ -69,6 +70,7 @@ ADVERBS = frozenset({"really", "just", "actually", "even", "particularly", "nece
 DISLIKES = (("not", "a", "fan", "of"), ("not", "keen", "on"), ("no", "need", "for"), ("can't", "stand"),
             ("cant", "stand"), ("hate",), ("hates",), ("dislike",), ("dislikes",))
 PRONOUNS = frozenset({"it", "this", "that", "them", "these", "those", "one"})
+SUBJECTS = frozenset({"i", "we", "i'd", "id", "we'd", "i'm", "im"})   # read away with the refusal they start
 KNOWN_NEGATIONS = {(("do", "not"), "have"), (("does", "not"), "have")}   # the captions' "does not have a belt"
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
@@ -161,10 +163,12 @@ def negation(keys: list[str], i: int, ends: frozenset[int] = frozenset()) -> tup
     """A way of saying what one does not want that starts at word `i` of `keys` (lower case, no punctuation
     around them): (words it spans, the words it is read as), or None. `ends`: the indices of words that end a
     clause (punctuation after them); a refusal is read only when what it refuses follows in the same clause."""
-    n = len(keys)
+    n, first = len(keys), i
+    if keys[i] in SUBJECTS and i not in ends:    # "i don't want a belt" is read as "without a belt"
+        i += 1
 
-    def read_as(j: int, words: str) -> tuple[int, str] | None:   # the span is keys[i:j]; something must follow
-        return (j - i, words) if j < n and not ends & set(range(i, j)) else None
+    def read_as(j: int, words: str) -> tuple[int, str] | None:   # the span is keys[first:j]; something must follow
+        return (j - first, words) if j < n and not ends & set(range(first, j)) else None
 
     for phrase in DISLIKES:
         if _starts_with(keys, i, phrase):
@@ -177,8 +181,10 @@ def negation(keys: list[str], i: int, ends: frozenset[int] = frozenset()) -> tup
             j += 1
         if j >= n or keys[j] not in NEGATED_VERBS or (negator, keys[j]) in KNOWN_NEGATIONS:
             return None
-        if negator == ("not",) and i > 0 and (keys[i - 1], "not") in NEGATORS:
-            return None     # "does not have": read (or left alone) from the word before
+        if negator == ("not",) and i > 0 and ((keys[i - 1], "not") in NEGATORS or keys[i - 1] == "why"):
+            return None     # "does not have": read (or left alone) from the word before; "why not add a belt"
+        if keys[j] == "get" and keys[j + 1:j + 2] == ["rid"]:
+            return None     # "don't get rid of the belt" keeps it
         verb, j = keys[j], j + 1
         if j < n and keys[j] in PRONOUNS:                    # "don't want it red", "don't give it sleeves"
             j += 1 + (j + 1 < n and keys[j + 1] == "one")    # "this one"
