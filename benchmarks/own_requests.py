@@ -12,7 +12,9 @@ benchmarks/phrasing.py measures requests generated from the held-out part of sdf
 these are the shapes a person types without looking at that file: wishes and questions with words the
 generator never uses ("any chance of", "swap the colour to", "hey"), negations it has no construction for
 ("i dont want a belt"), and a few of its own shapes as controls. They were fixed before the v3 model was
-first measured and played no part in choosing its training part.
+first measured and played no part in choosing its training part. A second set, `NEGATIONS`, holds 16 ways of
+saying what one does not want, fixed before anything was measured on them; they are also asked with the
+checkpoint's reading.json set aside (the text as typed), so the table shows what sdfn.reading adds.
 
 A checkpoint other than the catalog's indexed one re-indexes the catalog (`Retriever`): pass a copy of the
 catalog with `--catalog` to keep the demo's index. Prints the table and writes its section into
@@ -133,14 +135,19 @@ def mean_right(rows: Sequence[dict]) -> float:
     return 100 * sum(r["hits"] / r["asked"] for r in rows) / len(rows)
 
 
-def request_table(rows: Sequence[dict]) -> str:
-    return markdown_table(["request", "a right answer has", f"top-1 right (of {rows[0]['asked']})"],
-                          [[f'"{r["text"]}"', ", ".join(f"{a} {v}" for a, v in r["wants"].items()), r["hits"]]
-                           for r in rows])
+def request_table(rows: Sequence[dict], alone: Sequence[dict] = ()) -> str:
+    """The per-request table; with `alone` (the same requests measured without the checkpoint's reading.json), a
+    column for those too."""
+    head = ["request", "a right answer has", f"top-1 right (of {rows[0]['asked']})"]
+    body = [[f'"{r["text"]}"', ", ".join(f"{a} {v}" for a, v in r["wants"].items()), r["hits"]] for r in rows]
+    if alone:
+        head.append("model alone (no reading.json)")
+        body = [row + [a["hits"]] for row, a in zip(body, alone, strict=True)]
+    return markdown_table(head, body)
 
 
 def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
-            negations: Sequence[dict] = ()) -> str:
+            negations: Sequence[dict] = (), negations_alone: Sequence[dict] = ()) -> str:
     body = (f"Checkpoint {label} (`{checkpoint}`), catalog `{catalog}`. {len(rows)} requests typed by hand (not "
             f"from sdfn/data/synth/phrasing.py), each on {rows[0]['asked']} val/test references of its categories "
             f"that lack what it asks (seed {SEED}), `Retriever.search` defaults (own category, k=10).\n\n"
@@ -148,9 +155,11 @@ def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
             f"requests' references.")
     if negations:
         body += (f"\n\nNegations typed by hand ({len(negations)} requests, `NEGATIONS`; fixed before the model or "
-                 f"the reading was measured on them), asked the same way:\n\n{request_table(negations)}\n\n"
+                 f"the reading was measured on them), asked the same way:\n\n"
+                 f"{request_table(negations, negations_alone)}\n\n"
                  f"Mean: top-1 has every asked change for **{mean_right(negations):.1f}%** of the negations' "
-                 f"references.")
+                 f"references" + (f" ({mean_right(negations_alone):.1f}% for the model alone, the text as typed)."
+                                  if negations_alone else "."))
     return body
 
 
@@ -180,8 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         return [item.id for item in retriever.search(ref, text, k=10).items]
 
     rows, negations = measure(search, catalog), measure(search, catalog, NEGATIONS)
+    alone = []
+    if retriever.model.reader is not None:    # the same negations read as typed: what the reading adds
+        reader, retriever.model.reader = retriever.model.reader, None
+        try:
+            alone = measure(search, catalog, NEGATIONS)
+        finally:
+            retriever.model.reader = reader
     body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root),
-                   negations)
+                   negations, alone)
     print(body)
     write_section(SECTION, "Requests typed by hand (benchmarks/own_requests.py)", body, args.quality)
     return 0

@@ -79,6 +79,9 @@ def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed
     assert "66.7%" in text and '"ditch the belt"' in text and "Negations" not in text
     both = bench.section(scored, "toy", "ckpt", "cat", scored[:2])     # the negations' own table and mean
     assert both.startswith(text) and "Negations typed by hand (2 requests" in both and "**100.0%** of the neg" in both
+    alone = [{**r, "hits": 3} for r in scored[:2]]                      # the same negations, read as typed
+    compared = bench.section(scored, "toy", "ckpt", "cat", scored[:2], alone)
+    assert "| model alone (no reading.json) |" in compared and "(50.0% for the model alone" in compared
     assert {r.wants.keys() <= {"belt", "buttons", "sleeve", "pattern", "color"} for r in bench.NEGATIONS} == {True}
 
 
