@@ -185,9 +185,10 @@ def understands(cfg: dict) -> list[str]:
         "- **Not understood**: other words that never occurred in its training texts (a brand, a material such "
         "as denim or silk, an occasion, a rarer fit or neckline word); attributes the catalog does not have "
         "(material, heels, 3/4 "
-        "sleeves); counts; a negation said as a wish (\"i dont want a belt\" returns belted items: no training "
-        "request says \"don't want\"). An unknown word is not refused: it is read as noise and the answer may "
-        "ignore it. Requests typed by hand, per request: benchmarks/QUALITY.md, section own-requests.",
+        "sleeves); counts; a refused description is followed poorly (\"i don't want it patterned\", read as "
+        "\"not patterned\", returns a plain item 1 time of 12). An unknown word is not refused: it is read as "
+        "noise and the answer may ignore it. Requests typed by hand, per request: benchmarks/QUALITY.md, section "
+        "own-requests.",
         "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
         "high as one that meets them all.",
     ]

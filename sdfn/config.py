@@ -38,9 +38,9 @@ class DataConfig:
     phrasing_share: float = 0.5
     phrasing_seed: int = 0
     # Ours (sdfn.reading): write reading.json into the run's checkpoints, the words of its training texts and its
-    # catalog's colours, so that a search reads a colour name or a misspelling the model never learnt as a word it
-    # knows. For a text tower trained only on this project's texts (the tiny-synthetic preset); False for a
-    # pretrained tower, which knows English (the paper's setting).
+    # catalog's colours, so that a search reads a colour name, a misspelling or a refusal ("i don't want a belt")
+    # the model never learnt as one it knows. For a text tower trained only on this project's texts (the
+    # tiny-synthetic preset); False for a pretrained tower, which knows English (the paper's setting).
     reading: bool = False
 
 

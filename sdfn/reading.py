@@ -221,7 +221,7 @@ def _one_edit(word: str) -> set[str]:
 class Reader:
     """Rewrites the words a model never learnt (see the module docstring). `words`: word -> count in the model's
     training texts; `palette`: catalog colour name -> sRGB (empty for a catalog whose colours are not known, such
-    as FashionIQ's: then only misspellings are read)."""
+    as FashionIQ's: then colour names are read as typed)."""
 
     def __init__(self, words: Mapping[str, int], palette: Mapping[str, Iterable[int]]):
         if not words:

@@ -11,6 +11,7 @@ training (tests/test_phrasing.py checks these texts).
 
 from __future__ import annotations
 
+import csv
 import logging
 import random
 from collections import Counter
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sdfn.backbone import ImageFeatures, TextFeatures
 from sdfn.config import TrainConfig
+from sdfn.data.attributes import COLOR_RGB
 from sdfn.data.base import RetrievalDataset, Triplet, open_dataset
 from sdfn.data.images import load_model_image
 from sdfn.encode import ImageFeatureTable, extract_image_features
@@ -137,10 +139,6 @@ def taught_words(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainC
 def catalog_palette(root: Path | str) -> dict[str, tuple[int, int, int]]:
     """The colours a synthetic catalog's items are drawn in (sdfn.data.attributes.COLOR_RGB, those its catalog.csv
     has); empty for a data set without a catalog.csv colour column (FashionIQ, Shoes, Fashion200k)."""
-    import csv
-
-    from sdfn.data.attributes import COLOR_RGB
-
     path = Path(root) / "catalog.csv"
     if not path.is_file():
         return {}
@@ -151,7 +149,7 @@ def catalog_palette(root: Path | str) -> dict[str, tuple[int, int, int]]:
 
 def reading_for(dataset: RetrievalDataset, triplets: list[Triplet], cfg: TrainConfig):
     """The reading.json (sdfn.reading.Reader) of a model trained on `triplets`: the words its training texts
-    teach (`taught_words`) and its catalog's colours (`catalog_palette`; none: misspellings only)."""
+    teach (`taught_words`) and its catalog's colours (`catalog_palette`; none: colour names are read as typed)."""
     from sdfn.reading import Reader
 
     return Reader(taught_words(dataset, triplets, cfg), catalog_palette(dataset.root))
