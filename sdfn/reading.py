@@ -66,7 +66,8 @@ NEGATORS = (("do", "not"), ("does", "not"), ("did", "not"), ("would", "not"), ("
             ("shouldn't",), ("shouldnt",))
 NEGATED_VERBS = frozenset({"want", "need", "like", "love", "fancy", "have", "give", "put", "add", "include", "get",
                            "make", "show", "wear"})
-ADVERBS = frozenset({"really", "just", "actually", "even", "particularly", "necessarily", "honestly", "exactly"})
+# between the negation and its verb; not "just" or "necessarily" ("i don't just want red" refuses nothing)
+ADVERBS = frozenset({"really", "actually", "even", "particularly", "honestly"})
 DISLIKES = (("not", "a", "fan", "of"), ("not", "keen", "on"), ("no", "need", "for"), ("can't", "stand"),
             ("cant", "stand"), ("hate",), ("hates",), ("dislike",), ("dislikes",))
 PRONOUNS = frozenset({"it", "this", "that", "them", "these", "those", "one"})
@@ -197,6 +198,8 @@ def negation(keys: list[str], i: int, ends: frozenset[int] = frozenset()) -> tup
             return read_as(j, "not" if verb in {"want", "need", "like", "love", "fancy", "make"} else "without")
         if keys[j:j + 2] == ["to", "have"]:                  # "i'd rather not want to have a belt"
             j += 2
+        elif keys[j:j + 1] == ["to"]:
+            return None     # "doesn't have to be red", "don't need to change the colour": nothing refused
         return read_as(j, "without")
     return None
 

@@ -106,7 +106,8 @@ def test_what_is_not_wanted_is_read_as_a_refusal_the_model_knows(reader, typed, 
 @pytest.mark.parametrize("typed", [
     "does not have a belt", "is not red", "not so tight", "no longer sleeveless", "no belt please", "without buttons",
     "i don't want", "i don't like this one, show me another", "is red instead of blue", "i want it red",
-    "why not add a belt", "don't get rid of the belt", "don't you have it in red", "i, for one, want a belt"])
+    "why not add a belt", "don't get rid of the belt", "don't you have it in red", "i, for one, want a belt",
+    "i don't just want red, i want stripes too", "it doesn't have to be red", "i don't mind a belt"])
 def test_refusals_the_model_knows_and_refusals_of_nothing_stay_as_typed(reader, typed):
     assert reader.read(typed) == (typed, [])
 
