@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"own_requests: {catalog_root / 'catalog.csv'} has no {', '.join(missing)} column: the "
                          "requests are judged by a synthetic catalog's attributes (sdfn synth)")
     retriever = Retriever(args.checkpoint, catalog=args.catalog, progress=False)
+
     def search(ref: str, text: str) -> list[str]:
         return [item.id for item in retriever.search(ref, text, k=10).items]
 
