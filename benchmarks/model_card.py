@@ -179,8 +179,9 @@ def understands(cfg: dict) -> list[str]:
         "survey's 949 names and the CSS colours (scarlet, teal, aubergine, slate), is read as the catalog colour "
         "nearest to it (CIEDE2000), and a misspelt word one letter from a word it knows as that word (sleves -> "
         "sleeves), and a refusal its training texts never used (\"i don't want a belt\", \"i'd rather not have "
-        "buttons\", \"not a fan of the print\") as the one they use (\"without a belt\"); the answer's notes name "
-        "every such rewrite. The nearest colour is not always the one a person means (sapphire is read as navy, "
+        "buttons\", \"not a fan of the print\") as the one they use (\"without a belt\"), shorthands as words (w/o -> "
+        "without), an unknown plural or \"-less\" word as the word it knows (florals -> floral, buttonless -> without "
+        "buttons); the answer's notes name every such rewrite, and every word it was never taught (cheaper, zara). The nearest colour is not always the one a person means (sapphire is read as navy, "
         "coffee as beige).",
         "- **Not understood**: other words that never occurred in its training texts (a brand, a material such "
         "as denim or silk, an occasion, a rarer fit or neckline word); attributes the catalog does not have "

@@ -21,6 +21,10 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
   refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it).
 
+- shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
+  plural of a known word as the word ("florals" -> "floral") and an unknown "-less" word whose stem it knows as
+  "without" it ("buttonless" -> "without buttons", "collarless" -> "without a collar").
+
 Every rewrite is returned (`Rewrite`), so an answer says what was read ("'scarlet' read as 'red'"). Checkpoints
 without reading.json (a pretrained text tower knows the words) read every text as given. The words a model knew
 are those of the texts it trained on, less the filler words `sdfn.data.synth.phrasing.noise_words` put in
@@ -53,7 +57,15 @@ MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
 _WORD = re.compile(r"^([^A-Za-z0-9]*)(.*?)([^A-Za-z0-9]*)$")
 WHY = {"colour": "a colour name this model never learnt: the catalog colour nearest to it",
        "spelling": "a word this model never learnt, one letter from one it knows",
-       "negation": "a way of saying what you do not want that this model never learnt: read as one it knows"}
+       "negation": "a way of saying what you do not want that this model never learnt: read as one it knows",
+       "shorthand": "a shorthand this model never learnt: read in full",
+       "form": "a form of a word this model knows: read as that word"}
+
+# Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
+# reads as "with" plus noise: the opposite of what was meant.
+SHORTHANDS = {"w/o": "without", "w/out": "without", "wo/": "without", "w/": "with"}
+# a real word typed for another: "lose fit" is "loose fit" ("lose the belt" is the model's own removal verb)
+CONFUSIONS = {("lose", "fit"): "loose", ("lose", "fitting"): "loose", ("lose", "fitted"): "loose"}
 
 # Saying what one does NOT want (ours): the shapes the catalog's captions and the training requests never use
 # ("i don't want a belt", "i'd rather not have buttons", "not a fan of the print"), read as the ones they do use:
@@ -245,6 +257,23 @@ class Reader:
         known = [w for w in _one_edit(word) if w in self.words and len(w) >= MIN_CORRECTION_LENGTH]
         return max(known, key=lambda w: (self.words[w], w)) if known else None
 
+    def _form(self, word: str) -> str | None:
+        """An unknown plural of a known word ("florals" -> "floral"), or an unknown "-less" word whose stem is known
+        ("buttonless" -> "without buttons", "collarless" -> "without a collar"); else None."""
+        if len(word) < MIN_TYPO_LENGTH or not word.isalpha() or word in self.words:
+            return None
+        if word.endswith("less") and "without" in self.words:
+            stem = word[:-4]
+            if stem + "s" in self.words:
+                return f"without {stem}s"
+            if stem in self.words and len(stem) >= 3:
+                return f"without {'an' if stem[0] in 'aeiou' else 'a'} {stem}"
+            return None
+        for singular in (word[:-1], word[:-2]) if word.endswith("es") else (word[:-1],) if word.endswith("s") else ():
+            if singular in self.words and len(singular) >= 3:
+                return singular
+        return None
+
     def read(self, text: str) -> tuple[str, list[Rewrite]]:
         """`text` with whitespace collapsed and its unknown colour names and misspellings rewritten, and the
         rewrites in order. Punctuation around a word is kept; a rewritten word is lower case."""
@@ -281,14 +310,47 @@ class Reader:
                 break
             else:
                 lead, word, trail = parts[i]
-                fixed = self._correction(keys[i])
-                if fixed is not None:
-                    rewrites.append(Rewrite(word, fixed, "spelling"))
-                    out.append(lead + fixed + trail)
+                shorthand = self._shorthand(tokens, keys, i, ends)
+                if shorthand is not None:
+                    span, original, full, after = shorthand
+                    rewrites.append(Rewrite(original, full, "shorthand"))
+                    out.append(lead + full + after)
+                    i += span
+                    continue
+                confused = CONFUSIONS.get((keys[i], keys[i + 1] if i + 1 < len(keys) and i not in ends else ""))
+                fixed = confused if confused in self.words else self._correction(keys[i])
+                form = None if fixed is not None else self._form(keys[i])
+                if fixed is not None or form is not None:
+                    rewrites.append(Rewrite(word, fixed or form, "spelling" if fixed else "form"))
+                    out.append(lead + (fixed or form) + trail)
                 else:
                     out.append(tokens[i])
                 i += 1
         return " ".join(out), rewrites
+
+    def _shorthand(self, tokens: list[str], keys: list[str], i: int,
+                   ends: frozenset[int]) -> tuple[int, str, str, str] | None:
+        """A shorthand at word `i` ("w/o", "w/out", "with out", "w/"): (words spanned, as typed, read as,
+        punctuation after it), else None."""
+        shorthand = re.match(r"^[^A-Za-z0-9]*((?:w|wo)/(?:o|out)?)([^A-Za-z0-9]*)$", tokens[i], flags=re.I)
+        if shorthand is not None:
+            typed, after = shorthand.groups()
+            full = SHORTHANDS.get(typed.lower())
+            if full in self.words:
+                return 1, typed, full, after
+        if keys[i:i + 2] == ["with", "out"] and i not in ends and "without" in self.words:
+            return 2, " ".join(tokens[i:i + 2]).rstrip(",.!?;:"), "without", _WORD.match(tokens[i + 1]).group(3)
+        return None
+
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of `text` (as read) that this model's training texts never taught it, in order, each once:
+        words it cannot search by (a price, a brand, a material its catalog does not have, or filler)."""
+        seen: dict[str, None] = {}
+        for word in re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'")):
+            word = word.strip("'")
+            if word and not word.isdigit() and word not in self.words:
+                seen.setdefault(word)
+        return list(seen)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": 1, "palette": {k: list(v) for k, v in self.palette.items()},

@@ -91,8 +91,12 @@ class QueryInfo:
     prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
     # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
-    # [{"original", "read", "kind": "colour" | "spelling" | "negation"}]; each also gets a note
+    # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form"}]; each also gets a note
     rewrites: list[dict] = field(default_factory=list)
+    # words of text_used that the model's training texts never taught it (sdfn.reading.Reader.unknown_words): it
+    # cannot search by them (a price, a brand, a material the catalog lacks, filler); said in a note. Empty
+    # without a reading.json (a pretrained text tower knows English)
+    unknown_words: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -424,6 +428,12 @@ class Retriever:
         read, rewrites = self.model.read_text(stripped)
         info.rewrites = [r.to_json() for r in rewrites]
         info.notes += [r.note() for r in rewrites]
+        if self.model.reader is not None:
+            info.unknown_words = self.model.reader.unknown_words(read)
+            if info.unknown_words:
+                words = ", ".join(f"'{w}'" for w in info.unknown_words)
+                info.notes.append(f"never taught to this model, so not searchable (may move the results "
+                                  f"unpredictably): {words}")
         stripped = read
         info.mode, info.text_used = "composed", stripped
         backbone = self.model.backbone

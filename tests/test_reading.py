@@ -76,10 +76,45 @@ def test_misspellings_one_letter_from_a_known_word_are_corrected(reader):
 
 
 def test_real_words_short_words_and_numbers_are_not_corrected(reader):
-    # "shorts" and "sleeve" are whole words of the tokenizer (English of their own), "slev" is under 5 letters
+    # "shirts" and "sleeve" are whole words of the tokenizer (English of their own), "slev" is under 5 letters
     # away from nothing long enough, and digits are not words
-    for text in ("i want shorts", "one sleeve", "sl", "size 12345", "redd"):
+    for text in ("i want skirts", "one sleeve", "sl", "size 12345", "redd"):
         assert reader.read(text) == (text, [])
+
+
+@pytest.mark.parametrize("typed,read,kind", [
+    ("is there a version w/o buttons", "is there a version without buttons", "shorthand"),
+    ("red W/Out stripes, please", "red without stripes, please", "shorthand"),
+    ("make it red w/ long sleeves", "make it red with long sleeves", "shorthand"),
+    ("with out sleeves", "without sleeves", "shorthand"),
+    ("(w/o a pattern)", "(without a pattern)", "shorthand"),
+    ("no shirts please", "no shirt please", "form"),              # an unknown plural of a known word
+    ("a patterns", "a pattern", "form"),
+    ("patternless", "without a pattern", "form"),               # an unknown "-less" word: "without" its stem
+    ("sleeveless", "without sleeves", "form"),                  # (this reader was never taught "sleeveless")
+    ("lose fit", "loose fit", "spelling"),                      # a real word typed for another
+])
+def test_shorthands_forms_and_confusions_are_read_as_words_it_knows(typed, read, kind):
+    reader = Reader({**WORDS, "without": 8, "loose": 6, "fit": 6, "lose": 9, "the": 40, "belt": 7}, COLOR_RGB)
+    text, rewrites = reader.read(typed)
+    assert text == read and [r.kind for r in rewrites] == [kind]
+    assert reader.read("lose the belt") == ("lose the belt", [])    # "lose" is a word of its own
+    assert reader.read("with, out of stock") == ("with, out of stock", [])
+
+
+def test_words_the_model_was_never_taught_are_listed_and_said(tmp_path, small_catalog, tiny_checkpoint):
+    reader = Reader(WORDS, COLOR_RGB)
+    assert reader.unknown_words("make it red, cheaper, by Zara; zara 2 pls") == ["cheaper", "by", "zara", "pls"]
+    assert reader.unknown_words("make it red with long sleeves") == []
+    checkpoint, catalog = tmp_path / "ckpt", tmp_path / "catalog"
+    shutil.copytree(tiny_checkpoint, checkpoint)
+    shutil.copytree(small_catalog, catalog)
+    reader.save(checkpoint)
+    retriever = Retriever(checkpoint, catalog, progress=False)
+    result = retriever.search(retriever.catalog.ids[0], "make it red, cheaper by zara")
+    assert result.query.unknown_words == ["cheaper", "by", "zara"]
+    assert any("not searchable" in n and "'zara'" in n for n in result.query.notes)
+    assert result.to_json()["query"]["unknown_words"] == ["cheaper", "by", "zara"]
 
 
 @pytest.mark.parametrize("typed,read", [
