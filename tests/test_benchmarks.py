@@ -83,6 +83,19 @@ def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed
     compared = bench.section(scored, "toy", "ckpt", "cat", scored[:2], alone)
     assert "| model alone (no reading.json) |" in compared and "(50.0% for the model alone" in compared
     assert {r.wants.keys() <= {"belt", "buttons", "sleeve", "pattern", "color"} for r in bench.NEGATIONS} == {True}
+    # any of several values is right; `where` asks only on references that have what a request changes
+    not_red = bench.OwnRequest("not red", {"color": ("blue", "green")}, ("dress", "skirt"), {"color": ("red",)},
+                               ("negation",))
+    assert set(bench.references(catalog, not_red, random.Random(0), 20)) == {"x0", "x2"}
+    strangers = bench.measure(lambda ref, text: ["x1"], catalog, [not_red, bench.OwnRequest(
+        "in red, cheaper", {"color": "red"}, ("dress",), tags=("ooc",))], n=4)
+    told = bench.section(scored, "toy", "ckpt", "cat", strangers=strangers)
+    assert "color blue or green (references: color red)" in told
+    assert "Mean over the 1: top-1 has every asked change for **100.0%**" in told
+    assert "the 1 that also ask for what the catalog lacks: 0.0%" in told and "| negation | 1 |" not in told
+    shipped = bench.STRANGERS
+    assert len(shipped) == 97 and sum("ooc" in r.tags for r in shipped) == 5
+    assert all(r.wants and r.categories for r in shipped)
 
 
 def test_own_requests_name_a_catalog_they_cannot_judge(tmp_path):
