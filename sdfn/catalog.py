@@ -89,6 +89,17 @@ class Catalog:
     def category_counts(self) -> dict[str, int]:
         return dict(sorted(Counter(row["category"] for row in self.rows).items()))
 
+    def category_named(self, name: str) -> str:
+        """The catalog's own spelling of a category asked for in any case ("Dress" -> "dress"), when exactly one
+        category matches; else `name` as given (rows_in_category then lists the categories)."""
+        names = self.__dict__.get("_category_names")
+        if names is None:   # the rows are read once and never change: so are their categories
+            names = self.__dict__["_category_names"] = frozenset(self.category_counts())
+        if name in names:
+            return name
+        folded = [c for c in names if c.casefold() == name.casefold()]
+        return folded[0] if len(folded) == 1 else name
+
     def rows_in_category(self, category: str) -> list[int]:
         rows = [i for i, row in enumerate(self.rows) if row["category"] == category]
         if not rows:

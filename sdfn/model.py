@@ -40,7 +40,7 @@ from sdfn.fsio import staging_folder, tensors_fingerprint
 from sdfn.fusion import Composition, FusionConfig, RouterTrace, create_fusion
 from sdfn.losses import BatchClassificationLoss
 from sdfn.paths import SHIPPED_CHECKPOINT
-from sdfn.reading import Reader, Rewrite, load_reader
+from sdfn.reading import MAX_TEXT_CHARS, Reader, Rewrite, load_reader, valid_text
 from sdfn.weights import has_tensors, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -95,11 +95,22 @@ class ComposedRetrievalModel(nn.Module):
         return self.backbone.encode_image(images.to(self.device))
 
     def read_text(self, text: str) -> tuple[str, list[Rewrite]]:
-        """`text` as this model reads it: whitespace collapsed and, with a reading.json, the colour names and
-        misspellings it never learnt rewritten (sdfn.reading); and the rewrites made."""
+        """`text` as this model reads it: whitespace collapsed, cut at a word boundary to MAX_TEXT_CHARS (far more
+        than any text tower's context; so that no request, however long, costs more than a short one), and, with a
+        reading.json, the colour names and misspellings it never learnt rewritten (sdfn.reading); and the rewrites
+        made (a cut is one, kind "cut")."""
+        text = " ".join(valid_text(text).split())
+        cut = []
+        if len(text) > MAX_TEXT_CHARS:
+            kept = text[:MAX_TEXT_CHARS + 1].rsplit(" ", 1)[0] if " " in text[:MAX_TEXT_CHARS + 1] else ""
+            kept = kept or text[:MAX_TEXT_CHARS]
+            left = text[len(kept):].strip()
+            cut = [Rewrite(left[:40] + ("..." if len(left) > 40 else ""), f"{len(kept):,}", "cut")]
+            text = kept
         if self.reader is None:
-            return " ".join(text.split()), []
-        return self.reader.read(text)
+            return text, cut
+        read, rewrites = self.reader.read(text)
+        return read, cut + rewrites
 
     def encode_texts(self, texts: list[str]) -> TextFeatures:
         return self.backbone.encode_text(self.backbone.tokenize(list(texts)).to(self.device))

@@ -51,6 +51,8 @@ COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
+MAX_WORD_LETTERS = 30       # longer "words" are not corrected (their one-edit neighbours grow with the square)
+MAX_TEXT_CHARS = 1000       # a request is cut here (ComposedRetrievalModel.read_text): far past any text context
 TEXTILE_KL = 2.0            # CIEDE2000's parametric lightness factor for textiles
 # Names in the colour lists that a shopper means as a material or print, not a colour: never read as one
 MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
@@ -59,7 +61,8 @@ WHY = {"colour": "a colour name this model never learnt: the catalog colour near
        "spelling": "a word this model never learnt, one letter from one it knows",
        "negation": "a way of saying what you do not want that this model never learnt: read as one it knows",
        "shorthand": "a shorthand this model never learnt: read in full",
-       "form": "a form of a word this model knows: read as that word"}
+       "form": "a form of a word this model knows: read as that word",
+       "cut": "a request longer than any model reads"}
 
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
@@ -88,6 +91,16 @@ KNOWN_NEGATIONS = {(("do", "not"), "have"), (("does", "not"), "have")}   # the c
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
+def valid_text(text: str) -> str:
+    """`text` with anything that is not a character (a lone UTF-16 surrogate, which no keyboard types and no JSON
+    answer can carry) as U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """One change `Reader.read` made: `original` (as typed) read as `read`, and why (a key of `WHY`)."""
@@ -97,6 +110,9 @@ class Rewrite:
     kind: str
 
     def note(self) -> str:
+        if self.kind == "cut":
+            return (f"text cut to its first {self.read} characters (no model reads more); left out: "
+                    f"'{self.original}'")
         return f"'{self.original}' read as '{self.read}' ({WHY[self.kind]})"
 
     def to_json(self) -> dict[str, str]:
@@ -251,7 +267,7 @@ class Reader:
         return self._colour_of[name]
 
     def _correction(self, word: str) -> str | None:
-        if (len(word) < MIN_TYPO_LENGTH or not word.isalpha() or word in self.words
+        if (not MIN_TYPO_LENGTH <= len(word) <= MAX_WORD_LETTERS or not word.isalpha() or word in self.words
                 or word in _clip_whole_words()):
             return None
         known = [w for w in _one_edit(word) if w in self.words and len(w) >= MIN_CORRECTION_LENGTH]
@@ -260,7 +276,7 @@ class Reader:
     def _form(self, word: str) -> str | None:
         """An unknown plural of a known word ("florals" -> "floral"), or an unknown "-less" word whose stem is known
         ("buttonless" -> "without buttons", "collarless" -> "without a collar"); else None."""
-        if len(word) < MIN_TYPO_LENGTH or not word.isalpha() or word in self.words:
+        if not MIN_TYPO_LENGTH <= len(word) <= MAX_WORD_LETTERS or not word.isalpha() or word in self.words:
             return None
         if word.endswith("less") and "without" in self.words:
             stem = word[:-4]

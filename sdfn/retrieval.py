@@ -46,6 +46,7 @@ from sdfn.fusion import RouterTrace
 from sdfn.index import CatalogIndex, IndexStatus, open_index
 from sdfn.model import ComposedRetrievalModel
 from sdfn.paths import default_catalog
+from sdfn.reading import MAX_TEXT_CHARS, valid_text
 from sdfn.routes import strongest_paths
 from sdfn.scope import ALL, MAX_FIT_ITEMS, SEED, CatalogProfile, CategoryPrediction, image_summary
 
@@ -77,7 +78,7 @@ class QueryInfo:
 
     reference: str                 # the catalog item id, or "uploaded image"
     reference_image: str | None    # catalog item: its image relative to the catalog; a file: its name; else None
-    text: str                      # as given
+    text: str                      # as given (past sdfn.reading.MAX_TEXT_CHARS: its start and "...")
     text_used: str                 # what the model read: stripped, truncated to its context; '' for image-only
     mode: str                      # "composed" or "image-only"
     k: int                         # as asked; `results` may be fewer (see notes)
@@ -91,7 +92,9 @@ class QueryInfo:
     prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
     # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
-    # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form"}]; each also gets a note
+    # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form" | "cut"}]; each also
+    # gets a note ("cut": a text over sdfn.reading.MAX_TEXT_CHARS, "read" the characters kept, "original" what
+    # was left out, shortened)
     rewrites: list[dict] = field(default_factory=list)
     # words of text_used that the model's training texts never taught it (sdfn.reading.Reader.unknown_words): it
     # cannot search by them (a price, a brand, a material the catalog lacks, filler); said in a note. Empty
@@ -321,9 +324,12 @@ class Retriever:
         text = text or ""
         if not isinstance(text, str):
             raise ConfigError(f"text must be a string, got {type(text).__name__}")
+        text = valid_text(text)
         k = check_k(k)
         q = self._resolve_reference(reference)
-        q.info.text, q.info.k = text, k
+        # as given; past MAX_TEXT_CHARS (where the model's reading cuts it, and says so) not echoed back whole
+        q.info.text = text if len(text) <= MAX_TEXT_CHARS else text[:MAX_TEXT_CHARS] + "..."
+        q.info.k = k
         q.info.exclude_reference = bool(exclude_reference)
         self._resolve_scope(q, category)
         self._prepare_text(q)
@@ -383,7 +389,8 @@ class Retriever:
             raise ConfigError(f"category must be a category name or '{ALL}', got {type(category).__name__}")
         name = (category or "").strip()
         if name:
-            info.category, info.category_source = (None if name.lower() == ALL else name), "asked"
+            info.category = None if name.lower() == ALL else self.catalog.category_named(name)
+            info.category_source = "asked"
         elif q.index_row is not None:
             own = self.catalog.rows[self.catalog.row_of[info.reference]].get("category") or None
             info.category, info.category_source = own, "reference"
@@ -431,9 +438,10 @@ class Retriever:
         if self.model.reader is not None:
             info.unknown_words = self.model.reader.unknown_words(read)
             if info.unknown_words:
-                words = ", ".join(f"'{w}'" for w in info.unknown_words)
+                shown = [f"'{w[:30]}...'" if len(w) > 30 else f"'{w}'" for w in info.unknown_words[:12]]
+                more = len(info.unknown_words) - len(shown)
                 info.notes.append(f"never taught to this model, so not searchable (may move the results "
-                                  f"unpredictably): {words}")
+                                  f"unpredictably): {', '.join(shown)}" + (f" and {more} more" if more else ""))
         stripped = read
         info.mode, info.text_used = "composed", stripped
         backbone = self.model.backbone

@@ -102,6 +102,19 @@ def test_shorthands_forms_and_confusions_are_read_as_words_it_knows(typed, read,
     assert reader.read("with, out of stock") == ("with, out of stock", [])
 
 
+def test_a_long_word_is_never_spelt_out_letter_by_letter(reader, monkeypatch):
+    """A 'word' of thousands of letters (a hostile request) is not corrected: its one-edit neighbours would cost
+    memory and time with the square of its length."""
+    import sdfn.reading as reading
+
+    def refuse(word):
+        assert len(word) <= reading.MAX_WORD_LETTERS, len(word)
+        return set()
+
+    monkeypatch.setattr(reading, "_one_edit", refuse)
+    assert reader.read("x" * 5000 + " slevesss") == ("x" * 5000 + " slevesss", [])
+
+
 def test_words_the_model_was_never_taught_are_listed_and_said(tmp_path, small_catalog, tiny_checkpoint):
     reader = Reader(WORDS, COLOR_RGB)
     assert reader.unknown_words("make it red, cheaper, by Zara; zara 2 pls") == ["cheaper", "by", "zara", "pls"]

@@ -129,6 +129,27 @@ def test_a_named_category_overrides_the_reference_category(retriever):
     assert (result.query.category, result.query.category_source) == ("trousers", "asked")
 
 
+def test_a_category_in_any_case_is_the_catalog_s_own(retriever):
+    result = retriever.search("skirt-000003", "is red", k=5, category=" Trousers ")
+    assert {item.metadata["category"] for item in result.items} == {"trousers"}
+    assert result.query.category == "trousers"
+
+
+def test_a_huge_or_broken_text_costs_no_more_than_a_short_one(retriever):
+    """A request far past any context (one 2-million-letter word, thousands of words) is cut before it is read or
+    tokenised, and says so; a lone surrogate (no keyboard types one) becomes U+FFFD, so the answer is valid JSON."""
+    for text in ("x" * 2_000_000, "red " * 100_000, ("abcdefghij" * 300 + " ") * 20):
+        result = retriever.search("skirt-000003", text, k=3)
+        assert len(result.query.text_used) <= 1000 and len(result.items) == 3
+        assert len(result.query.text) <= 1003 and result.query.text.endswith("...")   # not echoed back whole
+        cut = [r for r in result.query.rewrites if r["kind"] == "cut"]
+        assert cut and any(n.startswith("text cut to its first") for n in result.query.notes)
+        assert len(cut[0]["original"]) <= 43
+    broken = retriever.search("skirt-000003", "is red \ud800 please", k=3)
+    assert broken.query.text == "is red \ufffd please"
+    json.dumps(broken.to_json(), ensure_ascii=False).encode("utf-8")
+
+
 def test_an_upload_searches_its_predicted_category(retriever, catalog):
     # even this random-init model's features tell most categories apart (0.88 of the catalog's items)
     right = [retriever.predict_category(i).category == i.split("-")[0] for i in retriever.catalog.ids]
