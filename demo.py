@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -56,11 +58,38 @@ def on_spaces() -> bool:
 
 
 def address(args: argparse.Namespace) -> tuple[str, int | None]:
-    """Where to listen: the arguments, else what Spaces expects there, else local defaults."""
+    """Where to listen: the arguments, else what Spaces expects there, else local defaults. A port that cannot be
+    listened on (out of range, taken, not a number) is refused here, in one line, before anything is loaded."""
     env_port = os.environ.get("GRADIO_SERVER_PORT")
+    if env_port is not None and not env_port.strip().isdigit():
+        raise SdfnError(f"GRADIO_SERVER_PORT={env_port!r} is not a port number: set it to one from 1 to 65535, "
+                        "or unset it and give --port")
     if on_spaces():
-        return args.host or "0.0.0.0", args.port or int(env_port or SPACES_PORT)
-    return args.host or "127.0.0.1", args.port or (int(env_port) if env_port else None)
+        host, port = args.host or "0.0.0.0", args.port or int(env_port or SPACES_PORT)
+    else:
+        host, port = args.host or "127.0.0.1", args.port or (int(env_port) if env_port else None)
+    if port is not None:
+        check_port(host, port)
+    return host, port
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port out of range or one another program already listens on (SdfnError naming what to do)."""
+    if not 1 <= port <= 65535:
+        raise SdfnError(f"port {port} is out of range: give --port a number from 1 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise SdfnError(f"cannot listen on host {host!r} ({err.strerror}): give --host an address of this machine, "
+                        "e.g. 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, where = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds it
+        try:
+            probe.bind(where)
+        except OSError as err:
+            raise SdfnError(f"cannot listen on {host}:{port} ({err.strerror}): another server may be using it; "
+                            "give another port with --port, or stop that server") from None
 
 
 def training_allowed(args: argparse.Namespace) -> bool:
@@ -77,10 +106,24 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def needs_index(catalog: Path) -> bool:
-    """A catalog whose index is not built yet (sdfn.index.manifest.INDEX_DIR; a stale index is found only when the
-    model is loaded): building it takes a while, so the preparing page is served meanwhile."""
-    return (catalog / "catalog.csv").is_file() and not (catalog / "index" / "manifest.json").is_file()
+def needs_index(catalog: Path, checkpoint: str | None = None) -> bool:
+    """A catalog whose index is not built yet, or was built for other weights than the checkpoint's, or whose
+    manifest cannot be read (sdfn.index.manifest.INDEX_DIR; other damage is found only when the index is
+    opened): building it takes a while, so the preparing page is served meanwhile."""
+    if not (catalog / "catalog.csv").is_file():
+        return False
+    try:
+        built_for = json.loads((catalog / "index" / "manifest.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return True
+    from sdfn.paths import SHIPPED_CHECKPOINT
+
+    try:
+        config = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
+        wanted = json.loads((config / "sdfn_config.json").read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return False    # the checkpoint's own check names the problem when it is loaded
+    return not isinstance(built_for, dict) or (wanted is not None and built_for.get("fingerprint") != wanted)
 
 
 class _Preparing(threading.Thread):
@@ -126,12 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     progress = StartupProgress()
     report_progress_bars(progress.report)   # before sdfn's modules bind tqdm's class: the page shows the counts
-    host, port = address(args)
+    try:
+        host, port = address(args)
+    except SdfnError as err:
+        print(f"sdfn demo: error: {err}", file=sys.stderr)
+        return 2
     preparing = None
     try:
         catalog = Path(args.catalog) if args.catalog is not None else default_catalog()
         draw = args.catalog is None and not (catalog / "catalog.csv").is_file()
-        if draw or needs_index(catalog):
+        if draw or needs_index(catalog, args.checkpoint):
             preparing = _Preparing(progress, host, port)
             preparing.start()
         if draw:

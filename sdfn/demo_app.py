@@ -667,6 +667,11 @@ def _api_reference(service: DemoService, reference: str | None, image: str | Non
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"`()<>\[\],;/]+/)+[^\s'\"`()<>\[\],;]*")
+_FILE_FIX, _PIXELS_FIX = "replace or remove the file", ", or raise max_pixels"
+_UPLOAD_FIX = "send a photo as JPEG, PNG, WebP, GIF, BMP or TIFF"
+UPLOAD_CACHE_SECONDS = (3600, 3600)   # Gradio's delete_cache: (how often to look, how old a file may get)
+_LONG_QUOTE = re.compile(r"'([^'\n]{81,})'")
+MAX_MESSAGE_CHARS = 2000
 _LOCAL_IMAGE_HINT = "give the image itself (a file path or an upload)"
 _REMOTE_IMAGE_HINT = "send the image itself (the `image` input: an upload, gradio_client.handle_file(path))"
 
@@ -688,7 +693,14 @@ def client_message(service: DemoService, err: SdfnError, upload: str | None = No
         tail = len(path) - len(path.rstrip(".:"))
         return os.path.basename(os.path.normpath(path[:len(path) - tail])) + path[len(path) - tail:]
 
-    return _ABSOLUTE_PATH.sub(name, message).replace(_LOCAL_IMAGE_HINT, _REMOTE_IMAGE_HINT)
+    message = _ABSOLUTE_PATH.sub(name, message).replace(_LOCAL_IMAGE_HINT, _REMOTE_IMAGE_HINT)
+    if upload:   # the engine's advice for a file of a catalog, worded for someone who sent a photo
+        message = message.replace(_FILE_FIX, _UPLOAD_FIX).replace(_PIXELS_FIX, "")
+    # a value quoted back (an unknown id, a category) is shortened: a 20 MB input gets a short answer
+    message = _LONG_QUOTE.sub(lambda m: f"'{m.group(1)[:60]}...' ({len(m.group(1)):,} characters)", message)
+    if len(message) > MAX_MESSAGE_CHARS:   # keep the start (what went wrong) and the end (what to do)
+        message = f"{message[:MAX_MESSAGE_CHARS - 400]} ... {message[-380:]}"
+    return message
 
 
 def _api_error(service: DemoService, err: SdfnError, image: str | None = None) -> gr.Error:
@@ -788,7 +800,9 @@ def api_endpoints(service: DemoService) -> None:
 
 def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
     """The whole app for a loaded DemoService."""
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    # uploads (Gradio's cache) are deleted an hour after they came, checked every hour: a public demo's disk
+    # never fills with visitors' photos
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=UPLOAD_CACHE_SECONDS) as demo:
         header = gr.Markdown(_header_markdown(service), elem_classes="sdfn-header")
         with gr.Tabs():
             with gr.Tab("Search", id="search"):

@@ -62,6 +62,9 @@ _STRIP = " .?,!;:"
 
 # ---- caption suggestions and known targets ---------------------------------------------------------------
 
+ROUTE_SPLITS = ("val", "test", "train")   # the splits of a catalog's captions (FashionIQ layout): route statistics
+
+
 @dataclass(frozen=True)
 class Suggestion:
     """One annotated change of a reference item: the text a query reads (captions joined as evaluation joins
@@ -277,6 +280,7 @@ class DemoService:
         self._captions: Captions | None = None
         self._statistics: dict[tuple[str, str, str], RouteStatistics | None] = {}
         self._statistics_lock = threading.Lock()
+        self._statistics_locks: dict[tuple, threading.Lock] = {}
         self._training: TrainingRun | None = None
         self._policy: TrainingPolicy | None = None
         self.images = ServedImages(images)
@@ -429,10 +433,14 @@ class DemoService:
         Cached per model fingerprint + catalog fingerprint + split (it takes seconds); the references' features
         come from the index's feature cache, so no image is encoded again.
         """
+        if split not in ROUTE_SPLITS:
+            raise DataError(f"unknown split {split!r}: route statistics cover {', '.join(ROUTE_SPLITS)}")
         retriever = self.retriever
         index = retriever.index
         key = (index.manifest["model"]["fingerprint"], index.manifest["catalog"]["fingerprint"], split)
-        with self._statistics_lock:
+        with self._statistics_lock:     # one lock per split: a train split's minute never holds up val's seconds
+            lock = self._statistics_locks.setdefault(key, threading.Lock())
+        with lock:
             if key not in self._statistics:
                 self._statistics[key] = self._compute_statistics(retriever, split)
             return self._statistics[key]

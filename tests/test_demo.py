@@ -31,6 +31,7 @@ from helpers import free_port, png_1bit
 from sdfn.catalog import build_catalog
 from sdfn.demo_app import build_demo, client_message, launch, route_outputs
 from sdfn.demo_batching import Batcher
+from sdfn.demo_preparing import PREPARING_TITLE
 from sdfn.demo_service import DemoService
 from sdfn.demo_training import TrainingPolicy, TrainingSettings
 from sdfn.errors import ConfigError, DataError, SdfnError
@@ -271,6 +272,28 @@ def test_error_messages_shorten_the_catalog_folder_only_where_a_path_ends_there(
     for sibling in (f"{root}alogs/other/b.jpg", f"{root}.bak/b.jpg", f"{root}-old/b.jpg", f"{root}_2/b.jpg"):
         assert shown(f"cannot read {sibling}.") == "cannot read b.jpg.", sibling
     assert str(tmp_path) not in shown(f"{root}alogs/other/b.jpg and {root}/c.jpg")
+
+
+def test_error_messages_quote_a_huge_input_shortly(tmp_path):
+    service = SimpleNamespace(retriever=SimpleNamespace(catalog=SimpleNamespace(root=tmp_path / "cat")))
+    message = client_message(service, DataError(f"unknown item id '{'x' * 20_000_000}' in catalog cat. Give an id "
+                                                "from the `id` column of catalog.csv."))
+    assert len(message) < 300 and "(20,000,000 characters)" in message and message.endswith("catalog.csv.")
+    assert client_message(service, DataError("word " * 10_000 + "do this")).endswith("do this")
+    assert len(client_message(service, DataError("word " * 10_000))) <= 2000
+
+
+def test_a_photo_that_cannot_be_read_gets_advice_for_whoever_sent_it(client, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    message = refused(client, "/search", "", handle_file(str(empty)), "is red", 10, "")
+    assert "empty.jpg: an empty file (0 bytes)" in message and "send a photo as JPEG, PNG" in message
+    assert "remove the file" not in message
+
+
+def test_route_statistics_name_an_unknown_split(client):
+    message = refused(client, "/route_statistics", "x" * 5000)
+    assert "unknown split" in message and "val, test, train" in message and len(message) < 300
 
 
 def test_search_without_a_reference(client):
@@ -699,10 +722,13 @@ def _start_demo_with_a_training_run(catalog: Path, checkpoint: Path, tmp: Path) 
     while time.time() < deadline:
         assert demo.poll() is None, "the demo exited while starting"
         try:
-            if httpx.get(f"{url}/config", timeout=5).status_code == 200:
+            page = httpx.get(f"{url}/config", timeout=5)
+            # the demo itself, not the page served while it re-indexes the catalog for this checkpoint
+            if page.status_code == 200 and page.json().get("title") != PREPARING_TITLE:
                 break
         except httpx.HTTPError:
-            time.sleep(1)
+            pass
+        time.sleep(1)
     raw = RawClient(url)
     answer = raw.call(raw.fn_index("train-start", "click"), ["tiny-synthetic", catalog.name, 20, 32, 1e-3, 0])
     assert "Started run" in raw.status_text(answer)

@@ -113,3 +113,47 @@ def test_demo_serves_while_it_builds_the_index_then_answers(small_catalog, tiny_
     finally:
         demo.terminate()
         demo.wait(60)
+
+
+def test_a_port_it_cannot_listen_on_is_refused_in_one_line_before_loading(tmp_path):
+    """A taken port, one out of range or a GRADIO_SERVER_PORT that is not a number: exit 2 with one line that
+    says what to do, before the model or the catalog is loaded (no traceback)."""
+    import socket
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "SDFN_HOME": str(tmp_path)}
+    env.pop("SPACE_ID", None)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        runs = [(["--port", str(port)], {}, f"cannot listen on 127.0.0.1:{port}"),
+                (["--port", "99999"], {}, "port 99999 is out of range"),
+                ([], {"GRADIO_SERVER_PORT": "78x"}, "GRADIO_SERVER_PORT='78x' is not a port number")]
+        for args, extra, said in runs:
+            done = subprocess.run([sys.executable, "demo.py", "--catalog", str(tmp_path / "none"), *args],
+                                  cwd=ROOT, env={**env, **extra}, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 2, done.stderr[-2000:]
+            assert said in done.stderr and "Traceback" not in done.stderr
+            assert "loading the model" not in done.stderr
+
+
+def test_an_index_it_must_rebuild_gets_the_preparing_page(tmp_path):
+    """needs_index: no index, an unreadable manifest, or one built for other weights than the checkpoint's (the
+    rebuild takes a while: the page is served meanwhile); an index of these weights, or no catalog yet, does not."""
+    sys.path.insert(0, str(ROOT))
+    import demo
+
+    catalog, checkpoint = tmp_path / "cat", tmp_path / "ckpt"
+    (catalog / "index").mkdir(parents=True)
+    checkpoint.mkdir()
+    (checkpoint / "sdfn_config.json").write_text('{"fingerprint": "abc"}')
+    assert not demo.needs_index(catalog, str(checkpoint))                     # no catalog.csv: drawn first
+    (catalog / "catalog.csv").write_text("id,image,category\n")
+    assert demo.needs_index(catalog, str(checkpoint))                         # no manifest
+    manifest = catalog / "index" / "manifest.json"
+    manifest.write_text('{"model": {"fingerprint": "ab')                     # cut short by a kill -9
+    assert demo.needs_index(catalog, str(checkpoint))
+    manifest.write_text('{"model": {"fingerprint": "old"}}')                 # another model's index
+    assert demo.needs_index(catalog, str(checkpoint))
+    manifest.write_text('{"model": {"fingerprint": "abc"}}')
+    assert not demo.needs_index(catalog, str(checkpoint))

@@ -91,6 +91,9 @@ def load_image(source: Source, *, max_side: int = DEFAULT_MAX_SIDE,
     fix = ("replace or remove the file" if isinstance(source, str | Path)
            else "give the complete bytes of an image file (JPEG, PNG, ...)")
     stream = _open_stream(source, name)
+    if isinstance(source, str | Path) and os.fstat(stream.fileno()).st_size == 0:
+        stream.close()
+        raise ImageError(f"{name}: an empty file (0 bytes), not an image; {fix}")
     try:
         # Pillow warns above its own limit; the explicit check in _decode replaces that warning.
         with warnings.catch_warnings():
