@@ -181,8 +181,8 @@ def understands(cfg: dict) -> list[str]:
         "sleeves), and a refusal its training texts never used (\"i don't want a belt\", \"i'd rather not have "
         "buttons\", \"not a fan of the print\") as the one they use (\"without a belt\"), shorthands as words (w/o -> "
         "without), an unknown plural or \"-less\" word as the word it knows (florals -> floral, buttonless -> without "
-        "buttons); the answer's notes name every such rewrite, and every word it was never taught (cheaper, zara). The nearest colour is not always the one a person means (sapphire is read as navy, "
-        "coffee as beige).",
+        "buttons); the answer's notes name every such rewrite, and every word it was never taught (cheaper, zara). "
+        "The nearest colour is not always the one a person means (sapphire is read as navy, coffee as beige).",
         "- **Not understood**: other words that never occurred in its training texts (a brand, a material such "
         "as denim or silk, an occasion, a rarer fit or neckline word); attributes the catalog does not have "
         "(material, heels, 3/4 "

@@ -206,7 +206,8 @@ def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
                  f"measured: {STRANGERS_FIRST}; the reading's shorthands and forms were written after that, from "
                  f"this set's failures, so this figure is no longer an unseen test of them.")
         tags = sorted({t for r in scored for t in r["tags"]})
-        by_tag = sorted(((tag, [r for r in scored if tag in r["tags"]]) for tag in tags), key=lambda kv: mean_right(kv[1]))
+        by_tag = sorted(((tag, [r for r in scored if tag in r["tags"]]) for tag in tags),
+                        key=lambda kv: mean_right(kv[1]))
         body += "\n\nBy the writer's tags (4 requests or more):\n\n" + markdown_table(
             ["requests tagged", "requests", "top-1 right"],
             [[tag, len(mine), f"{mean_right(mine):.1f}%"] for tag, mine in by_tag if len(mine) >= 4])
