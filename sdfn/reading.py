@@ -19,13 +19,14 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   have buttons", "can it not have a belt", "not a fan of the print", "i hate the pattern"), as the refusal its
   training texts use: "without" before what is refused ("without a belt"), "not" before a refused description
   ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
-  refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it).
-
+  refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it);
 - shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
   plural of a known word as the word ("florals" -> "floral") and an unknown "-less" word whose stem it knows as
-  "without" it ("buttonless" -> "without buttons", "collarless" -> "without a collar").
+  "without" it ("buttonless" -> "without buttons").
 
-Every rewrite is returned (`Rewrite`), so an answer says what was read ("'scarlet' read as 'red'"). Checkpoints
+Every rewrite is returned (`Rewrite`), so an answer says what was read ("'scarlet' read as 'red'"), and
+`Reader.unknown_words` names what is left that the model was never taught ("cheaper", "zara"), which a search
+says in a note: it cannot search by them. Checkpoints
 without reading.json (a pretrained text tower knows the words) read every text as given. The words a model knew
 are those of the texts it trained on, less the filler words `sdfn.data.synth.phrasing.noise_words` put in
 (those were trained to mean nothing).
@@ -275,7 +276,8 @@ class Reader:
 
     def _form(self, word: str) -> str | None:
         """An unknown plural of a known word ("florals" -> "floral"), or an unknown "-less" word whose stem is known
-        ("buttonless" -> "without buttons", "collarless" -> "without a collar"); else None."""
+        ("buttonless" -> "without buttons"; "patternless" -> "without a pattern" where "patterns" is unknown); else
+        None."""
         if not MIN_TYPO_LENGTH <= len(word) <= MAX_WORD_LETTERS or not word.isalpha() or word in self.words:
             return None
         if word.endswith("less") and "without" in self.words:
