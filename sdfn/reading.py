@@ -112,8 +112,8 @@ class Rewrite:
 
     def note(self) -> str:
         if self.kind == "cut":
-            return (f"text cut to its first {self.read} characters (no model reads more); left out: "
-                    f"'{self.original}'")
+            return (f"only the first {self.read} characters were read (no model reads further); "
+                    f"left out: '{self.original}'")
         return f"'{self.original}' read as '{self.read}' ({WHY[self.kind]})"
 
     def to_json(self) -> dict[str, str]:

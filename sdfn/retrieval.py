@@ -332,7 +332,7 @@ class Retriever:
         q.info.k = k
         q.info.exclude_reference = bool(exclude_reference)
         self._resolve_scope(q, category)
-        self._prepare_text(q)
+        self._prepare_text(q, text)
         if not q.scope_pending:
             q.k = self._clamp_k(q)
         q.preprocess_ms = _ms_since(clock)
@@ -425,9 +425,9 @@ class Retriever:
     def _pixels(self, source: str | Path | bytes | Image.Image) -> torch.Tensor:
         return self.model.backbone.preprocess(self.decode_image(source))
 
-    def _prepare_text(self, q: PreparedQuery) -> None:
+    def _prepare_text(self, q: PreparedQuery, text: str) -> None:
         info = q.info
-        stripped = " ".join(info.text.split())
+        stripped = " ".join(text.split())   # the whole text: info.text may be only its start
         if not stripped:
             info.mode, info.text_used = "image-only", ""
             info.notes.append('empty text: image-only search (items most like the reference, "more like this")')
@@ -440,8 +440,9 @@ class Retriever:
             if info.unknown_words:
                 shown = [f"'{w[:30]}...'" if len(w) > 30 else f"'{w}'" for w in info.unknown_words[:12]]
                 more = len(info.unknown_words) - len(shown)
-                info.notes.append(f"never taught to this model, so not searchable (may move the results "
-                                  f"unpredictably): {', '.join(shown)}" + (f" and {more} more" if more else ""))
+                info.notes.append(f"not understood, so not searched for (words this model never learnt; they "
+                                  f"may still nudge the results): {', '.join(shown)}"
+                                  + (f" and {more} more" if more else ""))
         stripped = read
         info.mode, info.text_used = "composed", stripped
         backbone = self.model.backbone

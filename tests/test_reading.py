@@ -126,7 +126,7 @@ def test_words_the_model_was_never_taught_are_listed_and_said(tmp_path, small_ca
     retriever = Retriever(checkpoint, catalog, progress=False)
     result = retriever.search(retriever.catalog.ids[0], "make it red, cheaper by zara")
     assert result.query.unknown_words == ["cheaper", "by", "zara"]
-    assert any("not searchable" in n and "'zara'" in n for n in result.query.notes)
+    assert any("not searched for" in n and "'zara'" in n for n in result.query.notes)
     assert result.to_json()["query"]["unknown_words"] == ["cheaper", "by", "zara"]
 
 
