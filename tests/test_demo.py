@@ -6,6 +6,7 @@ model can be served, and demo.py listens where Hugging Face Spaces expects."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -718,22 +719,30 @@ def _start_demo_with_a_training_run(catalog: Path, checkpoint: Path, tmp: Path) 
                              str(checkpoint), "--port", str(port), "--threads", "1"], env=env, cwd=tmp,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert demo.poll() is None, "the demo exited while starting"
-        try:
-            page = httpx.get(f"{url}/config", timeout=5)
-            # the demo itself, not the page served while it re-indexes the catalog for this checkpoint
-            if page.status_code == 200 and page.json().get("title") != PREPARING_TITLE:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raw = RawClient(url)
-    answer = raw.call(raw.fn_index("train-start", "click"), ["tiny-synthetic", catalog.name, 20, 32, 1e-3, 0])
-    assert "Started run" in raw.status_text(answer)
-    children = [p for p in _children(demo.pid) if "train" in Path(f"/proc/{p}/cmdline").read_text()]
-    assert len(children) == 1, children
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            assert demo.poll() is None, "the demo exited while starting"
+            try:
+                page = httpx.get(f"{url}/config", timeout=5)
+                # the demo itself, not the page served while it re-indexes the catalog for this checkpoint
+                if page.status_code == 200 and page.json().get("title") != PREPARING_TITLE:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raw = RawClient(url)
+        answer = raw.call(raw.fn_index("train-start", "click"), ["tiny-synthetic", catalog.name, 20, 32, 1e-3, 0])
+        assert "Started run" in raw.status_text(answer)
+        children = [p for p in _children(demo.pid) if "train" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert len(children) == 1, children
+    except BaseException:   # a failed start leaves no demo (and its training run) behind
+        for pid in _children(demo.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        demo.kill()
+        demo.wait(30)
+        raise
     return demo, children[0]
 
 
