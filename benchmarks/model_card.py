@@ -188,8 +188,8 @@ def understands(cfg: dict) -> list[str]:
         "(material, heels, 3/4 "
         "sleeves); counts; a refused description is followed poorly (\"i don't want it patterned\", read as "
         "\"not patterned\", returns a plain item 1 time of 12). An unknown word is not refused: it is read as "
-        "noise and the answer may ignore it. Requests typed by hand, per request: benchmarks/QUALITY.md, section "
-        "own-requests.",
+        "noise (the answer's notes name it) and the answer may ignore it. Requests typed by hand, per request: "
+        "benchmarks/QUALITY.md, section own-requests.",
         "- Scores do not say whether a request was met: a top-1 item that misses an asked change scores about as "
         "high as one that meets them all.",
     ]

@@ -297,6 +297,11 @@ def test_route_statistics_name_an_unknown_split(client):
     assert "unknown split" in message and "val, test, train" in message and len(message) < 300
 
 
+def test_visitors_uploads_leave_gradio_s_cache_within_two_hours(service):
+    """Gradio deletes cached uploads older than an hour, looking every hour: a public demo's disk does not fill."""
+    assert build_demo(service, allow_training=False).delete_cache == (3600, 3600)
+
+
 def test_search_without_a_reference(client):
     assert "give a reference" in refused(client, "/search", "", None, "is red", 10, "")
 
