@@ -68,6 +68,7 @@ WHY = {"colour": "a colour name this model never learnt: the catalog colour near
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
 SHORTHANDS = {"w/o": "without", "w/out": "without", "wo/": "without", "w/": "with"}
+_SHORTHAND = re.compile(r"^[^A-Za-z0-9]*((?:w|wo)/(?:o|out)?)([^A-Za-z0-9]*)$", flags=re.I)   # (typed, after)
 # a real word typed for another: "lose fit" is "loose fit" ("lose the belt" is the model's own removal verb)
 CONFUSIONS = {("lose", "fit"): "loose", ("lose", "fitting"): "loose", ("lose", "fitted"): "loose"}
 
@@ -350,7 +351,7 @@ class Reader:
                    ends: frozenset[int]) -> tuple[int, str, str, str] | None:
         """A shorthand at word `i` ("w/o", "w/out", "with out", "w/"): (words spanned, as typed, read as,
         punctuation after it), else None."""
-        shorthand = re.match(r"^[^A-Za-z0-9]*((?:w|wo)/(?:o|out)?)([^A-Za-z0-9]*)$", tokens[i], flags=re.I)
+        shorthand = _SHORTHAND.match(tokens[i])
         if shorthand is not None:
             typed, after = shorthand.groups()
             full = SHORTHANDS.get(typed.lower())
