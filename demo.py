@@ -30,7 +30,7 @@ from typing import Any
 
 from sdfn.demo_progress import StartupProgress, report_progress_bars
 from sdfn.errors import SdfnError
-from sdfn.paths import default_catalog
+from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog
 
 SPACES_PORT = 7860
 
@@ -116,8 +116,6 @@ def needs_index(catalog: Path, checkpoint: str | None = None) -> bool:
         built_for = json.loads((catalog / "index" / "manifest.json").read_text(encoding="utf-8"))["model"]
     except (OSError, ValueError, KeyError, TypeError):
         return True
-    from sdfn.paths import SHIPPED_CHECKPOINT
-
     try:
         config = Path(checkpoint) if checkpoint is not None else SHIPPED_CHECKPOINT
         wanted = json.loads((config / "sdfn_config.json").read_text(encoding="utf-8")).get("fingerprint")

@@ -30,6 +30,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from sdfn import demo_explain, viz
+from sdfn.data.images import FILE_FIX, PIXELS_FIX
 from sdfn.demo_service import GENERIC_CHANGES, KNOWN_TARGET_SPLITS, DemoService, SearchOutcome, markdown_literal
 from sdfn.demo_train_view import train_tab
 from sdfn.errors import ConfigError, SdfnError
@@ -667,7 +668,6 @@ def _api_reference(service: DemoService, reference: str | None, image: str | Non
 
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"`()<>\[\],;/]+/)+[^\s'\"`()<>\[\],;]*")
-_FILE_FIX, _PIXELS_FIX = "replace or remove the file", ", or raise max_pixels"
 _UPLOAD_FIX = "send a photo as JPEG, PNG, WebP, GIF, BMP or TIFF"
 UPLOAD_CACHE_SECONDS = (3600, 3600)   # Gradio's delete_cache: (how often to look, how old a file may get)
 _LONG_QUOTE = re.compile(r"'([^'\n]{81,})'")
@@ -695,7 +695,7 @@ def client_message(service: DemoService, err: SdfnError, upload: str | None = No
 
     message = _ABSOLUTE_PATH.sub(name, message).replace(_LOCAL_IMAGE_HINT, _REMOTE_IMAGE_HINT)
     if upload:   # the engine's advice for a file of a catalog, worded for someone who sent a photo
-        message = message.replace(_FILE_FIX, _UPLOAD_FIX).replace(_PIXELS_FIX, "")
+        message = message.replace(FILE_FIX, _UPLOAD_FIX).replace(PIXELS_FIX, "")
     # a value quoted back (an unknown id, a category) is shortened: a 20 MB input gets a short answer
     message = _LONG_QUOTE.sub(lambda m: f"'{m.group(1)[:60]}...' ({len(m.group(1)):,} characters)", message)
     if len(message) > MAX_MESSAGE_CHARS:   # keep the start (what went wrong) and the end (what to do)

@@ -62,7 +62,7 @@ _STRIP = " .?,!;:"
 
 # ---- caption suggestions and known targets ---------------------------------------------------------------
 
-ROUTE_SPLITS = ("val", "test", "train")   # the splits of a catalog's captions (FashionIQ layout): route statistics
+ROUTE_SPLITS = ("val", "test", "train")   # the caption splits route statistics may cover (FashionIQ layout)
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,8 @@ class ComposedRetrievalModel(nn.Module):
         text = " ".join(valid_text(text).split())
         cut = []
         if len(text) > MAX_TEXT_CHARS:
-            kept = text[:MAX_TEXT_CHARS + 1].rsplit(" ", 1)[0] if " " in text[:MAX_TEXT_CHARS + 1] else ""
-            kept = kept or text[:MAX_TEXT_CHARS]
+            head = text[:MAX_TEXT_CHARS + 1]   # a word that ends at the limit is kept whole
+            kept = head.rsplit(" ", 1)[0] if " " in head else text[:MAX_TEXT_CHARS]
             left = text[len(kept):].strip()
             cut = [Rewrite(left[:40] + ("..." if len(left) > 40 else ""), f"{len(kept):,}", "cut")]
             text = kept

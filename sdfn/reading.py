@@ -58,12 +58,12 @@ TEXTILE_KL = 2.0            # CIEDE2000's parametric lightness factor for textil
 # Names in the colour lists that a shopper means as a material or print, not a colour: never read as one
 MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
 _WORD = re.compile(r"^([^A-Za-z0-9]*)(.*?)([^A-Za-z0-9]*)$")
+_TEXT_WORD = re.compile(r"[a-z0-9']+")   # a word as the training texts count them (`training_words`)
 WHY = {"colour": "a colour name this model never learnt: the catalog colour nearest to it",
        "spelling": "a word this model never learnt, one letter from one it knows",
        "negation": "a way of saying what you do not want that this model never learnt: read as one it knows",
        "shorthand": "a shorthand this model never learnt: read in full",
-       "form": "a form of a word this model knows: read as that word",
-       "cut": "a request longer than any model reads"}
+       "form": "a form of a word this model knows: read as that word"}
 
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
@@ -105,7 +105,8 @@ def valid_text(text: str) -> str:
 
 @dataclass(frozen=True)
 class Rewrite:
-    """One change `Reader.read` made: `original` (as typed) read as `read`, and why (a key of `WHY`)."""
+    """One change a reading made: `original` (as typed) read as `read`, and why (a key of `WHY`; "cut": a text
+    over MAX_TEXT_CHARS, `read` the characters kept, `original` the start of what was left out)."""
 
     original: str
     read: str
@@ -288,10 +289,10 @@ class Reader:
             if stem in self.words and len(stem) >= 3:
                 return f"without {'an' if stem[0] in 'aeiou' else 'a'} {stem}"
             return None
-        for singular in (word[:-1], word[:-2]) if word.endswith("es") else (word[:-1],) if word.endswith("s") else ():
-            if singular in self.words and len(singular) >= 3:
-                return singular
-        return None
+        if not word.endswith("s"):
+            return None
+        singulars = (word[:-1], word[:-2]) if word.endswith("es") else (word[:-1],)   # "florals", "dresses"
+        return next((w for w in singulars if w in self.words and len(w) >= 3), None)
 
     def read(self, text: str) -> tuple[str, list[Rewrite]]:
         """`text` with whitespace collapsed and its unknown colour names and misspellings rewritten, and the
@@ -365,7 +366,7 @@ class Reader:
         """The words of `text` (as read) that this model's training texts never taught it, in order, each once:
         words it cannot search by (a price, a brand, a material its catalog does not have, or filler)."""
         seen: dict[str, None] = {}
-        for word in re.findall(r"[a-z0-9']+", text.lower().replace("\u2019", "'")):
+        for word in _TEXT_WORD.findall(text.lower().replace("\u2019", "'")):
             word = word.strip("'")
             if word and not word.isdigit() and word not in self.words:
                 seen.setdefault(word)
@@ -386,7 +387,7 @@ def training_words(texts: Iterable[str]) -> Counter:
     """Word -> count over `texts` (lower case, split on anything but letters, digits and apostrophes)."""
     counts: Counter = Counter()
     for text in texts:
-        counts.update(re.findall(r"[a-z0-9']+", text.lower()))
+        counts.update(_TEXT_WORD.findall(text.lower()))
     return counts
 
 

@@ -46,6 +46,10 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
 Source = str | Path | bytes | BinaryIO | Image.Image
+# the advice for an unreadable file of a catalog, and how the pixel cap can be raised (a caller that cannot, such as
+# a visitor of the demo, gets other words in their place: sdfn.demo_app.client_message)
+FILE_FIX = "replace or remove the file"
+PIXELS_FIX = ", or raise max_pixels"
 
 
 def decode_side(image_size: int | Sequence[int]) -> int:
@@ -84,11 +88,11 @@ def load_image(source: Source, *, max_side: int = DEFAULT_MAX_SIDE,
             return _finish(source, name, max_side)
         except _DECODE_ERRORS as err:  # an image opened lazily decodes here
             raise ImageError(f"{name}: truncated or corrupt image data ({err}); "
-                             f"replace or remove the file") from err
+                             f"{FILE_FIX}") from err
     name = _describe(source)
     if isinstance(source, bytes | bytearray) and not source:
         raise ImageError(f"{name}: no image data (empty bytes); give the bytes of an image file (JPEG, PNG, ...)")
-    fix = ("replace or remove the file" if isinstance(source, str | Path)
+    fix = (FILE_FIX if isinstance(source, str | Path)
            else "give the complete bytes of an image file (JPEG, PNG, ...)")
     stream = _open_stream(source, name)
     if isinstance(source, str | Path) and os.fstat(stream.fileno()).st_size == 0:
@@ -136,11 +140,11 @@ def _check_pixels(image: Image.Image, name: str, max_pixels: int) -> None:
         raise ImageError(f"{name}: refused to decode: the image declares {width}x{height} = {width * height:,} "
                          f"pixels, over the limit of {max_pixels:,} (a bound on what one image may cost in "
                          f"memory, and a decompression-bomb guard); downscale it to at most "
-                         f"{max_pixels / 1e6:g} megapixels, or raise max_pixels")
+                         f"{max_pixels / 1e6:g} megapixels{PIXELS_FIX}")
 
 
 def _decode(stream: BinaryIO, name: str, max_side: int, max_pixels: int,
-            fix: str = "replace or remove the file") -> Image.Image:
+            fix: str = FILE_FIX) -> Image.Image:
     try:
         image = Image.open(stream)
     except UnidentifiedImageError as err:
