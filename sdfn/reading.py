@@ -20,6 +20,12 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   training texts use: "without" before what is refused ("without a belt"), "not" before a refused description
   ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
   refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it);
+- a shopper's word or phrase the model never learnt, from `shopper_glossary.json` (499 entries: "mid-calf",
+  "halter", "baggier", "minus", "pls", ...), as the words it knows for it ("midi", "sleeveless", "looser",
+  "without"; politeness and filler left out). An entry is used only where a word of its phrase is unknown to the
+  model and every word it is read as is known; a phrase of 2+ words is looked up first, a single word only after
+  the spelling and form rules below. The glossary was written for sdfn by someone who saw the catalog's values,
+  captions and the shipped model's known words, never a test request (benchmarks/QUALITY.md measures it);
 - shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
   plural of a known word as the word ("florals" -> "floral") and an unknown "-less" word whose stem it knows as
   "without" it ("buttonless" -> "without buttons").
@@ -49,6 +55,10 @@ from sdfn.fsio import atomic_write_text
 READING_FILE = "reading.json"
 FORMAT = "sdfn-reading"
 COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
+GLOSSARY_FILE = Path(__file__).parent / "data" / "shopper_glossary.json"
+GLOSSARY_KINDS = frozenset({"pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt", "garment", "change",
+                            "removal", "comparative", "filler"})
+MAX_GLOSSARY_WORDS = 4      # longest glossary phrase ("with the buttons undone")
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
@@ -63,7 +73,8 @@ WHY = {"colour": "a colour name this model never learnt: the catalog colour near
        "spelling": "a word this model never learnt, one letter from one it knows",
        "negation": "a way of saying what you do not want that this model never learnt: read as one it knows",
        "shorthand": "a shorthand this model never learnt: read in full",
-       "form": "a form of a word this model knows: read as that word"}
+       "form": "a form of a word this model knows: read as that word",
+       "glossary": "a shopper's word this model never learnt: read as the words it knows for it (sdfn's glossary)"}
 
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
@@ -116,6 +127,8 @@ class Rewrite:
         if self.kind == "cut":
             return (f"only the first {self.read} characters were read (no model reads further); "
                     f"left out: '{self.original}'")
+        if self.kind == "glossary" and not self.read:
+            return f"'{self.original}' left out (politeness or filler this model never learnt; it asks for nothing)"
         return f"'{self.original}' read as '{self.read}' ({WHY[self.kind]})"
 
     def to_json(self) -> dict[str, str]:
@@ -148,6 +161,27 @@ def lab(rgb: Iterable[float]) -> tuple[float, float, float]:
         return t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116
 
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
+
+
+@lru_cache(maxsize=1)
+def glossary() -> dict[str, str]:
+    """Shopper's phrase (`glossary_key`) -> what it is read as ("" = left out, filler only), from
+    shopper_glossary.json."""
+    data = json.loads(GLOSSARY_FILE.read_text(encoding="utf-8"))
+    out = {}
+    for entry in data["entries"]:
+        phrase = glossary_key(entry["phrase"])
+        if (not phrase or phrase in out or entry["kind"] not in GLOSSARY_KINDS
+                or len(phrase.split()) > MAX_GLOSSARY_WORDS or (not entry["reads_as"] and entry["kind"] != "filler")):
+            raise ValueError(f"{GLOSSARY_FILE.name}: entry {entry!r} is empty, repeated, longer than "
+                             f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, or reads as nothing without being filler")
+        out[phrase] = entry["reads_as"]
+    return out
+
+
+def glossary_key(phrase: str) -> str:
+    """A phrase as the glossary looks it up: lower case, hyphens as spaces, one space between words."""
+    return " ".join(phrase.lower().replace("-", " ").split())
 
 
 def ciede2000(lab1: tuple[float, float, float], lab2: tuple[float, float, float], kl: float = 1.0) -> float:
@@ -311,6 +345,10 @@ class Reader:
                 out.append(parts[i][0] + words + parts[i + span - 1][2])
                 i += span
                 continue
+            glossed = self._glossary(keys, parts, i, ends, shortest=2)   # a glossary phrase of 2+ words
+            if glossed is not None:
+                i = _glossed(glossed, parts, i, out, rewrites)
+                continue
             for n in range(min(MAX_NAME_WORDS, len(tokens) - i), 0, -1):
                 name = " ".join(keys[i:i + n])
                 # a hyphenated word is a name if its parts are one ("off-white"); punctuation inside a span ends it
@@ -340,13 +378,33 @@ class Reader:
                 confused = CONFUSIONS.get((keys[i], keys[i + 1] if i + 1 < len(keys) and i not in ends else ""))
                 fixed = confused if confused in self.words else self._correction(keys[i])
                 form = None if fixed is not None else self._form(keys[i])
+                glossed = None if fixed or form else self._glossary(keys, parts, i, ends, longest=1)
                 if fixed is not None or form is not None:
                     rewrites.append(Rewrite(word, fixed or form, "spelling" if fixed else "form"))
                     out.append(lead + (fixed or form) + trail)
+                elif glossed is not None:
+                    i = _glossed(glossed, parts, i, out, rewrites)
+                    continue
                 else:
                     out.append(tokens[i])
                 i += 1
         return " ".join(out), rewrites
+
+    def _glossary(self, keys: list[str], parts: list[tuple[str, str, str]], i: int, ends: frozenset[int],
+                  shortest: int = 1, longest: int = MAX_GLOSSARY_WORDS) -> tuple[int, str] | None:
+        """The longest glossary phrase of `shortest` to `longest` words at word `i` that has a word this model never
+        learnt and is read as words it knows: (words spanned, read as), else None. Punctuation inside ends a span.
+        `read` looks up phrases of 2+ words first and a single word only after the spelling and form rules."""
+        table = glossary()
+        for n in range(min(longest, len(keys) - i), shortest - 1, -1):
+            if ends & set(range(i, i + n - 1)) or any(parts[j][0] for j in range(i + 1, i + n)):
+                continue
+            phrase = glossary_key(" ".join(keys[i:i + n]))
+            words = table.get(phrase)
+            if (words is not None and not all(w in self.words for w in phrase.split())
+                    and all(w in self.words for w in glossary_key(words).split())):
+                return n, words
+        return None
 
     def _shorthand(self, tokens: list[str], keys: list[str], i: int,
                    ends: frozenset[int]) -> tuple[int, str, str, str] | None:
@@ -381,6 +439,16 @@ class Reader:
         path = Path(folder) / READING_FILE
         atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
         return path
+
+
+def _glossed(glossed: tuple[int, str], parts: list[tuple[str, str, str]], i: int, out: list[str],
+             rewrites: list[Rewrite]) -> int:
+    """Reads the glossary phrase found at word `i` into `out` and `rewrites`; the index after it."""
+    span, words = glossed
+    rewrites.append(Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words, "glossary"))
+    if words:     # filler is left out with its punctuation
+        out.append(parts[i][0] + words + parts[i + span - 1][2])
+    return i + span
 
 
 def training_words(texts: Iterable[str]) -> Counter:

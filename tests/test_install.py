@@ -72,7 +72,8 @@ def test_the_wheel_carries_presets_model_configs_and_the_shipped_model(installed
     assert {"sdfn/configs/tiny-synthetic.json", "sdfn/configs/fashioniq-vitb32.json",
             "sdfn/model_configs/sdfn-tiny.json",
             "sdfn/data/synth/noise_words.txt",   # the everyday-request training's inserted words
-            "sdfn/data/colour_names.tsv"} <= names   # sdfn.reading's colour names
+            "sdfn/data/colour_names.tsv",          # sdfn.reading's colour names
+            "sdfn/data/shopper_glossary.json"} <= names   # ... and its shopper's glossary
 
 
 def test_sdfn_imports_from_the_install_not_the_checkout(installed):

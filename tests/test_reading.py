@@ -285,3 +285,45 @@ def test_sdfn_train_writes_the_reading_the_shipped_model_card_builds(small_catal
     run_training(load_config("tiny-synthetic", [*small, "data.reading=false"]), tmp_path / "plain", progress=False)
     assert not (tmp_path / "plain" / "best" / READING_FILE).exists()
     assert ComposedRetrievalModel.load(tmp_path / "plain" / "best").reader is None
+
+
+GLOSSED = {"knee skimming": "knee", "peplum": "fitted", "bell sleeves": "long sleeves", "with sleeves": "with sleeves",
+           "ta": "", "lengthy": "long clingy"}
+
+
+@pytest.mark.parametrize(("typed", "read"), [
+    ("make it knee-skimming, with bell sleeves", "make it knee, with long sleeves"),   # hyphen or space alike
+    ("make it Knee Skimming!", "make it knee!"),
+    ("ta, make it red", "make it red"),                 # filler is left out with its punctuation
+    ("make it red ta", "make it red"),
+])
+def test_shopper_words_it_never_learnt_are_read_through_the_glossary_and_said(monkeypatch, typed, read):
+    monkeypatch.setattr("sdfn.reading.glossary", lambda: GLOSSED)
+    reader = Reader({**WORDS, "knee": 4, "fitted": 3}, COLOR_RGB)
+    text, rewrites = reader.read(typed)
+    assert text == read
+    assert rewrites and all(r.kind == "glossary" for r in rewrites)
+    notes = [r.note() for r in rewrites]
+    assert all("glossary" in n or "left out" in n for n in notes), notes
+
+
+def test_the_glossary_never_overrides_words_the_model_knows_nor_reads_into_words_it_does_not(monkeypatch):
+    monkeypatch.setattr("sdfn.reading.glossary", lambda: GLOSSED)
+    reader = Reader(WORDS, COLOR_RGB)                          # knows "with" and "sleeves", not "knee" or "clingy"
+    assert reader.read("make it red with sleeves") == ("make it red with sleeves", [])   # all its words are known
+    assert reader.read("make it lengthy")[0] == "make it lengthy"          # "clingy" would be one more unknown word
+    assert reader.read("make it knee skimming")[0] == "make it knee skimming"   # nor "knee": the phrase stays
+    assert reader.read("knee, skimming please")[0] == "knee, skimming please"   # punctuation inside ends a phrase
+
+
+def test_shipped_glossary_loads_and_reads_into_words_the_shipped_model_knows():
+    from sdfn.reading import GLOSSARY_KINDS, glossary, glossary_key
+    table = glossary()
+    assert len(table) >= 100
+    known = load_reader(SHIPPED_CHECKPOINT).words
+    inert = {p: r for p, r in table.items() if not all(w in known for w in glossary_key(r).split())}
+    assert not inert, list(inert.items())[:5]                 # every entry reads into words sdfn-tiny knows
+    raw = json.loads((SHIPPED_CHECKPOINT.parents[1] / "data" / "shopper_glossary.json").read_text())["entries"]
+    assert {e["kind"] for e in raw} <= GLOSSARY_KINDS and all(e["why"] for e in raw)
+    never_used = [p for p in table if all(w in known for w in p.split())]
+    assert not never_used, never_used[:5]                     # a phrase the model knows whole is never read through it
