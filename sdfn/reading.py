@@ -174,7 +174,7 @@ def glossary() -> dict[str, str]:
         if (not phrase or phrase in out or entry["kind"] not in GLOSSARY_KINDS
                 or len(phrase.split()) > MAX_GLOSSARY_WORDS or (not entry["reads_as"] and entry["kind"] != "filler")):
             raise ValueError(f"{GLOSSARY_FILE.name}: entry {entry!r} is empty, repeated, longer than "
-                             f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, or reads as nothing without being filler")
+                             f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, or reads as nothing but is not filler")
         out[phrase] = entry["reads_as"]
     return out
 
