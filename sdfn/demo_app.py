@@ -123,6 +123,15 @@ WAITED_JS = """async (status) => {
   if (click === undefined || !status || !status.startsWith('Searched')) return unchanged;
   const newer = () => window.sdfnSearchSeq !== click.seq;   // the visitor searched again meanwhile
   const onScreen = i => i.getBoundingClientRect().top < window.innerHeight;   // lazy images below wait for a scroll
+  await new Promise(r => requestAnimationFrame(r));
+  const gallery = document.querySelector('#results-gallery'), said = document.querySelector('#search-status');
+  if (!newer() && gallery && said) {   // results starting low or below the screen (a phone): bring them up,
+    const top = gallery.getBoundingClientRect().top, from = said.getBoundingClientRect().top;   // status first
+    if (top > window.innerHeight * 0.6) {                          // if it leaves the results room, else them
+      const to = top - from < window.innerHeight * 0.5 ? from - 8 : top - 56;
+      if (to > 0) window.scrollBy({top: to, behavior: 'instant'});
+    }
+  }
   const deadline = performance.now() + 10000;
   while (performance.now() < deadline && !newer()) {
     await new Promise(r => requestAnimationFrame(r));

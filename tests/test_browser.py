@@ -473,6 +473,12 @@ def test_phone_layout_fits_390_px(phone):
     pick(page, 0)
     search(page, "is red", 6)
     images_load(page, "#results-gallery")
+    # the answer comes up to meet the visitor: the status line in the upper half of the screen (or the page
+    # scrolled to its end), the first results wholly on it
+    status, first = page.locator("#search-status").bounding_box(), results(page).first.bounding_box()
+    at_end = page.evaluate("window.scrollY + window.innerHeight >= document.documentElement.scrollHeight - 2")
+    assert status["y"] >= 0 and (status["y"] < 844 / 2 or at_end) and first["y"] + first["height"] <= 844, \
+        f"after Search the answer is low on or off the 844 px screen: status {status}, first result {first}"
     assert 2 <= columns(page, "#results-gallery") <= 3
     # scores readable: no caption cut short
     cut = page.evaluate("""() => [...document.querySelectorAll('#results-gallery .caption-label')]
