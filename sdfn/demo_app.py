@@ -716,6 +716,39 @@ def _api_error(service: DemoService, err: SdfnError, image: str | None = None) -
     return gr.Error(client_message(service, err, image), print_exception=False)
 
 
+def say_input_errors(demo: gr.Blocks, service: DemoService) -> None:
+    """Gradio answers an event sent too few input values, or a value its component cannot read (a file that is
+    not an upload, a path it may not hand out), with `{"error": null}`, its own message hidden, and it drops the
+    values sent beyond an endpoint's inputs. Here every such request is refused with a message that names the
+    endpoint, its inputs in order and what to send (the values themselves are not echoed beyond a short quote)."""
+    read = demo.preprocess_data
+
+    async def preprocess_data(block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False) -> Any:
+        public = bool(block_fn.api_name) and block_fn.api_visibility != "private"
+        where = f"/{block_fn.api_name}" if public else "this event"
+        names = [getattr(b, "label", None) or type(b).__name__.lower() for b in block_fn.inputs]
+        if len(inputs) < len(names) or (public and len(inputs) > len(names)):
+            takes = (f"takes {len(names)} input value{'s' if len(names) != 1 else ''} in this order: "
+                     f"{', '.join(names)}" if names else "takes no input values")
+            send = (f"send exactly {len(names)} (null for an optional one left out)" if names else
+                    "send an empty list")
+            raise gr.Error(f"{where} {takes}; {len(inputs)} {'was' if len(inputs) == 1 else 'were'} sent: {send}.",
+                           print_exception=False)
+        try:
+            return await read(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as err:   # Gradio's own reading of a value: say which input and what to send
+            files = [n for n, b, v in zip(names, block_fn.inputs, inputs, strict=False)
+                     if v is not None and isinstance(b, gr.File | gr.Image)]
+            what = f"the '{files[0]}' input" if len(files) == 1 else "an input value"
+            hint = f"; {_REMOTE_IMAGE_HINT}, or null for none" if files else ""
+            raise _api_error(service, SdfnError(f"{where}: {what} could not be read as sent "
+                                                f"({type(err).__name__}){hint}")) from None
+
+    demo.preprocess_data = preprocess_data
+
+
 def api_endpoints(service: DemoService) -> None:
     """JSON endpoints for gradio_client, named with api_name; their inputs are hidden components (an API caller
     sends values straight to them). One hidden trigger carries them all: it is never clicked."""
@@ -827,6 +860,7 @@ def build_demo(service: DemoService, allow_training: bool = True) -> gr.Blocks:
         explain_opener.wire(explain_tab)
         api_endpoints(service)
         demo_explain.api_endpoints(service)   # /explain, /compare_models
+        say_input_errors(demo, service)
         # every page load reads the header afresh: a page opened after "Use this model" names the new model
         demo.load(lambda: _header_markdown(service), None, header, api_visibility="private", queue=False)
         demo.load(None, None, None, js=K_WATCH_JS, api_visibility="private", queue=False)

@@ -519,6 +519,28 @@ def test_catalog_images_outside_the_catalog_folder_show_in_the_search_view(small
         demo.close()
 
 
+def call_by_curl(url: str, api_name: str, data) -> str:
+    """POST /gradio_api/call/<api_name> and the SSE answer, as a curl user does: the error text, or 'complete'."""
+    event = httpx.post(f"{url.rstrip('/')}/gradio_api/call/{api_name}", json={"data": data}, timeout=30).json()
+    answer = httpx.get(f"{url.rstrip('/')}/gradio_api/call/{api_name}/{event['event_id']}", timeout=60).text
+    kind, _, payload = answer.partition("\ndata: ")
+    return "complete" if kind.strip() == "event: complete" else str(json.loads(payload.splitlines()[0])["error"])
+
+
+def test_values_gradio_cannot_take_get_a_message_not_a_silent_error(served_demo):
+    url = served_demo[1]
+    assert call_by_curl(url, "search", ["dress-000003", None, "is red", 5, "all"]) == "complete"
+    too_few = call_by_curl(url, "search", [1])
+    assert "/search takes 5 input values in this order: reference, image, text, k, category; 1 was sent" in too_few
+    too_many = call_by_curl(url, "search", ["dress-000003", None, "is red", 5, "all", "extra"])
+    assert "6 were sent: send exactly 5" in too_many            # an extra value is never silently dropped
+    assert "takes no input values; 1 was sent" in call_by_curl(url, "info", [3])
+    for image in ("notafile", {"path": "/etc/passwd"}):
+        message = call_by_curl(url, "search", ["", image, "is red", 5, "all"])
+        assert "the 'image' input could not be read as sent" in message and "handle_file" in message, message
+        assert "/etc" not in message
+
+
 # ---- hostile clients: the Train view's handlers through the raw queue --------------------------------------------
 
 def test_train_handlers_refuse_hostile_queue_requests(served_demo, catalog, tmp_path):
