@@ -181,10 +181,13 @@ def understands(cfg: dict) -> list[str]:
         "sleeves), and a refusal its training texts never used (\"i don't want a belt\", \"i'd rather not have "
         "buttons\", \"not a fan of the print\") as the one they use (\"without a belt\"), shorthands as words (w/o -> "
         "without), an unknown plural or \"-less\" word as the word it knows (florals -> floral, buttonless -> without "
-        "buttons); the answer's notes name every such rewrite, and every word it was never taught (cheaper, zara). "
-        "The nearest colour is not always the one a person means (sapphire is read as navy, coffee as beige).",
+        "buttons), and a shopper's word or phrase from a glossary of 499 written without sight of any test request "
+        "(sdfn/data/shopper_glossary.json: mid-calf -> midi, halter -> sleeveless, clingy -> tight, baggier -> "
+        "looser, minus -> without; pls, thx left out) as the words it knows; the answer's notes name every such "
+        "rewrite, and every word it was never taught (cheaper, zara). The nearest colour is not always the one a "
+        "person means (sapphire is read as navy, coffee as beige).",
         "- **Not understood**: other words that never occurred in its training texts (a brand, a material such "
-        "as denim or silk, an occasion, a rarer fit or neckline word); attributes the catalog does not have "
+        "as denim or silk, an occasion, a fashion word the glossary lacks); attributes the catalog does not have "
         "(material, heels, 3/4 "
         "sleeves); counts; a refused description is followed poorly (\"i don't want it patterned\", read as "
         "\"not patterned\", returns a plain item 1 time of 12). An unknown word is not refused: it is read as "
