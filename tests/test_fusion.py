@@ -198,3 +198,25 @@ def test_interactive_queries_reuse_the_recorded_trace():
         recorded = dict(model._fusion_traces)
         compose_queries(model, image, ["has long sleeves"], 128)
     assert len(recorded) == 1 and model._fusion_traces == recorded
+
+
+def test_text_free_cells_leave_the_routers_as_the_only_way_the_sentence_reaches_the_stream():
+    from sdfn.fusion.cells import CELLS, TEXT_FREE_CELLS
+
+    assert set(TEXT_FREE_CELLS) <= set(CELLS)
+    image, text = features()
+    other = TextFeatures(text.tokens.flip(0), text.mask, text.pooled)   # other words, same sentence vector
+    fusion, paper = sdfn(cells=TEXT_FREE_CELLS).eval(), sdfn().eval()
+    with torch.no_grad():   # trained-like weights (the paper's FiLM starts at the identity)
+        for p in [*fusion.parameters(), *paper.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    # the words reach no cell: with the sentence vector (the text router's input) fixed, nothing changes
+    torch.testing.assert_close(fusion(image, text).query, fusion(image, other).query)
+    assert not torch.allclose(paper(image, text).query, paper(image, other).query)   # the paper's cells read them
+    routes = fusion(image, text).trace.flat_route()
+    assert not torch.allclose(routes, fusion(image, features(seed=1)[1]).trace.flat_route())   # the sentence routes
+    for name in ("token_mlp", "context_mix"):
+        cell = CELLS[name](16, 2, 2.0, 0.0)
+        assert "without reading the text" in cell.description
+        x = torch.randn(2, 5, 16)
+        assert cell(x, None).shape == x.shape

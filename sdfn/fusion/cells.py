@@ -87,6 +87,38 @@ class CrossModalRefinementCell(nn.Module):
         return x * (1 + gamma) + beta
 
 
+class TokenMlpCell(nn.Module):
+    """Ours, not DIME's: a feed-forward edit of every image token on its own, X' = X + FFN(LN(X)). It does not read
+    the text: with only text-free cells (`TEXT_FREE_CELLS`) the routers are the one way the sentence reaches the
+    routed stream, so the route has to carry the change (issue 9, routes that depend on the query)."""
+
+    description = "edits each image region on its own, without reading the text (ours)"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, int(d * mlp_ratio)), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(int(d * mlp_ratio), d))
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        return x + self.ffn(self.norm(x))
+
+
+class ContextMixCell(nn.Module):
+    """Ours, not DIME's: every token receives the garment's overall look, X' = X + W mean(LN(X)); text-free (see
+    TokenMlpCell)."""
+
+    description = "spreads the whole garment's look to every region, without reading the text (ours)"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        return x + self.proj(self.norm(x).mean(dim=1, keepdim=True))
+
+
 @contextmanager
 def recording_attention() -> Iterator[list[tuple[CrossModalRefinementCell, torch.Tensor]]]:
     """Within the block, on this thread only, every CrossModalRefinementCell that runs appends (cell, weights):
@@ -105,4 +137,9 @@ CELLS: dict[str, type[nn.Module]] = {
     "intra_modal_reasoning": IntraModalReasoningCell,
     "global_local_guidance": GlobalLocalGuidanceCell,
     "cross_modal_refinement": CrossModalRefinementCell,
+    "token_mlp": TokenMlpCell,
+    "context_mix": ContextMixCell,
 }
+# Ours (model.fusion.cells): four cells none of which reads the text, so only the routers carry the sentence into
+# the routed stream; the output head still reads [v, t] as in the paper.
+TEXT_FREE_CELLS = ("rectified_identity", "intra_modal_reasoning", "token_mlp", "context_mix")
