@@ -58,7 +58,7 @@ COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
 GLOSSARY_FILE = Path(__file__).parent / "data" / "shopper_glossary.json"
 GLOSSARY_KINDS = frozenset({"pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt", "garment", "change",
                             "removal", "comparative", "filler"})
-MAX_GLOSSARY_WORDS = 4      # longest glossary phrase ("with the buttons undone")
+MAX_GLOSSARY_WORDS = 4      # longest phrase a glossary entry may have (the shipped ones: 3, "peter pan collar")
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
