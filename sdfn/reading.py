@@ -345,17 +345,15 @@ class Reader:
                 out.append(parts[i][0] + words + parts[i + span - 1][2])
                 i += span
                 continue
-            glossed = self._glossary(keys, parts, i, ends, shortest=2)   # a glossary phrase of 2+ words
+            glossed = self._glossary(keys, parts, i, shortest=2)   # a glossary phrase of 2+ words
             if glossed is not None:
                 i = _glossed(glossed, parts, i, out, rewrites)
                 continue
             for n in range(min(MAX_NAME_WORDS, len(tokens) - i), 0, -1):
                 name = " ".join(keys[i:i + n])
                 # a hyphenated word is a name if its parts are one ("off-white"); punctuation inside a span ends it
-                inner_punct = any(parts[j][2] for j in range(i, i + n - 1)) or any(parts[j][0] for j in
-                                                                                  range(i + 1, i + n))
                 lookup = name.replace("-", " ")
-                if not self.palette or inner_punct or lookup not in names or lookup in MATERIALS:
+                if not self.palette or not _one_span(parts, i, n) or lookup not in names or lookup in MATERIALS:
                     continue
                 if any(w in self.words for w in re.split(r"[ -]", name)) or lookup in self.palette:
                     out += tokens[i:i + n]   # the model knows a word of it, or it is a catalog colour: as typed
@@ -378,7 +376,7 @@ class Reader:
                 confused = CONFUSIONS.get((keys[i], keys[i + 1] if i + 1 < len(keys) and i not in ends else ""))
                 fixed = confused if confused in self.words else self._correction(keys[i])
                 form = None if fixed is not None else self._form(keys[i])
-                glossed = None if fixed or form else self._glossary(keys, parts, i, ends, longest=1)
+                glossed = None if fixed or form else self._glossary(keys, parts, i, longest=1)
                 if fixed is not None or form is not None:
                     rewrites.append(Rewrite(word, fixed or form, "spelling" if fixed else "form"))
                     out.append(lead + (fixed or form) + trail)
@@ -390,14 +388,14 @@ class Reader:
                 i += 1
         return " ".join(out), rewrites
 
-    def _glossary(self, keys: list[str], parts: list[tuple[str, str, str]], i: int, ends: frozenset[int],
-                  shortest: int = 1, longest: int = MAX_GLOSSARY_WORDS) -> tuple[int, str] | None:
+    def _glossary(self, keys: list[str], parts: list[tuple[str, str, str]], i: int, shortest: int = 1,
+                  longest: int = MAX_GLOSSARY_WORDS) -> tuple[int, str] | None:
         """The longest glossary phrase of `shortest` to `longest` words at word `i` that has a word this model never
         learnt and is read as words it knows: (words spanned, read as), else None. Punctuation inside ends a span.
         `read` looks up phrases of 2+ words first and a single word only after the spelling and form rules."""
         table = glossary()
         for n in range(min(longest, len(keys) - i), shortest - 1, -1):
-            if ends & set(range(i, i + n - 1)) or any(parts[j][0] for j in range(i + 1, i + n)):
+            if not _one_span(parts, i, n):
                 continue
             phrase = glossary_key(" ".join(keys[i:i + n]))
             words = table.get(phrase)
@@ -439,6 +437,12 @@ class Reader:
         path = Path(folder) / READING_FILE
         atomic_write_text(path, json.dumps(self.to_json(), indent=1) + "\n")
         return path
+
+
+def _one_span(parts: list[tuple[str, str, str]], i: int, n: int) -> bool:
+    """Whether words i .. i+n-1 (`Reader.read`'s (leading punctuation, word, trailing punctuation)) have no
+    punctuation between them: a phrase or name is looked up only within one such span."""
+    return not any(parts[j][2] for j in range(i, i + n - 1)) and not any(parts[j][0] for j in range(i + 1, i + n))
 
 
 def _glossed(glossed: tuple[int, str], parts: list[tuple[str, str, str]], i: int, out: list[str],
