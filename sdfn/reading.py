@@ -14,18 +14,22 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
 - a word the model never saw, of 4+ letters, that is not a whole word of the CLIP tokenizer's vocabulary (so
   not an English word of its own, like "shorts" beside "short") and is one edit (a letter left out, added,
   changed, or two swapped) from a known word of 5+ letters, as that word (the most frequent one in training
-  when several are);
+  when several are); failing that, one edit from exactly one word of a glossary phrase or colour name below
+  (5+ letters), as that word, which is then read ("mius the belt" -> "minus the belt" -> "without the belt");
 - a way of saying what one does NOT want that the model never learnt ("i don't want a belt", "i'd rather not
   have buttons", "can it not have a belt", "not a fan of the print", "i hate the pattern"), as the refusal its
   training texts use: "without" before what is refused ("without a belt"), "not" before a refused description
   ("don't want it patterned" -> "not patterned"). The captions' own "does not have a belt" stays, and so does a
   refusal with nothing after it in its clause ("i don't like this one, ...": the garment, not a part of it);
-- a shopper's word or phrase the model never learnt, from `shopper_glossary.json` (499 entries: "mid-calf",
+- a shopper's word or phrase the model never learnt, from `shopper_glossary.json` (499 such entries: "mid-calf",
   "halter", "baggier", "minus", "pls", ...), as the words it knows for it ("midi", "sleeveless", "looser",
   "without"; politeness and filler left out). An entry is used only where a word of its phrase is unknown to the
   model and every word it is read as is known; a phrase of 2+ words is looked up first, a single word only after
-  the spelling and form rules below. The glossary was written for sdfn by someone who saw the catalog's values,
-  captions and the shipped model's known words, never a test request (benchmarks/QUALITY.md measures it);
+  the spelling and form rules below. Its `relative` entries (481) are ways of asking for more or less made of
+  words the model knows, in shapes its training texts never use ("not so long" -> "shorter", "take it in" ->
+  "make it tighter"): those are used wherever they occur. The glossary was written for sdfn by helpers who saw
+  the catalog's values, captions and the shipped model's known words (and its trained relative shapes), never a
+  test request (benchmarks/QUALITY.md measures it);
 - shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
   plural of a known word as the word ("florals" -> "floral") and an unknown "-less" word whose stem it knows as
   "without" it ("buttonless" -> "without buttons").
@@ -56,9 +60,13 @@ READING_FILE = "reading.json"
 FORMAT = "sdfn-reading"
 COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
 GLOSSARY_FILE = Path(__file__).parent / "data" / "shopper_glossary.json"
+# "relative": a way of asking for more or less of something made of words the model knows, in a shape its
+# training texts do not use ("not so long" -> "shorter", "take it in" -> "make it tighter"); other kinds: words it
+# never learnt
+RELATIVE = "relative"
 GLOSSARY_KINDS = frozenset({"pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt", "garment", "change",
-                            "removal", "comparative", "filler"})
-MAX_GLOSSARY_WORDS = 4      # longest phrase a glossary entry may have (the shipped ones: 3, "peter pan collar")
+                            "removal", "comparative", "filler", RELATIVE})
+MAX_GLOSSARY_WORDS = 6      # longest phrase a glossary entry may have ("with sleeves that are not so long")
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
@@ -70,11 +78,13 @@ MATERIALS = frozenset({"denim", "leather", "linen", "velvet", "camo"})
 _WORD = re.compile(r"^([^A-Za-z0-9]*)(.*?)([^A-Za-z0-9]*)$")
 _TEXT_WORD = re.compile(r"[a-z0-9']+")   # a word as the training texts count them (`training_words`)
 WHY = {"colour": "a colour name this model never learnt: the catalog colour nearest to it",
-       "spelling": "a word this model never learnt, one letter from one it knows",
+       "spelling": "a word this model never learnt, one letter from one it knows or this reading reads",
        "negation": "a way of saying what you do not want that this model never learnt: read as one it knows",
        "shorthand": "a shorthand this model never learnt: read in full",
        "form": "a form of a word this model knows: read as that word",
-       "glossary": "a shopper's word this model never learnt: read as the words it knows for it (sdfn's glossary)"}
+       "glossary": "a shopper's word this model never learnt: read as the words it knows for it (sdfn's glossary)",
+       RELATIVE: "a way of asking for more or less that this model was not taught: read as the one it was "
+                 "(sdfn's glossary)"}
 
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
@@ -164,8 +174,8 @@ def lab(rgb: Iterable[float]) -> tuple[float, float, float]:
 
 
 @lru_cache(maxsize=1)
-def glossary() -> dict[str, str]:
-    """Shopper's phrase (`glossary_key`) -> what it is read as ("" = left out, filler only), from
+def glossary() -> dict[str, tuple[str, str]]:
+    """Shopper's phrase (`glossary_key`) -> (what it is read as, "" = left out (filler only); its kind), from
     shopper_glossary.json."""
     data = json.loads(GLOSSARY_FILE.read_text(encoding="utf-8"))
     out = {}
@@ -175,8 +185,17 @@ def glossary() -> dict[str, str]:
                 or len(phrase.split()) > MAX_GLOSSARY_WORDS or (not entry["reads_as"] and entry["kind"] != "filler")):
             raise ValueError(f"{GLOSSARY_FILE.name}: entry {entry!r} is empty, repeated, longer than "
                              f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, or reads as nothing but is not filler")
-        out[phrase] = entry["reads_as"]
+        out[phrase] = (entry["reads_as"], entry["kind"])
     return out
+
+
+@lru_cache(maxsize=2)
+def _readable_words(with_colours: bool) -> frozenset[str]:
+    """The words of 5+ letters that the reading reads even where a model never learnt them: of glossary phrases and,
+    `with_colours`, of colour names (`Reader._readable_correction` corrects a misspelling towards them)."""
+    phrases = [*glossary(), *(colour_names() if with_colours else ())]
+    return frozenset(w for phrase in phrases for w in re.split(r"[ -]", phrase)
+                     if len(w) >= MIN_CORRECTION_LENGTH and w.isalpha())
 
 
 def glossary_key(phrase: str) -> str:
@@ -310,6 +329,18 @@ class Reader:
         known = [w for w in _one_edit(word) if w in self.words and len(w) >= MIN_CORRECTION_LENGTH]
         return max(known, key=lambda w: (self.words[w], w)) if known else None
 
+    def _readable_correction(self, word: str) -> str | None:
+        """A word the model never learnt, one edit from a word this reading reads though the model never learnt it (a
+        word of a glossary phrase, or of a colour name where the catalog's colours are known; 5+ letters), when no
+        word it knows is one edit away and exactly one such word is: that word ("mius" -> "minus", then read through
+        the glossary as "without"); else None."""
+        readable = _readable_words(bool(self.palette))
+        if (not MIN_TYPO_LENGTH <= len(word) <= MAX_WORD_LETTERS or not word.isalpha() or word in self.words
+                or word in readable or word in _clip_whole_words() or self._correction(word) is not None):
+            return None
+        found = [w for w in _one_edit(word) if w in readable and w not in self.words]
+        return found[0] if len(found) == 1 else None
+
     def _form(self, word: str) -> str | None:
         """An unknown plural of a known word ("florals" -> "floral"), or an unknown "-less" word whose stem is known
         ("buttonless" -> "without buttons"; "patternless" -> "without a pattern" where "patterns" is unknown); else
@@ -336,12 +367,20 @@ class Reader:
         keys = [w.lower().replace("\u2019", "'") for _, w, _ in parts]
         ends = frozenset(k for k, (_, _, trail) in enumerate(parts) if trail)
         names = colour_names()
+        # rewrites: (where it is said, Rewrite): a span's after the respellings inside it (index of its last word + 0.5)
         out, rewrites, i = [], [], 0
+        for k, key in enumerate(keys):  # first, words misspelt from ones the reading reads, so phrases match
+            respelt = self._readable_correction(key)
+            if respelt is not None:
+                rewrites.append((k, Rewrite(parts[k][1], respelt, "spelling")))
+                parts[k], keys[k], tokens[k] = (parts[k][0], respelt, parts[k][2]), respelt, \
+                    parts[k][0] + respelt + parts[k][2]
         while i < len(tokens):
             refusal = negation(keys, i, ends)
             if refusal is not None:
                 span, words = refusal
-                rewrites.append(Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words, "negation"))
+                rewrites.append((i + span - 0.5, Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words,
+                                                         "negation")))
                 out.append(parts[i][0] + words + parts[i + span - 1][2])
                 i += span
                 continue
@@ -360,7 +399,7 @@ class Reader:
                 else:
                     colour = self._colour(lookup)
                     original = " ".join(parts[j][1] for j in range(i, i + n))
-                    rewrites.append(Rewrite(original, colour, "colour"))
+                    rewrites.append((i + n - 0.5, Rewrite(original, colour, "colour")))
                     out.append(parts[i][0] + colour + parts[i + n - 1][2])
                 i += n
                 break
@@ -369,7 +408,7 @@ class Reader:
                 shorthand = self._shorthand(tokens, keys, i, ends)
                 if shorthand is not None:
                     span, original, full, after = shorthand
-                    rewrites.append(Rewrite(original, full, "shorthand"))
+                    rewrites.append((i + span - 0.5, Rewrite(original, full, "shorthand")))
                     out.append(lead + full + after)
                     i += span
                     continue
@@ -378,7 +417,7 @@ class Reader:
                 form = None if fixed is not None else self._form(keys[i])
                 glossed = None if fixed or form else self._glossary(keys, parts, i, longest=1)
                 if fixed is not None or form is not None:
-                    rewrites.append(Rewrite(word, fixed or form, "spelling" if fixed else "form"))
+                    rewrites.append((i + 0.5, Rewrite(word, fixed or form, "spelling" if fixed else "form")))
                     out.append(lead + (fixed or form) + trail)
                 elif glossed is not None:
                     i = _glossed(glossed, parts, i, out, rewrites)
@@ -386,22 +425,23 @@ class Reader:
                 else:
                     out.append(tokens[i])
                 i += 1
-        return " ".join(out), rewrites
+        return " ".join(out), [rewrite for _, rewrite in sorted(rewrites, key=lambda said: said[0])]
 
     def _glossary(self, keys: list[str], parts: list[tuple[str, str, str]], i: int, shortest: int = 1,
-                  longest: int = MAX_GLOSSARY_WORDS) -> tuple[int, str] | None:
-        """The longest glossary phrase of `shortest` to `longest` words at word `i` that has a word this model never
-        learnt and is read as words it knows: (words spanned, read as), else None. Punctuation inside ends a span.
-        `read` looks up phrases of 2+ words first and a single word only after the spelling and form rules."""
+                  longest: int = MAX_GLOSSARY_WORDS) -> tuple[int, str, str] | None:
+        """The longest glossary phrase of `shortest` to `longest` words at word `i` that is read as words this model
+        knows and either has a word it never learnt or is a `RELATIVE` shape: (words spanned, read as, the
+        Rewrite's kind), else None. Punctuation inside ends a span. `read` looks up phrases of 2+ words first and
+        a single word only after the spelling and form rules."""
         table = glossary()
         for n in range(min(longest, len(keys) - i), shortest - 1, -1):
             if not _one_span(parts, i, n):
                 continue
             phrase = glossary_key(" ".join(keys[i:i + n]))
-            words = table.get(phrase)
-            if (words is not None and not all(w in self.words for w in phrase.split())
+            words, kind = table.get(phrase, (None, None))
+            if (words is not None and (kind == RELATIVE or not all(w in self.words for w in phrase.split()))
                     and all(w in self.words for w in glossary_key(words).split())):
-                return n, words
+                return n, words, RELATIVE if kind == RELATIVE else "glossary"
         return None
 
     def _shorthand(self, tokens: list[str], keys: list[str], i: int,
@@ -445,11 +485,11 @@ def _one_span(parts: list[tuple[str, str, str]], i: int, n: int) -> bool:
     return not any(parts[j][2] for j in range(i, i + n - 1)) and not any(parts[j][0] for j in range(i + 1, i + n))
 
 
-def _glossed(glossed: tuple[int, str], parts: list[tuple[str, str, str]], i: int, out: list[str],
-             rewrites: list[Rewrite]) -> int:
-    """Reads the glossary phrase found at word `i` into `out` and `rewrites`; the index after it."""
-    span, words = glossed
-    rewrites.append(Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words, "glossary"))
+def _glossed(glossed: tuple[int, str, str], parts: list[tuple[str, str, str]], i: int, out: list[str],
+             rewrites: list[tuple[float, Rewrite]]) -> int:
+    """Reads the glossary phrase found at word `i` into `out` and `rewrites` (`Reader.read`'s); the index after it."""
+    span, words, kind = glossed
+    rewrites.append((i + span - 0.5, Rewrite(" ".join(parts[j][1] for j in range(i, i + span)), words, kind)))
     if words:     # filler is left out with its punctuation
         out.append(parts[i][0] + words + parts[i + span - 1][2])
     return i + span

@@ -92,7 +92,8 @@ class QueryInfo:
     prediction: dict | None = None  # an upload's CategoryPrediction.to_json(); None for a catalog reference
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
     # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
-    # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form" | "cut"}]; each also
+    # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form" | "glossary" |
+    # "relative" | "cut"}]; each also
     # gets a note ("cut": a text over sdfn.reading.MAX_TEXT_CHARS, "read" the characters kept, "original" what
     # was left out, shortened)
     rewrites: list[dict] = field(default_factory=list)

@@ -75,6 +75,27 @@ def test_misspellings_one_letter_from_a_known_word_are_corrected(reader):
     assert reader.read("shrt")[0] == "short"                         # the more frequent of short / shirt
 
 
+
+def test_misspellings_of_words_the_reading_reads_are_corrected_and_then_read(monkeypatch):
+    """A typo of a glossary word or a colour name the model never learnt ("peplm", "scarlot") is respelt first, so
+    the glossary or the colour list reads it next, and both rewrites are said in order; a typo one edit from a word
+    the model knows is corrected to that word, and one one edit from two readable words is left alone."""
+    from sdfn.reading import _readable_words
+
+    monkeypatch.setattr("sdfn.reading.glossary", lambda: {**GLOSSED, "peplus": ("red", "pattern")})
+    _readable_words.cache_clear()                # its words come from the glossary, this test's own
+    reader = Reader({**WORDS, "knee": 4, "fitted": 3}, COLOR_RGB)
+    text, rewrites = reader.read("make it scarlot, peplm and with knee skiming")
+    assert text == "make it red, fitted and with knee"
+    assert [(r.original, r.read, r.kind) for r in rewrites] == [
+        ("scarlot", "scarlet", "spelling"), ("scarlet", "red", "colour"), ("peplm", "peplum", "spelling"),
+        ("peplum", "fitted", "glossary"), ("skiming", "skimming", "spelling"), ("knee skimming", "knee", "glossary")]
+    assert "one it knows or this reading reads" in rewrites[0].note()
+    assert reader.read("make it peplu")[0] == "make it peplu"         # peplum or peplus: which was meant is unknown
+    assert reader.read("with long sleevs")[0] == "with long sleeves"  # a word the model knows comes first
+    _readable_words.cache_clear()
+
+
 def test_real_words_short_words_and_numbers_are_not_corrected(reader):
     # "shirts" and "sleeve" are whole words of the tokenizer (English of their own), "slev" is under 5 letters
     # away from nothing long enough, and digits are not words
@@ -231,8 +252,8 @@ def test_shipped_reading_leaves_captions_alone_and_never_learnt_the_held_out_wor
     assert not changed, changed[:5]             # the annotated captions are read as typed (metrics.json's val R@1)
     attributes = catalog_attributes(small_catalog)
     requests = [r for t in dataset.triplets("train")[:1500] for r in training_requests(t, attributes, 4, clean=True)]
-    refusals = [r for r in requests if any(w.kind == "negation" for w in reader.read(r)[1])]
-    assert not refusals, refusals[:5]           # nor the refusals the training requests taught it
+    refusals = [r for r in requests if any(w.kind in ("negation", "relative") for w in reader.read(r)[1])]
+    assert not refusals, refusals[:5]           # nor the refusals and relative changes the training requests taught it
     held_out = {w for bank in COLOR_WORDS.values() for w in bank.heldout}
     assert not held_out & set(reader.words)     # the held-out colour names stay words the model never learnt
     assert not set(noise_words()) & set(reader.words)   # filler words taught nothing
@@ -287,8 +308,10 @@ def test_sdfn_train_writes_the_reading_the_shipped_model_card_builds(small_catal
     assert ComposedRetrievalModel.load(tmp_path / "plain" / "best").reader is None
 
 
-GLOSSED = {"knee skimming": "knee", "peplum": "fitted", "bell sleeves": "long sleeves", "with sleeves": "with sleeves",
-           "ta": "", "lengthy": "long clingy"}
+GLOSSED = {"knee skimming": ("knee", "length"), "peplum": ("fitted", "fit"), "bell sleeves": ("long sleeves", "sleeve"),
+           "with sleeves": ("with sleeves", "sleeve"), "ta": ("", "filler"), "lengthy": ("long clingy", "length"),
+           "not so long": ("shorter", "relative"), "take it in": ("make it tighter", "relative"),
+           "a bit less red": ("lighter clingy", "relative")}
 
 
 @pytest.mark.parametrize(("typed", "read"), [
@@ -316,14 +339,32 @@ def test_the_glossary_never_overrides_words_the_model_knows_nor_reads_into_words
     assert reader.read("knee, skimming please")[0] == "knee, skimming please"   # punctuation inside ends a phrase
 
 
+@pytest.mark.parametrize(("typed", "read"), [
+    ("same but not so long", "same but shorter"),
+    ("Not so long, and take it in please", "shorter, and make it tighter please"),
+    ("take it in", "make it tighter"),
+])
+def test_relative_shapes_of_known_words_are_read_as_the_shapes_the_model_was_taught(monkeypatch, typed, read):
+    """A `relative` entry is made of words the model knows, in a shape it was not taught: it is read even so, and
+    said as such; one that would read into a word the model does not know stays as typed."""
+    monkeypatch.setattr("sdfn.reading.glossary", lambda: GLOSSED)
+    reader = Reader({**WORDS, "not": 3, "so": 2, "long": 5, "shorter": 4, "take": 2, "in": 9, "make": 9, "tighter": 3,
+                     "a": 9, "bit": 2, "less": 3, "lighter": 2}, COLOR_RGB)
+    text, rewrites = reader.read(typed)
+    assert text == read and rewrites and all(r.kind == "relative" for r in rewrites)
+    assert all("was not taught" in r.note() for r in rewrites)
+    assert reader.read("make it a bit less red") == ("make it a bit less red", [])    # "clingy" is unknown
+    assert reader.read("not so, long")[0] == "not so, long"                        # punctuation inside ends it
+
+
 def test_shipped_glossary_loads_and_reads_into_words_the_shipped_model_knows():
     from sdfn.reading import GLOSSARY_KINDS, glossary, glossary_key
     table = glossary()
     assert len(table) >= 100
     known = load_reader(SHIPPED_CHECKPOINT).words
-    inert = {p: r for p, r in table.items() if not all(w in known for w in glossary_key(r).split())}
+    inert = {p: r for p, (r, _) in table.items() if not all(w in known for w in glossary_key(r).split())}
     assert not inert, list(inert.items())[:5]                 # every entry reads into words sdfn-tiny knows
     raw = json.loads((SHIPPED_CHECKPOINT.parents[1] / "data" / "shopper_glossary.json").read_text())["entries"]
     assert {e["kind"] for e in raw} <= GLOSSARY_KINDS and all(e["why"] for e in raw)
-    never_used = [p for p in table if all(w in known for w in p.split())]
+    never_used = [p for p, (_, kind) in table.items() if kind != "relative" and all(w in known for w in p.split())]
     assert not never_used, never_used[:5]                     # a phrase the model knows whole is never read through it
