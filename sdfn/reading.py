@@ -25,9 +25,9 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   "halter", "baggier", "minus", "pls", ...), as the words it knows for it ("midi", "sleeveless", "looser",
   "without"; politeness and filler left out). An entry is used only where a word of its phrase is unknown to the
   model and every word it is read as is known; a phrase of 2+ words is looked up first, a single word only after
-  the spelling and form rules below. Its `relative` entries (481) are ways of asking for more or less made of
-  words the model knows, in shapes its training texts never use ("not so long" -> "shorter", "take it in" ->
-  "make it tighter"): those are used wherever they occur. The glossary was written for sdfn by helpers who saw
+  the spelling and form rules below. Its `relative` entries (456) are ways of asking for more or less, mostly
+  made of words the model knows, in shapes its training texts never use ("not so pale" -> "darker", "let the hem
+  down" -> "make it longer"): those are used wherever they occur. The glossary was written for sdfn by helpers who saw
   the catalog's values, captions and the shipped model's known words (and its trained relative shapes), never a
   test request (benchmarks/QUALITY.md measures it);
 - shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
@@ -61,12 +61,12 @@ FORMAT = "sdfn-reading"
 COLOUR_NAMES_FILE = Path(__file__).parent / "data" / "colour_names.tsv"
 GLOSSARY_FILE = Path(__file__).parent / "data" / "shopper_glossary.json"
 # "relative": a way of asking for more or less of something made of words the model knows, in a shape its
-# training texts do not use ("not so long" -> "shorter", "take it in" -> "make it tighter"); other kinds: words it
+# training texts do not use ("not so pale" -> "darker", "let the hem down" -> "make it longer"); other kinds: words it
 # never learnt
 RELATIVE = "relative"
 GLOSSARY_KINDS = frozenset({"pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt", "garment", "change",
                             "removal", "comparative", "filler", RELATIVE})
-MAX_GLOSSARY_WORDS = 6      # longest phrase a glossary entry may have ("with sleeves that are not so long")
+MAX_GLOSSARY_WORDS = 6      # longest phrase a glossary entry may have ("the longer the sleeves the better")
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
