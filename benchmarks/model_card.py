@@ -183,9 +183,10 @@ def understands(cfg: dict) -> list[str]:
         "without), an unknown plural or \"-less\" word as the word it knows (florals -> floral, buttonless -> without "
         "buttons), and a shopper's word or phrase from a glossary written without sight of any test request "
         "(sdfn/data/shopper_glossary.json: 499 words it never learnt, such as mid-calf -> midi, halter -> sleeveless, "
-        "clingy -> tight, baggier -> looser, minus -> without, pls and thx left out; and 456 ways of asking for more "
-        "or less in shapes it was not taught, such as not so pale -> darker, let the hem down -> make it longer, not "
-        "as busy -> plainer) as the words it knows, a misspelling of such a word first (mius -> "
+        "clingy -> tight, baggier -> looser, minus -> without, pls and thx left out; 807 ways of asking for more or "
+        "less in shapes it was not taught, such as not so pale -> darker, let the hem down -> make it longer, not as "
+        "busy -> plainer; 318 ways of saying what to leave out around it, such as with the {n} taken away -> with "
+        "the {n} removed) as the words it knows, a misspelling of such a word first (mius -> "
         "minus); the answer's notes name every such "
         "rewrite, and every word it was never taught (cheaper, zara). The nearest colour is not always the one a "
         "person means (sapphire is read as navy, coffee as beige).",

@@ -25,11 +25,13 @@ drawn in (none for a catalog without colours). With it, `Reader.read` rewrites a
   "halter", "baggier", "minus", "pls", ...), as the words it knows for it ("midi", "sleeveless", "looser",
   "without"; politeness and filler left out). An entry is used only where a word of its phrase is unknown to the
   model and every word it is read as is known; a phrase of 2+ words is looked up first, a single word only after
-  the spelling and form rules below. Its `relative` entries (456) are ways of asking for more or less, mostly
+  the spelling and form rules below. Its `relative` entries (807) are ways of asking for more or less, mostly
   made of words the model knows, in shapes its training texts never use ("not so pale" -> "darker", "let the hem
-  down" -> "make it longer"): those are used wherever they occur. The glossary was written for sdfn by helpers who saw
-  the catalog's values, captions and the shipped model's known words (and its trained relative shapes), never a
-  test request (benchmarks/QUALITY.md measures it);
+  down" -> "make it longer"), and its `removal` shapes (318) have a slot, {n}, for what is left out ("with the {n}
+  taken away" -> "with the {n} removed", "give the {n} a miss" -> "remove the {n}": a slot of 1 to 3 words, whose
+  words are read as usual): both are used wherever they occur. The glossary was written for sdfn by helpers who
+  saw the catalog's values, captions and the shipped model's known words (and its trained relative and removal
+  shapes), never a test request (benchmarks/QUALITY.md measures it);
 - shorthands ("w/o", "w/out", "with out" as "without"; "w/" as "with"), "lose fit" as "loose fit", an unknown
   plural of a known word as the word ("florals" -> "floral") and an unknown "-less" word whose stem it knows as
   "without" it ("buttonless" -> "without buttons").
@@ -67,6 +69,8 @@ RELATIVE = "relative"
 GLOSSARY_KINDS = frozenset({"pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt", "garment", "change",
                             "removal", "comparative", "filler", RELATIVE})
 MAX_GLOSSARY_WORDS = 6      # longest phrase a glossary entry may have ("the longer the sleeves the better")
+SLOT = "{n}"                # a removal shape's slot: what is left out ("with the {n} taken away" -> "without the {n}")
+MAX_SLOT_WORDS = 3          # the most words a slot takes ("with the pointed collar taken away")
 MAX_NAME_WORDS = 3          # longest colour name matched ("dark sky blue")
 MIN_TYPO_LENGTH = 4         # shorter unknown words are left alone (too many one-edit neighbours)
 MIN_CORRECTION_LENGTH = 5   # a correction is a known word at least this long
@@ -84,7 +88,9 @@ WHY = {"colour": "a colour name this model never learnt: the catalog colour near
        "form": "a form of a word this model knows: read as that word",
        "glossary": "a shopper's word this model never learnt: read as the words it knows for it (sdfn's glossary)",
        RELATIVE: "a way of asking for more or less that this model was not taught: read as the one it was "
-                 "(sdfn's glossary)"}
+                 "(sdfn's glossary)",
+       "removal": "a way of saying what to leave out that this model was not taught: read as the one it was "
+                  "(sdfn's glossary)"}
 
 # Shorthands shoppers type ("purple w/o sleeves"); the tokenizer splits "w/o" into "w", "/", "o", which the model
 # reads as "with" plus noise: the opposite of what was meant.
@@ -173,20 +179,60 @@ def lab(rgb: Iterable[float]) -> tuple[float, float, float]:
     return 116 * f(y) - 16, 500 * (f(x) - f(y)), 200 * (f(y) - f(z))
 
 
+@dataclass(frozen=True)
+class Shape:
+    """A glossary entry with a slot: `before` {n} `after` (words, `glossary_key`'s) is read as `read_before` {n}
+    `read_after`, the slot's words read as usual ("with the {n} taken away" -> "without the {n}")."""
+
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    read_before: str
+    read_after: str
+
+
 @lru_cache(maxsize=1)
+def _glossary_file() -> tuple[dict[str, tuple[str, str]], dict[str, tuple[Shape, ...]]]:
+    """shopper_glossary.json, checked: its phrases (`glossary`) and its shapes with a slot (`glossary_shapes`)."""
+    return parse_glossary(json.loads(GLOSSARY_FILE.read_text(encoding="utf-8"))["entries"], GLOSSARY_FILE.name)
+
+
+def parse_glossary(entries: Iterable[Mapping[str, str]], source: str = "the glossary") -> tuple[
+        dict[str, tuple[str, str]], dict[str, tuple[Shape, ...]]]:
+    """Glossary entries ({"phrase", "reads_as", "kind", "why"}), checked: phrase -> (read as, kind) for those without
+    a slot, and the shapes with one by their first word, those with the most words first."""
+    phrases: dict[str, tuple[str, str]] = {}
+    shapes: dict[str, list[Shape]] = {}
+    for entry in entries:
+        phrase, reads_as = glossary_key(entry["phrase"]), glossary_key(entry["reads_as"])
+        words = phrase.split()
+        slotted = SLOT in words
+        if (not phrase or phrase in phrases or entry["kind"] not in GLOSSARY_KINDS
+                or len(words) - slotted > MAX_GLOSSARY_WORDS or (not reads_as and entry["kind"] != "filler")
+                or (slotted and (words.count(SLOT) != 1 or words[0] == SLOT or reads_as.split().count(SLOT) != 1
+                                 or entry["kind"] != "removal"))):
+            raise ValueError(f"{source}: entry {entry!r} is empty, repeated, longer than "
+                             f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, reads as nothing but is not filler, or "
+                             f"has a slot that is not one {SLOT}, after a word, in a removal read with one {SLOT}")
+        phrases[phrase] = (entry["reads_as"], entry["kind"])
+        if slotted:
+            cut, read_cut = words.index(SLOT), reads_as.split().index(SLOT)
+            shapes.setdefault(words[0], []).append(Shape(
+                tuple(words[:cut]), tuple(words[cut + 1:]), " ".join(reads_as.split()[:read_cut]),
+                " ".join(reads_as.split()[read_cut + 1:])))
+    return ({p: v for p, v in phrases.items() if SLOT not in p.split()},
+            {first: tuple(sorted(found, key=lambda shape: -len(shape.before) - len(shape.after)))
+             for first, found in shapes.items()})
+
+
 def glossary() -> dict[str, tuple[str, str]]:
     """Shopper's phrase (`glossary_key`) -> (what it is read as, "" = left out (filler only); its kind), from
-    shopper_glossary.json."""
-    data = json.loads(GLOSSARY_FILE.read_text(encoding="utf-8"))
-    out = {}
-    for entry in data["entries"]:
-        phrase = glossary_key(entry["phrase"])
-        if (not phrase or phrase in out or entry["kind"] not in GLOSSARY_KINDS
-                or len(phrase.split()) > MAX_GLOSSARY_WORDS or (not entry["reads_as"] and entry["kind"] != "filler")):
-            raise ValueError(f"{GLOSSARY_FILE.name}: entry {entry!r} is empty, repeated, longer than "
-                             f"{MAX_GLOSSARY_WORDS} words, of an unknown kind, or reads as nothing but is not filler")
-        out[phrase] = (entry["reads_as"], entry["kind"])
-    return out
+    shopper_glossary.json (its entries without a slot)."""
+    return _glossary_file()[0]
+
+
+def glossary_shapes() -> dict[str, tuple[Shape, ...]]:
+    """The glossary's removal shapes with a slot, by their first word, those with the most words first."""
+    return _glossary_file()[1]
 
 
 @lru_cache(maxsize=2)
@@ -375,7 +421,17 @@ class Reader:
                 rewrites.append((k, Rewrite(parts[k][1], respelt, "spelling")))
                 parts[k], keys[k], tokens[k] = (parts[k][0], respelt, parts[k][2]), respelt, \
                     parts[k][0] + respelt + parts[k][2]
+        after_slot: dict[int, tuple[int, str]] = {}   # a shape's words after its slot: (how many, read as)
         while i < len(tokens):
+            if i in after_slot:                       # a shape's words after its slot, read as its words there
+                span, words = after_slot.pop(i)
+                trail = parts[i + span - 1][2]
+                if words:
+                    out.append(words + trail)
+                elif out:
+                    out[-1] += trail
+                i += span
+                continue
             refusal = negation(keys, i, ends)
             if refusal is not None:
                 span, words = refusal
@@ -383,6 +439,20 @@ class Reader:
                                                          "negation")))
                 out.append(parts[i][0] + words + parts[i + span - 1][2])
                 i += span
+                continue
+            shaped = self._shape(keys, parts, i)       # a removal shape with a slot ("with the {n} taken away")
+            if shaped is not None:
+                shape, first, stop = shaped
+                end = stop + len(shape.after)         # said with the slot as "…" ("with the … taken away")
+                typed = " ".join([*(parts[j][1] for j in range(i, first)), "…",
+                                  *(parts[j][1] for j in range(stop, end))])
+                read = " ".join(w for w in (shape.read_before, "…", shape.read_after) if w)
+                rewrites.append((end - 0.5, Rewrite(typed, read, "removal")))
+                if shape.read_before:
+                    out.append(parts[i][0] + shape.read_before)
+                if shape.after:
+                    after_slot[stop] = (len(shape.after), shape.read_after)
+                i = first
                 continue
             glossed = self._glossary(keys, parts, i, shortest=2)   # a glossary phrase of 2+ words
             if glossed is not None:
@@ -442,6 +512,23 @@ class Reader:
             if (words is not None and (kind == RELATIVE or not all(w in self.words for w in phrase.split()))
                     and all(w in self.words for w in glossary_key(words).split())):
                 return n, words, RELATIVE if kind == RELATIVE else "glossary"
+        return None
+
+    def _shape(self, keys: list[str], parts: list[tuple[str, str, str]], i: int) -> tuple[Shape, int, int] | None:
+        """A glossary shape with a slot that starts at word `i` and is read into words this model knows, all in one
+        span without punctuation: (the shape, index of the slot's first word, index after the slot: its shortest
+        fill of 1 to MAX_SLOT_WORDS words that the shape's words after it follow), else None."""
+        for shape in glossary_shapes().get(glossary_key(keys[i]), ()):
+            first = i + len(shape.before)
+            if (first >= len(keys) or tuple(glossary_key(k) for k in keys[i:first]) != shape.before
+                    or not all(w in self.words for w in f"{shape.read_before} {shape.read_after}".split())):
+                continue
+            for stop in range(first + 1, min(first + MAX_SLOT_WORDS, len(keys)) + 1):
+                end = stop + len(shape.after)
+                if end > len(keys) or not _one_span(parts, i, end - i):
+                    break
+                if tuple(glossary_key(k) for k in keys[stop:end]) == shape.after:
+                    return shape, first, stop
         return None
 
     def _shorthand(self, tokens: list[str], keys: list[str], i: int,

@@ -93,7 +93,7 @@ class QueryInfo:
     warning: str | None = None      # said to the user before the results (an upload unlike every catalog item)
     # words the model never learnt, read as ones it knows (sdfn.reading; the checkpoint's reading.json):
     # [{"original", "read", "kind": "colour" | "spelling" | "negation" | "shorthand" | "form" | "glossary" |
-    # "relative" | "cut"}]; each also
+    # "relative" | "removal" | "cut"}]; each also
     # gets a note ("cut": a text over sdfn.reading.MAX_TEXT_CHARS, "read" the characters kept, "original" what
     # was left out, shortened)
     rewrites: list[dict] = field(default_factory=list)

@@ -252,8 +252,8 @@ def test_shipped_reading_leaves_captions_alone_and_never_learnt_the_held_out_wor
     assert not changed, changed[:5]             # the annotated captions are read as typed (metrics.json's val R@1)
     attributes = catalog_attributes(small_catalog)
     requests = [r for t in dataset.triplets("train")[:1500] for r in training_requests(t, attributes, 4, clean=True)]
-    refusals = [r for r in requests if any(w.kind in ("negation", "relative") for w in reader.read(r)[1])]
-    assert not refusals, refusals[:5]           # nor the refusals and relative changes the training requests taught it
+    refusals = [r for r in requests if any(w.kind in ("negation", "relative", "removal") for w in reader.read(r)[1])]
+    assert not refusals, refusals[:5]           # nor the refusals, removals and relative changes they taught it
     held_out = {w for bank in COLOR_WORDS.values() for w in bank.heldout}
     assert not held_out & set(reader.words)     # the held-out colour names stay words the model never learnt
     assert not set(noise_words()) & set(reader.words)   # filler words taught nothing
@@ -357,6 +357,48 @@ def test_relative_shapes_of_known_words_are_read_as_the_shapes_the_model_was_tau
     assert reader.read("not so, long")[0] == "not so, long"                        # punctuation inside ends it
 
 
+SHAPES = [{"phrase": "with the {n} taken away", "reads_as": "without the {n}", "kind": "removal", "why": "w"},
+          {"phrase": "get shot of the {n}", "reads_as": "remove the {n}", "kind": "removal", "why": "w"},
+          {"phrase": "with the {n} binned", "reads_as": "without the {n} clingy", "kind": "removal", "why": "w"}]
+
+
+@pytest.mark.parametrize(("typed", "read", "said"), [
+    ("same but with the belt taken away", "same but without the belt", [("with the … taken away", "without the …")]),
+    ("with the pointed collar taken away, in red", "without the pointed collar, in red",
+     [("with the … taken away", "without the …")]),
+    ("Get shot of the stripes and make it red", "remove the stripes and make it red",
+     [("Get shot of the …", "remove the …")]),
+    ("with the sleves taken away", "without the sleeves",
+     [("sleves", "sleeves"), ("with the … taken away", "without the …")]),
+])
+def test_removal_shapes_with_a_slot_are_read_around_what_is_left_out(monkeypatch, typed, read, said):
+    from sdfn.reading import parse_glossary
+
+    phrases, shapes = parse_glossary(SHAPES)
+    monkeypatch.setattr("sdfn.reading.glossary_shapes", lambda: shapes)
+    monkeypatch.setattr("sdfn.reading.glossary", lambda: phrases)
+    reader = Reader({**WORDS, "without": 5, "the": 40, "belt": 9, "pointed": 2, "collar": 4, "remove": 3, "and": 30,
+                     "same": 4, "but": 8}, COLOR_RGB)
+    text, rewrites = reader.read(typed)
+    assert text == read
+    assert [(r.original, r.read) for r in rewrites] == said
+    assert all("leave out" in r.note() for r in rewrites if r.kind == "removal")
+    # a slot of more than MAX_SLOT_WORDS words, punctuation inside, or reading into a word it does not know: as typed
+    for kept in ("with the big red pointed collar taken away", "with the belt, taken away", "with the belt binned"):
+        assert reader.read(kept)[0] == kept
+
+
+def test_a_glossary_shape_needs_one_slot_after_a_word_and_a_removal_read_with_one():
+    from sdfn.reading import parse_glossary
+
+    for bad in ({"phrase": "{n} taken away", "reads_as": "without {n}"}, {"phrase": "with the {n} gone"},
+                {"phrase": "with {n} and {n} gone", "reads_as": "without {n}"},
+                {"phrase": "with the {n} gone", "reads_as": "without {n}", "kind": "fit"}):
+        entry = {"phrase": "", "reads_as": "without the", "kind": "removal", "why": "w", **bad}
+        with pytest.raises(ValueError, match="slot"):
+            parse_glossary([entry])
+
+
 def test_shipped_glossary_loads_and_reads_into_words_the_shipped_model_knows():
     from sdfn.reading import GLOSSARY_KINDS, glossary, glossary_key
     table = glossary()
@@ -368,3 +410,10 @@ def test_shipped_glossary_loads_and_reads_into_words_the_shipped_model_knows():
     assert {e["kind"] for e in raw} <= GLOSSARY_KINDS and all(e["why"] for e in raw)
     never_used = [p for p, (_, kind) in table.items() if kind != "relative" and all(w in known for w in p.split())]
     assert not never_used, never_used[:5]                     # a phrase the model knows whole is never read through it
+    from sdfn.reading import glossary_shapes
+
+    shapes = [shape for found in glossary_shapes().values() for shape in found]
+    assert len(shapes) >= 100
+    unread = [shape for shape in shapes
+              if not all(w in known for w in f"{shape.read_before} {shape.read_after}".split())]
+    assert not unread, unread[:5]                             # every removal shape reads into words sdfn-tiny knows
