@@ -23,6 +23,12 @@ green or blue), and 5 that also ask for what the catalog lacks (a price, a brand
 sdfn.reading's shorthands, forms and the "lose fit" confusion were written after its first measurement (84.0%
 right), so its figure is no longer an unseen test of those; the other two sets' are.
 
+A fourth set, `SHAPES` (benchmarks/stranger_shapes.json), was written the same way by another helper that had seen
+neither the generator, the reading nor its glossary, only the catalog's attributes, after the glossary's
+relative and removal shapes were written and before anything was measured on it: requests that ask for a
+change relative to the reference ("could be a touch darker") or for something to be removed or avoided, in
+the writer's own words. It is the unseen test of those shapes.
+
 A checkpoint other than the catalog's indexed one re-indexes the catalog (`Retriever`): pass a copy of the
 catalog with `--catalog` to keep the demo's index. Prints the table and writes its section into
 benchmarks/QUALITY.md.
@@ -120,6 +126,11 @@ NEGATIONS: tuple[OwnRequest, ...] = (
 
 
 STRANGERS: tuple[OwnRequest, ...] = stranger_requests()
+SHAPES: tuple[OwnRequest, ...] = stranger_requests(HERE / "stranger_shapes.json")
+# Their figure with the reading as it was before the glossary's relative and removal shapes and the respelling
+# towards readable words (commit d72d26e's glossary and rules, same weights): what those add on unseen requests.
+SHAPES_BEFORE = ("72.4% with the reading before the glossary's relative and removal shapes and its respelling "
+                 "(relative requests 74.5%, removals 69.9%; now 79.1% and 69.7%)")
 # Their first measurement (shipped v5, the reading of commit 15f15d1: before its shorthands, forms and "lose fit",
 # which were written after it): a record of the past, said beside every new figure.
 STRANGERS_FIRST = "84.0% right with the shipped v5 and the reading before its shorthands and forms (commit 15f15d1)"
@@ -177,7 +188,8 @@ def request_table(rows: Sequence[dict], alone: Sequence[dict] = ()) -> str:
 
 def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
             negations: Sequence[dict] = (), negations_alone: Sequence[dict] = (),
-            strangers: Sequence[dict] = (), strangers_alone: Sequence[dict] = ()) -> str:
+            strangers: Sequence[dict] = (), strangers_alone: Sequence[dict] = (),
+            shapes: Sequence[dict] = (), shapes_alone: Sequence[dict] = ()) -> str:
     body = (f"Checkpoint {label} (`{checkpoint}`), catalog `{catalog}`. {len(rows)} requests typed by hand (not "
             f"from sdfn/data/synth/phrasing.py), each on {rows[0]['asked']} val/test references of its categories "
             f"that lack what it asks (seed {SEED}), `Retriever.search` defaults (own category, k=10).\n\n"
@@ -190,6 +202,14 @@ def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
                  f"Mean: top-1 has every asked change for **{mean_right(negations):.1f}%** of the negations' "
                  f"references" + (f" ({mean_right(negations_alone):.1f}% for the model alone, the text as typed)."
                                   if negations_alone else "."))
+    if shapes:
+        body += (f"\n\nRelative changes and removals written by someone who had seen neither the generator, the "
+                 f"reading nor its glossary (`SHAPES`, benchmarks/stranger_shapes.json: {len(shapes)} requests, "
+                 f"written after the glossary's relative and removal shapes and before anything was measured on "
+                 f"them), asked the same way:\n\n{request_table(shapes, shapes_alone)}\n\n"
+                 f"Mean: top-1 has every asked change for **{mean_right(shapes):.1f}%** of their references"
+                 + (f" ({mean_right(shapes_alone):.1f}% for the model alone)" if shapes_alone else "")
+                 + f". First measured, with the shipped v5: {SHAPES_BEFORE}.\n\n" + tag_table(shapes))
     if strangers:
         scored = [r for r in strangers if "ooc" not in r["tags"]]
         beyond = [r for r in strangers if "ooc" in r["tags"]]
@@ -205,13 +225,17 @@ def section(rows: Sequence[dict], label: str, checkpoint: str, catalog: str,
                  f"; the {len(beyond)} that also ask for what the catalog lacks: {mean_right(beyond):.1f}%. First "
                  f"measured: {STRANGERS_FIRST}; the reading's shorthands and forms were written after that, from "
                  f"this set's failures, so this figure is no longer an unseen test of them.")
-        tags = sorted({t for r in scored for t in r["tags"]})
-        by_tag = sorted(((tag, [r for r in scored if tag in r["tags"]]) for tag in tags),
-                        key=lambda kv: mean_right(kv[1]))
-        body += "\n\nBy the writer's tags (4 requests or more):\n\n" + markdown_table(
-            ["requests tagged", "requests", "top-1 right"],
-            [[tag, len(mine), f"{mean_right(mine):.1f}%"] for tag, mine in by_tag if len(mine) >= 4])
+        body += "\n\n" + tag_table(scored)
     return body
+
+
+def tag_table(rows: Sequence[dict]) -> str:
+    """The rows' mean by the writer's tags, for tags of 4 requests or more, worst first."""
+    tags = sorted({t for r in rows for t in r["tags"]})
+    by_tag = sorted(((tag, [r for r in rows if tag in r["tags"]]) for tag in tags), key=lambda kv: mean_right(kv[1]))
+    return "By the writer's tags (4 requests or more):\n\n" + markdown_table(
+        ["requests tagged", "requests", "top-1 right"],
+        [[tag, len(mine), f"{mean_right(mine):.1f}%"] for tag, mine in by_tag if len(mine) >= 4])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -230,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"own_requests: no catalog.csv in {catalog_root}; give a synthetic catalog with --catalog "
                          "(sdfn synth --out FOLDER), or run python demo.py once to draw the default one")
     catalog = pd.read_csv(catalog_root / "catalog.csv", dtype=str, keep_default_na=False).set_index("id")
-    missing = sorted({"split", "category", *(a for r in REQUESTS + NEGATIONS + STRANGERS for a in r.wants)}
+    missing = sorted({"split", "category", *(a for r in REQUESTS + NEGATIONS + STRANGERS + SHAPES for a in r.wants)}
                      - set(catalog.columns))
     if missing:
         raise SystemExit(f"own_requests: {catalog_root / 'catalog.csv'} has no {', '.join(missing)} column: the "
@@ -241,17 +265,18 @@ def main(argv: list[str] | None = None) -> int:
         return [item.id for item in retriever.search(ref, text, k=10).items]
 
     rows, negations = measure(search, catalog), measure(search, catalog, NEGATIONS)
-    strangers = measure(search, catalog, STRANGERS)
-    alone, strangers_alone = [], []
+    strangers, shapes = measure(search, catalog, STRANGERS), measure(search, catalog, SHAPES)
+    alone, strangers_alone, shapes_alone = [], [], []
     if retriever.model.reader is not None:    # the same requests read as typed: what the reading adds
         reader, retriever.model.reader = retriever.model.reader, None
         try:
             alone = measure(search, catalog, NEGATIONS)
             strangers_alone = measure(search, catalog, STRANGERS)
+            shapes_alone = measure(search, catalog, SHAPES)
         finally:
             retriever.model.reader = reader
     body = section(rows, args.label, shown_path(Path(args.checkpoint or SHIPPED_CHECKPOINT)), shown_path(catalog_root),
-                   negations, alone, strangers, strangers_alone)
+                   negations, alone, strangers, strangers_alone, shapes, shapes_alone)
     print(body)
     write_section(SECTION, "Requests typed by hand (benchmarks/own_requests.py)", body, args.quality)
     return 0

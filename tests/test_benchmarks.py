@@ -96,6 +96,13 @@ def test_own_requests_score_the_top_1_item_and_only_ask_where_a_change_is_needed
     shipped = bench.STRANGERS
     assert len(shipped) == 97 and sum("ooc" in r.tags for r in shipped) == 5
     assert all(r.wants and r.categories for r in shipped)
+    shapes = bench.section(scored, "toy", "ckpt", "cat", shapes=strangers[:1],
+                           shapes_alone=[{**strangers[0], "hits": 1}])
+    assert "Relative changes and removals written by someone" in shapes
+    assert "**100.0%** of their references (25.0%" in shapes
+    assert "First measured" in shapes
+    assert len(bench.SHAPES) >= 60 and all(r.wants and r.categories for r in bench.SHAPES)
+    assert all(r.where for r in bench.SHAPES if {"relative", "removal"} & set(r.tags))   # asked where they apply
 
 
 def test_own_requests_name_a_catalog_they_cannot_judge(tmp_path):
