@@ -382,9 +382,12 @@ class Reader:
         the glossary as "without"); else None."""
         readable = _readable_words(bool(self.palette))
         if (not MIN_TYPO_LENGTH <= len(word) <= MAX_WORD_LETTERS or not word.isalpha() or word in self.words
-                or word in readable or word in _clip_whole_words() or self._correction(word) is not None):
+                or word in readable or word in _clip_whole_words()):
             return None
-        found = [w for w in _one_edit(word) if w in readable and w not in self.words]
+        edits = _one_edit(word)
+        if any(w in self.words and len(w) >= MIN_CORRECTION_LENGTH for w in edits):
+            return None                          # `_correction`'s: a word the model knows comes first
+        found = [w for w in edits if w in readable and w not in self.words]
         return found[0] if len(found) == 1 else None
 
     def _form(self, word: str) -> str | None:
