@@ -26,8 +26,8 @@ right), so its figure is no longer an unseen test of those; the other two sets' 
 A fourth set, `SHAPES` (benchmarks/stranger_shapes.json), was written the same way by another helper that had seen
 neither the generator, the reading nor its glossary, only the catalog's attributes, after the glossary's
 relative and removal shapes were written and before anything was measured on it: requests that ask for a
-change relative to the reference ("could be a touch darker") or for something to be removed or avoided, in
-the writer's own words. It is the unseen test of those shapes.
+change relative to the reference ("dress is a tad too short for work, a little longer?") or for something to be
+removed or avoided, in the writer's own words. It is the unseen test of those shapes.
 
 A checkpoint other than the catalog's indexed one re-indexes the catalog (`Retriever`): pass a copy of the
 catalog with `--catalog` to keep the demo's index. Prints the table and writes its section into
