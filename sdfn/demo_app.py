@@ -363,9 +363,16 @@ def _results_table(outcome: SearchOutcome) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+STATUS_TYPED_CHARS = 200   # a rewritten request is quoted as typed up to here in the status line
+
+
 def _status_line(result: SearchResult, total: int) -> str:
     q = result.query
     what = f"“{markdown_literal(q.text_used)}”" if q.text_used else "no text (image only)"
+    typed = " ".join(q.text.split())
+    if q.text_used and typed != q.text_used:    # said as typed, then as the model read it (the notes say why)
+        typed = typed if len(typed) <= STATUS_TYPED_CHARS else typed[:STATUS_TYPED_CHARS - 1] + "…"
+        what = f"“{markdown_literal(typed)}”, read as {what}"
     where = f"category {q.category}" if q.category else f"all {total:,} items"
     where += " (predicted from the photo)" if q.category_source == "predicted" else ""
     # the browser appends the time the visitor waited (WAITED_JS); the server's share is said as such

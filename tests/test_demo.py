@@ -254,6 +254,19 @@ def test_typed_text_shows_literally_in_the_status_and_router_lines(service):
         assert "**bold**" not in shown and "[link](" not in shown and "<b>" not in shown, shown
         assert r"\*\*bold\*\*" in shown and "&lt;b&gt;" in shown
     assert ": 1 result ·" in status
+    assert "read as" not in status                       # read as typed: said once
+
+
+def test_the_status_line_says_the_change_as_typed_and_as_the_model_read_it(service):
+    """A rewritten request (sdfn.reading) is quoted as the visitor typed it, then as read, so the answer is not
+    credited to words they never typed; the notes say each rewrite."""
+    from dataclasses import replace
+
+    from sdfn.demo_app import _status_line
+
+    result = service.search("dress-000004", "is red", k=3).result
+    read = replace(result, query=replace(result.query, text="same but  not so long", text_used="same but shorter"))
+    assert "“same but not so long”, read as “same but shorter”" in _status_line(read, total=200)
 
 
 # ---- bad input: a message that says what to do ----------------------------------------------------------------
