@@ -409,8 +409,9 @@ class Reader:
         return next((w for w in singulars if w in self.words and len(w) >= 3), None)
 
     def read(self, text: str) -> tuple[str, list[Rewrite]]:
-        """`text` with whitespace collapsed and its unknown colour names and misspellings rewritten, and the
-        rewrites in order. Punctuation around a word is kept; a rewritten word is lower case."""
+        """`text` with whitespace collapsed and read as the module docstring says (colour names, misspellings,
+        refusals, glossary phrases and shapes, shorthands and forms the model never learnt), and the rewrites in the
+        order they are said. Punctuation around a word is kept; a rewritten word is lower case."""
         tokens = text.split()
         parts = [_WORD.match(t).groups() for t in tokens]   # (leading punctuation, word, trailing punctuation)
         keys = [w.lower().replace("\u2019", "'") for _, w, _ in parts]
