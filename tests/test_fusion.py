@@ -220,3 +220,33 @@ def test_text_free_cells_leave_the_routers_as_the_only_way_the_sentence_reaches_
         assert "without reading the text" in cell.description
         x = torch.randn(2, 5, 16)
         assert cell(x, None).shape == x.shape
+
+
+def test_region_cells_each_edit_one_band_of_the_garment_and_together_every_patch_once():
+    from sdfn.fusion.cells import CELLS, REGION_CELLS
+
+    assert set(REGION_CELLS) <= set(CELLS)
+    bands = ("upper_edit", "middle_edit", "lower_edit")
+    for patches, rows in ((64, [3, 2, 3]), (49, [3, 1, 3]), (N, [1, 1, 1])):   # 8x8, 7x7 (ViT-B-32), 3x3
+        x = torch.randn(2, 1 + patches, 16)
+        edited = []
+        for name, want_rows in zip(bands, rows, strict=True):
+            cell = CELLS[name](16, 2, 2.0, 0.0)
+            changed = (cell(x, None) - x).abs().sum(dim=(0, 2)) > 0
+            assert not changed[0]   # the global token passes unchanged
+            tokens = changed.nonzero().flatten().tolist()
+            side = int(patches ** 0.5)
+            assert len(tokens) == want_rows * side and tokens == list(range(tokens[0], tokens[-1] + 1))
+            edited += tokens
+        assert sorted(edited) == list(range(1, 1 + patches))   # every patch token in exactly one band
+    upper = CELLS["upper_edit"](16, 2, 2.0, 0.0)
+    assert upper.token_span(64) == (0, 24) and "upper part" in upper.description
+    assert "without reading the text" in CELLS["lower_edit"](16, 2, 2.0, 0.0).description
+    image, text = features()
+    other = TextFeatures(text.tokens.flip(0), text.mask, text.pooled)
+    fusion = sdfn(cells=REGION_CELLS).eval()
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+        torch.testing.assert_close(fusion(image, text).query, fusion(image, other).query)   # text-free
+        assert fusion(image, text).trace.flat_route().shape[-1] > 0

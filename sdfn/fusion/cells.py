@@ -5,6 +5,7 @@ Every cell maps the routed image stream X [B, N, d] to X' [B, N, d], reading the
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -119,6 +120,59 @@ class ContextMixCell(nn.Module):
         return x + self.proj(self.norm(x).mean(dim=1, keepdim=True))
 
 
+class RegionEditCell(nn.Module):
+    """Ours, not DIME's: the feed-forward edit of TokenMlpCell, X' = X + FFN(LN(X)), on one horizontal band of the
+    image only (`band`: upper, middle or lower); the global token and every other region pass unchanged. Text-free
+    (see TokenMlpCell). In product photos a garment stands upright, so neckline and sleeves sit in the upper band,
+    belt and buttons in the middle, hem and length in the lower: a change to one part needs an edit of one band,
+    and the route has to say which (issue 9, routes that depend on the query).
+
+    The patch tokens are taken as a square grid in row-major order (open_clip's order): rows [0, 3/8) of the grid
+    are the upper band, [3/8, 5/8) the middle, [5/8, 1) the lower (an 8x8 grid: rows 0-2, 3-4, 5-7). A token count
+    that is not a square is banded as one row per token."""
+
+    BANDS = {"upper": (0.0, 3 / 8), "middle": (3 / 8, 5 / 8), "lower": (5 / 8, 1.0)}
+    band = "upper"
+
+    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.ffn = nn.Sequential(nn.Linear(d, int(d * mlp_ratio)), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(int(d * mlp_ratio), d))
+
+    @classmethod
+    def token_span(cls, patches: int) -> tuple[int, int]:
+        """[start, end) of the band's patch tokens among `patches` (global token not counted)."""
+        side = math.isqrt(patches)
+        per_row, rows = (side, side) if side * side == patches else (1, patches)
+        low, high = cls.BANDS[cls.band]
+        return round(low * rows) * per_row, round(high * rows) * per_row
+
+    def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
+        start, end = self.token_span(x.shape[1] - 1)
+        start, end = start + 1, end + 1   # after the global token
+        region = x[:, start:end]
+        return torch.cat([x[:, :start], region + self.ffn(self.norm(region)), x[:, end:]], dim=1)
+
+
+class UpperEditCell(RegionEditCell):
+    __doc__ = RegionEditCell.__doc__
+    band = "upper"
+    description = "edits the upper part of the garment (neckline, shoulders, sleeves), without reading the text (ours)"
+
+
+class MiddleEditCell(RegionEditCell):
+    __doc__ = RegionEditCell.__doc__
+    band = "middle"
+    description = "edits the middle of the garment (waist, belt, buttons), without reading the text (ours)"
+
+
+class LowerEditCell(RegionEditCell):
+    __doc__ = RegionEditCell.__doc__
+    band = "lower"
+    description = "edits the lower part of the garment (hem, length), without reading the text (ours)"
+
+
 @contextmanager
 def recording_attention() -> Iterator[list[tuple[CrossModalRefinementCell, torch.Tensor]]]:
     """Within the block, on this thread only, every CrossModalRefinementCell that runs appends (cell, weights):
@@ -139,7 +193,13 @@ CELLS: dict[str, type[nn.Module]] = {
     "cross_modal_refinement": CrossModalRefinementCell,
     "token_mlp": TokenMlpCell,
     "context_mix": ContextMixCell,
+    "upper_edit": UpperEditCell,
+    "middle_edit": MiddleEditCell,
+    "lower_edit": LowerEditCell,
 }
 # Ours (model.fusion.cells): four cells none of which reads the text, so only the routers carry the sentence into
 # the routed stream; the output head still reads [v, t] as in the paper.
 TEXT_FREE_CELLS = ("rectified_identity", "intra_modal_reasoning", "token_mlp", "context_mix")
+# Ours: five text-free cells without attention, three of which edit one band of the garment each, so a change to
+# one part (sleeves, belt, length) is a choice of band the routers have to make.
+REGION_CELLS = ("rectified_identity", "context_mix", "upper_edit", "middle_edit", "lower_edit")
