@@ -14,8 +14,9 @@ the ways it could be run, to tell how far inference engineering can take it:
 - `torch.compile`: inductor (C++ code generated at first use, in an empty cache; the seconds it takes are
   reported);
 - fewer image tokens (the 8 x 8 patch grid average-pooled to 4 x 4 or 2 x 2, same weights) and smaller networks
-  (random weights: 2 layers, width 64): timings only, what a model built that way would cost; none of them is
-  a trained model;
+  (random weights: 2 layers, width 64; the text-free cells and the region cells of ours, sdfn.fusion.cells
+  TEXT_FREE_CELLS and REGION_CELLS): timings only, what a model built that way would cost (random weights: the
+  timing does not depend on them);
 - `combiner`: the static baseline's fusion on the same backbone features (its twin with random weights: the
   timing does not depend on them).
 
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.results import RESULTS, markdown_table, shown_path, write_section  # noqa: E402
 from sdfn.backbone import ImageFeatures, TextFeatures  # noqa: E402
 from sdfn.fusion import FusionConfig, create_fusion  # noqa: E402
+from sdfn.fusion.cells import REGION_CELLS, TEXT_FREE_CELLS  # noqa: E402
 from sdfn.model import SHIPPED_CHECKPOINT, ComposedRetrievalModel, TensorFusion  # noqa: E402
 
 RATIO_GOAL = 1.3
@@ -104,7 +106,9 @@ def variants(model: ComposedRetrievalModel, image: ImageFeatures, text: TextFeat
                      "jit trace; timing only", lambda t=small_trace, a=small: t(*a), ""))
     torch.manual_seed(0)
     for label, change in (("2 layers", {"layers": 2}), ("width 64", {"width": 64}),
-                          ("2 layers, width 64, 16 tokens", {"layers": 2, "width": 64})):
+                          ("2 layers, width 64, 16 tokens", {"layers": 2, "width": 64}),
+                          ("text-free cells (ours)", {"cells": list(TEXT_FREE_CELLS)}),
+                          ("region cells (ours)", {"cells": list(REGION_CELLS)})):
         other = create_fusion(replace(cfg, **change), model.backbone.embed_dim,
                               model.backbone.image_token_dim, model.backbone.text_token_dim).eval()
         other_args = (pooled_tokens(image.tokens, 4), *args[1:]) if "tokens" in label else args

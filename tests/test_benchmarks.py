@@ -148,8 +148,26 @@ def test_fusion_cost_times_each_way_of_running_the_shipped_fusion(capsys, tmp_pa
     out = capsys.readouterr().out
     for row in ("| compose (what the Retriever runs) |", "| eager |", "| trace + freeze |", "| bfloat16 trace |",
                 "| 16 image tokens |",
-                "| 2 layers |", "| width 64 |", "| combiner |"):
+                "| 2 layers |", "| width 64 |", "| text-free cells (ours) |", "| region cells (ours) |",
+                "| combiner |"):
         assert row in out
     assert "| torch.compile |" not in out and not PLACEHOLDER.search(out)
     with pytest.raises(SystemExit, match="no sdfn_config.json there"):
         bench.main(["--checkpoint", str(tmp_path), "--no-record"])
+
+
+def test_token_locality_finds_where_a_one_attribute_change_shows_in_the_patch_grid(small_catalog, tiny_checkpoint):
+    bench = load_script("token_locality")
+    from sdfn.model import ComposedRetrievalModel
+
+    model = ComposedRetrievalModel.load(tiny_checkpoint).eval()
+    result = bench.measure(model, small_catalog, per_kind=3)
+    assert result and set(result) <= {"color", "pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt"}
+    for row in result.values():
+        assert 1 <= row["pairs"] <= 3 * 5
+        bands = [row["upper"], row["middle"], row["lower"]]
+        assert all(b > 0 for b in bands)
+        # the bands' means weigh back to the all-patch mean (bands of 3, 2 and 3 rows of an 8 x 8 grid)
+        assert abs((3 * bands[0] + 2 * bands[1] + 3 * bands[2]) / 8 - 1) < 1e-4
+    spans = bench.band_spans(64)
+    assert spans == {"upper": (0, 24), "middle": (24, 40), "lower": (40, 64)}

@@ -240,8 +240,8 @@ def test_region_cells_each_edit_one_band_of_the_garment_and_together_every_patch
             edited += tokens
         assert sorted(edited) == list(range(1, 1 + patches))   # every patch token in exactly one band
     upper = CELLS["upper_edit"](16, 2, 2.0, 0.0)
-    assert upper.token_span(64) == (0, 24) and "upper part" in upper.description
-    assert "without reading the text" in CELLS["lower_edit"](16, 2, 2.0, 0.0).description
+    assert upper.token_span(64) == (0, 24) and "upper band" in upper.description
+    assert "text-free" in CELLS["lower_edit"](16, 2, 2.0, 0.0).description
     image, text = features()
     other = TextFeatures(text.tokens.flip(0), text.mask, text.pooled)
     fusion = sdfn(cells=REGION_CELLS).eval()

@@ -129,7 +129,12 @@ class RegionEditCell(nn.Module):
 
     The patch tokens are taken as a square grid in row-major order (open_clip's order): rows [0, 3/8) of the grid
     are the upper band, [3/8, 5/8) the middle, [5/8, 1) the lower (an 8x8 grid: rows 0-2, 3-4, 5-7). A token count
-    that is not a square is banded as one row per token."""
+    that is not a square is banded as one row per token.
+
+    The bands are parts of the garment only where the backbone's final patch tokens keep their place. sdfn-tiny's
+    do not: a one-attribute change shows within 0.96-1.06 of the all-patch mean in every band, a hem change too
+    (benchmarks/token_locality.py), so there the three are smaller edit cells on different tokens, and what
+    they do is read off the routes (benchmarks/routes.py), not off their names."""
 
     BANDS = {"upper": (0.0, 3 / 8), "middle": (3 / 8, 5 / 8), "lower": (5 / 8, 1.0)}
     band = "upper"
@@ -158,19 +163,22 @@ class RegionEditCell(nn.Module):
 class UpperEditCell(RegionEditCell):
     __doc__ = RegionEditCell.__doc__
     band = "upper"
-    description = "edits the upper part of the garment (neckline, shoulders, sleeves), without reading the text (ours)"
+    description = ("edits the image tokens of the upper band (neckline, sleeves where tokens keep their place), "
+                   "text-free (ours)")
 
 
 class MiddleEditCell(RegionEditCell):
     __doc__ = RegionEditCell.__doc__
     band = "middle"
-    description = "edits the middle of the garment (waist, belt, buttons), without reading the text (ours)"
+    description = ("edits the image tokens of the middle band (waist, belt where tokens keep their place), "
+                   "text-free (ours)")
 
 
 class LowerEditCell(RegionEditCell):
     __doc__ = RegionEditCell.__doc__
     band = "lower"
-    description = "edits the lower part of the garment (hem, length), without reading the text (ours)"
+    description = ("edits the image tokens of the lower band (hem, length where tokens keep their place), "
+                   "text-free (ours)")
 
 
 @contextmanager
