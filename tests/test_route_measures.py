@@ -80,6 +80,12 @@ def test_route_benchmark_on_a_tiny_checkpoint(small_catalog, tiny_checkpoint, tm
     r = results["tiny"]
     assert set(r["differences"]) <= {"color", "pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt"}
     assert len(r["differences"]) >= 5 and all(0.0 <= d <= 100.0 for d in r["differences"].values())
+    near = r["nearest_kind"]
+    assert len(near) >= 2 and set(near) <= set(r["differences"])
+    for kind, n in near.items():
+        assert n["nearest"] in near and n["nearest"] != kind and 0.0 <= n["points"] <= 100.0 and n["queries"] >= 1
+        # the distance is symmetric, so the nearest kind's own nearest is at most as far
+        assert near[n["nearest"]]["points"] <= n["points"] + 1e-9
     assert 0.0 < r["entropy_ratio"] <= 1.0 + 1e-6
     assert r["entropy"] == pytest.approx(r["entropy_ratio"] * math.log(4))
     rec = r["recall"]
@@ -87,7 +93,8 @@ def test_route_benchmark_on_a_tiny_checkpoint(small_catalog, tiny_checkpoint, tm
     assert rec["cost"] == pytest.approx(rec["R@1"] - rec["R@1 uniform routes"])
     text = quality.read_text()
     assert text.startswith("# Quality\n\nthe quality table\n") and "<!-- routes:start -->" in text
-    assert "| tiny |" in text and tmp_path.as_posix() not in text
+    assert "| tiny |" in text and tmp_path.as_posix() not in text and "NEAREST other kind" in text
+    assert text.count("| tiny |") == 2   # the main table and the single-change table
 
 
 def test_router_temperature_sharpens_path_weights_and_defaults_to_the_paper():
