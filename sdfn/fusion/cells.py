@@ -120,7 +120,7 @@ class ContextMixCell(nn.Module):
         return x + self.proj(self.norm(x).mean(dim=1, keepdim=True))
 
 
-class RegionEditCell(nn.Module):
+class RegionEditCell(TokenMlpCell):
     """Ours, not DIME's: the feed-forward edit of TokenMlpCell, X' = X + FFN(LN(X)), on one horizontal band of the
     image only (`band`: upper, middle or lower); the global token and every other region pass unchanged. Text-free
     (see TokenMlpCell). In product photos a garment stands upright, so neckline and sleeves sit in the upper band,
@@ -138,12 +138,6 @@ class RegionEditCell(nn.Module):
 
     BANDS = {"upper": (0.0, 3 / 8), "middle": (3 / 8, 5 / 8), "lower": (5 / 8, 1.0)}
     band = "upper"
-
-    def __init__(self, d: int, heads: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.norm = nn.LayerNorm(d)
-        self.ffn = nn.Sequential(nn.Linear(d, int(d * mlp_ratio)), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(int(d * mlp_ratio), d))
 
     @classmethod
     def token_span(cls, patches: int) -> tuple[int, int]:
