@@ -53,11 +53,7 @@ def one_change_pairs(rows: list[dict], per_kind: int) -> dict[str, list[tuple[di
 
 
 def band_spans(patches: int) -> dict[str, tuple[int, int]]:
-    spans = {}
-    for band in RegionEditCell.BANDS:
-        cell = type("Band", (RegionEditCell,), {"band": band})
-        spans[band] = cell.token_span(patches)
-    return spans
+    return {band: RegionEditCell.token_span(patches, band) for band in RegionEditCell.BANDS}
 
 
 def measure(model: ComposedRetrievalModel, catalog: Path, per_kind: int) -> dict[str, dict]:

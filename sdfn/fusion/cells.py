@@ -140,11 +140,12 @@ class RegionEditCell(TokenMlpCell):
     band = "upper"
 
     @classmethod
-    def token_span(cls, patches: int) -> tuple[int, int]:
-        """[start, end) of the band's patch tokens among `patches` (global token not counted)."""
+    def token_span(cls, patches: int, band: str | None = None) -> tuple[int, int]:
+        """[start, end) of the patch tokens of `band` (default: the cell's) among `patches` (global token not
+        counted)."""
         side = math.isqrt(patches)
         per_row, rows = (side, side) if side * side == patches else (1, patches)
-        low, high = cls.BANDS[cls.band]
+        low, high = cls.BANDS[band or cls.band]
         return round(low * rows) * per_row, round(high * rows) * per_row
 
     def forward(self, x: torch.Tensor, text: TextContext) -> torch.Tensor:
