@@ -35,7 +35,7 @@ from sdfn.evaluate import evaluate  # noqa: E402
 from sdfn.fusion.dfn import uniform_routes  # noqa: E402
 from sdfn.model import ComposedRetrievalModel  # noqa: E402
 from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog  # noqa: E402
-from sdfn.routes import RouteStatistics, paraphrase_consistency, route_statistics  # noqa: E402
+from sdfn.routes import RouteStatistics, kinds_of_change, paraphrase_consistency, route_statistics  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 QUALITY = HERE / "QUALITY.md"
@@ -48,7 +48,7 @@ def kind_differences(stats: RouteStatistics) -> dict[str, float]:
 
 
 def nearest_kind(stats: RouteStatistics) -> dict[str, dict]:
-    """Per kind of change, over single-change requests (`route_statistics(single_change_only=True)`): the kind
+    """Per kind of change, over route statistics of single-change requests (see `measure`): the kind
     whose module usage is closest to it (the largest |difference| over layers and cells, in points), that
     distance and the number of requests. Unlike `kind_differences` it does not hinge on the all-query mean,
     which one kind with a route of its own (or one that most requests ask for) can move: a kind gets a route of
@@ -87,7 +87,8 @@ def measure(model: ComposedRetrievalModel, dataset: RetrievalDataset, route_spli
         raise ValueError(f"{model.cfg.fusion.name} has no routes to measure")
     encoder = ModelQueryEncoder(model, batch_size=256, table=table)
     stats = route_statistics(model, dataset, route_split, table=table)
-    single = route_statistics(model, dataset, route_split, table=table, single_change_only=True)
+    single_change = [t for t in dataset.triplets(route_split) if len(kinds_of_change(t)) == 1]
+    single = route_statistics(model, dataset, route_split, triplets=single_change, table=table)
     result = {"differences": kind_differences(stats), "nearest_kind": nearest_kind(single),
               "entropy_ratio": entropy_ratio(stats),
               "entropy": stats.overall.entropy, "queries": stats.overall.queries,
