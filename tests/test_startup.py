@@ -106,6 +106,11 @@ def test_demo_serves_while_it_builds_the_index_then_answers(small_catalog, tiny_
                 time.sleep(0.5)
             except QueueError:   # the preparing page closing: its stopped queue answers 503 (read as "full")
                 time.sleep(0.5)
+            except KeyError as err:
+                # the preparing page closing while this request's stream is open: Gradio sends "unexpected_error"
+                # ("Server stopped unexpectedly."), a message gradio_client 2.7 has no status for
+                assert "unexpected_error" in str(err)
+                time.sleep(0.5)
         assert answer is not None, log.read_text()
         assert len(answer["results"]) == 3
         assert "the page is served meanwhile" in log.read_text()
