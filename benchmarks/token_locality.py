@@ -17,7 +17,6 @@ across the image); a hem change that shows as lower 1.5 and upper 0.7 = tokens k
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import sys
 from collections.abc import Sequence
@@ -28,8 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
+from sdfn.catalog import open_catalog, resolve_image  # noqa: E402
 from sdfn.data.attributes import KINDS_OF_CHANGE  # noqa: E402
 from sdfn.encode import extract_image_features  # noqa: E402
+from sdfn.errors import DataError  # noqa: E402
 from sdfn.fusion.cells import RegionEditCell  # noqa: E402
 from sdfn.model import ComposedRetrievalModel  # noqa: E402
 from sdfn.paths import SHIPPED_CHECKPOINT, default_catalog  # noqa: E402
@@ -58,17 +59,22 @@ def band_spans(patches: int) -> dict[str, tuple[int, int]]:
 
 def measure(model: ComposedRetrievalModel, catalog: Path, per_kind: int) -> dict[str, dict]:
     """{kind: {"pairs": n, band: mean distance over all patches' mean}}, pooled over categories."""
-    with (catalog / "catalog.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    opened = open_catalog(catalog)
+    rows = opened.rows
     categories = sorted({r["category"] for r in rows})
     pairs = {k: [] for k in KINDS_OF_CHANGE}
     for category in categories:
         for kind, found in one_change_pairs([r for r in rows if r["category"] == category], per_kind).items():
             pairs[kind] += found
-    paths = sorted({str(catalog / r["image"]) for found in pairs.values() for pair in found for r in pair})
+    def path(row: dict) -> str:
+        return str(resolve_image(opened.root, row["image"]))
+
+    paths = sorted({path(r) for found in pairs.values() for pair in found for r in pair})
     features, failed = extract_image_features(model, paths).rows(paths)
     if failed:
-        raise RuntimeError(f"{len(failed)} catalog images could not be read, e.g. {next(iter(failed.values()))}")
+        raise DataError(f"{len(failed)} images of catalog {catalog} could not be read, e.g. "
+                        f"{next(iter(failed.values()))}; regenerate it (`sdfn synth --out {catalog}`) or pass "
+                        f"another --catalog.")
     where = {p: i for i, p in enumerate(paths)}
     spans = band_spans(features.tokens.shape[1])
     result = {}
@@ -77,7 +83,7 @@ def measure(model: ComposedRetrievalModel, catalog: Path, per_kind: int) -> dict
             continue
         per_pair = []
         for a, b in found:
-            ta, tb = (features.tokens[where[str(catalog / r["image"])]] for r in (a, b))
+            ta, tb = (features.tokens[where[path(r)]] for r in (a, b))
             distance = (ta - tb).norm(dim=-1)                                   # [patches]
             per_pair.append(torch.stack([distance[s:e].mean() for s, e in spans.values()]) / distance.mean())
         mean = torch.stack(per_pair).mean(dim=0)
