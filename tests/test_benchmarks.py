@@ -156,18 +156,36 @@ def test_fusion_cost_times_each_way_of_running_the_shipped_fusion(capsys, tmp_pa
         bench.main(["--checkpoint", str(tmp_path), "--no-record"])
 
 
-def test_token_locality_finds_where_a_one_attribute_change_shows_in_the_patch_grid(small_catalog, tiny_checkpoint):
+def test_token_locality_draws_pairs_that_differ_in_one_attribute_and_finds_where_it_shows(small_catalog,
+                                                                                        tiny_checkpoint):
     bench = load_script("token_locality")
+    from sdfn.catalog import open_catalog
+    from sdfn.data.attributes import APPLIES, ATTRIBUTES
+    from sdfn.errors import DataError
     from sdfn.model import ComposedRetrievalModel
 
+    pairs = bench.controlled_pairs(open_catalog(small_catalog).rows, per_kind=3)
+    assert {kind for kind, *_ in pairs} == set(ATTRIBUTES)
+    for kind, _, attrs, changed, category in pairs:
+        assert kind in APPLIES[category]
+        assert [k for k in ATTRIBUTES if attrs[k] != changed[k]] == [kind]
     model = ComposedRetrievalModel.load(tiny_checkpoint).eval()
-    result = bench.measure(model, small_catalog, per_kind=3)
-    assert result and set(result) <= {"color", "pattern", "sleeve", "length", "neckline", "fit", "buttons", "belt"}
-    for row in result.values():
-        assert 1 <= row["pairs"] <= 3 * 5
-        bands = [row["upper"], row["middle"], row["lower"]]
-        assert all(b > 0 for b in bands)
-        # the bands' means weigh back to the all-patch mean (bands of 3, 2 and 3 rows of an 8 x 8 grid)
-        assert abs((3 * bands[0] + 2 * bands[1] + 3 * bands[2]) / 8 - 1) < 1e-4
-    spans = bench.band_spans(64)
-    assert spans == {"upper": (0, 24), "middle": (24, 40), "lower": (40, 64)}
+    result = bench.measure(model, small_catalog, per_kind=4)
+    assert list(result) == ["pixels", "block 1", "block 2", "block 3", "block 4 (last, default)"]
+    for by_kind in result.values():
+        assert set(by_kind) == set(ATTRIBUTES)
+        for row in by_kind.values():
+            assert row["pairs"] == 4
+            # the bands' means weigh back to the all-patch mean (bands of 3, 2 and 3 rows of an 8 x 8 grid)
+            assert abs((3 * row["upper"] + 2 * row["middle"] + 3 * row["lower"]) / 8 - 1) < 1e-4
+            assert -1 <= row["nearest"][1] <= 1
+    # the same picture drawn twice differs only where the attribute is: a hem low, a neckline high
+    pixels = result["pixels"]
+    assert pixels["length"]["lower"] > 1.3 > 0.5 > pixels["length"]["upper"]
+    assert pixels["neckline"]["upper"] > 1.3 > 0.5 > pixels["neckline"]["lower"]
+    assert "| block 1 | length | 4 |" in bench.table(result)
+    assert bench.band_spans(64) == {"upper": (0, 24), "middle": (24, 40), "lower": (40, 64)}
+    with pytest.raises(DataError, match="sdfn synth"):
+        bench.controlled_pairs([{"image": "a.jpg", "category": "dress"}], per_kind=1)
+
+
