@@ -34,6 +34,10 @@ class BackboneConfig:
     pretrained: str | None = None    # open_clip pretrained tag or weights file; only for a plain architecture
     freeze_image: bool = False
     freeze_text: bool = False
+    # Ours, not the paper's (issue 9): the fusion reads the patch tokens of this block of the image tower (1 = after
+    # the first block), through the tower's final norm and projection; None = the last block, as the paper. Earlier
+    # blocks' tokens keep more of their place in the image (benchmarks/token_locality.py). open_clip ViT towers only.
+    image_token_layer: int | None = None
 
 
 @dataclass
@@ -114,6 +118,7 @@ class Backbone(nn.Module):
             self.clip = create_open_clip(cfg, load_weights=load_weights)
             self.tokenizer = open_clip.get_tokenizer(cfg.model)
         self.image_size = _image_size(self.clip)
+        self.image_token_index = _token_index(self.clip, cfg)
         self.preprocess_cfg = open_clip.get_model_preprocess_cfg(self.clip)
         self.preprocess = image_transform_v2(PreprocessCfg(**self.preprocess_cfg),
                                              is_train=False)
@@ -135,8 +140,8 @@ class Backbone(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """images: [B, 3, H, W] preprocessed -> patch tokens and the global embedding."""
-        out = self.clip.visual.forward_intermediates(images, indices=1, normalize_intermediates=True,
-                                                     output_fmt="NLC")
+        out = self.clip.visual.forward_intermediates(images, indices=self.image_token_index,
+                                                     normalize_intermediates=True, output_fmt="NLC")
         tokens = _apply_projection(out["image_intermediates"][-1], getattr(self.clip.visual, "proj", None))
         return ImageFeatures(tokens=tokens, pooled=out["image_features"])
 
@@ -165,6 +170,23 @@ def _text_projection(clip: nn.Module):
     if hasattr(clip, "text_projection"):
         return clip.text_projection
     return getattr(getattr(clip, "text", None), "text_projection", None)
+
+
+def _token_index(clip: nn.Module, cfg: BackboneConfig) -> int | list[int]:
+    """forward_intermediates' `indices` for the image tokens of cfg.image_token_layer: 1 (the last block) or
+    [layer - 1]."""
+    layer = cfg.image_token_layer
+    if layer is None:
+        return 1
+    blocks = getattr(getattr(getattr(clip.visual, "transformer", None), "resblocks", None), "__len__", None)
+    if blocks is None:
+        raise ConfigError(f"model.backbone.image_token_layer={layer!r} needs an open_clip ViT image tower; "
+                          f"{cfg.model}'s ({type(clip.visual).__name__}) has no blocks to choose from. "
+                          "Leave it out (null) for the tower's final tokens.")
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= blocks():
+        raise ConfigError(f"model.backbone.image_token_layer={layer!r}: give a block of {cfg.model}'s image tower, "
+                          f"a whole number from 1 to {blocks()}, or null for the last one.")
+    return [layer - 1]
 
 
 def _image_size(clip: nn.Module) -> tuple[int, int]:

@@ -203,8 +203,9 @@ class ComposedRetrievalModel(nn.Module):
         saved = ModelConfig.from_dict(meta["model"])
         if expect is not None:
             refuse_if_different(expect, saved, folder)
-        frozen = {"freeze_image": saved.backbone.freeze_image, "freeze_text": saved.backbone.freeze_text}
-        cfg = ModelConfig(BackboneConfig(model=f"local-dir:{folder.resolve()}", **frozen), saved.fusion)
+        kept = {"freeze_image": saved.backbone.freeze_image, "freeze_text": saved.backbone.freeze_text,
+                "image_token_layer": saved.backbone.image_token_layer}
+        cfg = ModelConfig(BackboneConfig(model=f"local-dir:{folder.resolve()}", **kept), saved.fusion)
         model = cls(cfg, load_backbone_weights=False)
         model.cfg = saved                      # keep the provenance (original backbone name and tag)
         model.source = folder
@@ -248,9 +249,12 @@ class ComposedRetrievalModel(nn.Module):
                                                                              self.fusion.state_dict()))
 
     def backbone_fingerprint(self) -> str:
-        """Fingerprint of the backbone's weights alone: an image's features stay valid while it is unchanged."""
+        """Fingerprint of the backbone's weights alone (and of the image-token block, when it is not the last): an
+        image's features stay valid while it is unchanged."""
+        layer = self.backbone.cfg.image_token_layer
+        extra = [] if layer is None else [("image_token_layer", torch.tensor(layer))]
         return self._cached_fingerprint("backbone",
-                                        lambda: tensors_fingerprint(self.backbone.clip.state_dict().items()))
+                                        lambda: tensors_fingerprint([*self.backbone.clip.state_dict().items(), *extra]))
 
     def _cached_fingerprint(self, kind: str, compute) -> str:
         # Any change of a weight (an optimiser step, load_state_dict, .to(), .half()) gives the tensor a new

@@ -124,3 +124,32 @@ def test_backbone_provenance_is_stored_relative_to_the_checkpoint_or_by_name(tin
     text = (tmp_path / "elsewhere" / "deep" / "export" / "sdfn_config.json").read_text()
     assert json.loads(text)["model"]["backbone"]["model"] == "sdfn-tiny"     # far away: by architecture name
     assert str(tmp_path) not in text and str(tmp_path) not in (run / "best" / "sdfn_config.json").read_text()
+
+
+def test_image_token_layer_travels_with_the_checkpoint_and_keys_cached_image_features(tmp_path):
+    """Ours: model.backbone.image_token_layer feeds the fusion an earlier block's patch tokens. A checkpoint keeps the
+    choice, and features cached for one choice are never reused for another (the backbone fingerprint differs)."""
+    from sdfn.errors import ConfigError
+
+    torch.manual_seed(0)
+    small = FusionConfig(width=32, heads=2, router_hidden=16)
+    early = ComposedRetrievalModel(ModelConfig(BackboneConfig(image_token_layer=1), small)).eval()
+    last = ComposedRetrievalModel(ModelConfig(BackboneConfig(), small)).eval()
+    last.backbone.clip.load_state_dict(early.backbone.clip.state_dict())
+    images = torch.rand(2, 3, *early.backbone.image_size)
+    with torch.no_grad():
+        a, b = early.encode_images(images), last.encode_images(images)
+        block1 = early.backbone.clip.visual.forward_intermediates(images, indices=[0], normalize_intermediates=True,
+                                                                  output_fmt="NLC")["image_intermediates"][0]
+    assert torch.equal(a.pooled, b.pooled) and not torch.allclose(a.tokens, b.tokens)
+    assert torch.allclose(a.tokens, block1 @ early.backbone.clip.visual.proj)
+    assert early.backbone_fingerprint() != last.backbone_fingerprint()
+    early.save(tmp_path / "early")
+    loaded = ComposedRetrievalModel.load(tmp_path / "early")
+    assert loaded.cfg.backbone.image_token_layer == 1 and loaded.backbone.cfg.image_token_layer == 1
+    assert loaded.backbone_fingerprint() == early.backbone_fingerprint()
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode_images(images).tokens, a.tokens, atol=1e-5)
+    for bad in (0, 5, 1.5, True):
+        with pytest.raises(ConfigError, match="image_token_layer.*from 1 to 4"):
+            ComposedRetrievalModel(ModelConfig(BackboneConfig(image_token_layer=bad), small))

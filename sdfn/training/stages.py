@@ -57,7 +57,8 @@ def run_training(cfg: TrainConfig, out: Path, resume: Path | None = None, stop_a
         dist_info.barrier()
         cfg.model.backbone = BackboneConfig(model=f"local-dir:{stage1.resolve()}",
                                             freeze_image=cfg.model.backbone.freeze_image,
-                                            freeze_text=cfg.model.backbone.freeze_text)
+                                            freeze_text=cfg.model.backbone.freeze_text,
+                                            image_token_layer=cfg.model.backbone.image_token_layer)
     trainer = Trainer(cfg, out, dist_info, progress, caches=caches)
     if dist_info.main:
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
