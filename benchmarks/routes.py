@@ -133,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quality", type=Path, default=QUALITY, help="markdown file to write the section into")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--note", default="", help="how the checkpoints were trained, for the section")
+    parser.add_argument("--section", default=SECTION,
+                        help=f"the section to write (default {SECTION}); another name keeps the '{SECTION}' section "
+                             "and records these checkpoints beside it")
+    parser.add_argument("--title", default=None, help="the section's heading (default: the routes section's)")
     args = parser.parse_args(argv)
     checkpoints = args.checkpoint or [SHIPPED_CHECKPOINT]
     labels = args.label or []
@@ -171,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "",
         near,
     ])
-    write_section(SECTION, "Routes: do they depend on the query, do they matter? (benchmarks/routes.py)", body,
-                  args.quality)
+    write_section(args.section, args.title or "Routes: do they depend on the query, do they matter? "
+                                              "(benchmarks/routes.py)", body, args.quality)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return results

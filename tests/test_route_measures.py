@@ -95,6 +95,12 @@ def test_route_benchmark_on_a_tiny_checkpoint(small_catalog, tiny_checkpoint, tm
     assert text.startswith("# Quality\n\nthe quality table\n") and "<!-- routes:start -->" in text
     assert "| tiny |" in text and tmp_path.as_posix() not in text and "NEAREST other kind" in text
     assert text.count("| tiny |") == 2   # the main table and the single-change table
+    # another section records other checkpoints beside the routes section, which stays as it was
+    routes.main(["--checkpoint", str(tiny_checkpoint), "--label", "again", "--catalog", str(small_catalog),
+                 "--quality", str(quality), "--section", "routes-more", "--title", "More routes"])
+    both = quality.read_text()
+    assert both.startswith(text.rstrip("\n")) and "<!-- routes-more:start -->\n## More routes" in both
+    assert both.count("| again |") == 2 and both.count("| tiny |") == 2
 
 
 def test_router_temperature_sharpens_path_weights_and_defaults_to_the_paper():
