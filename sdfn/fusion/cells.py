@@ -123,9 +123,9 @@ class ContextMixCell(nn.Module):
 class RegionEditCell(TokenMlpCell):
     """Ours, not DIME's: the feed-forward edit of TokenMlpCell, X' = X + FFN(LN(X)), on one horizontal band of the
     image only (`band`: upper, middle or lower); the global token and every other region pass unchanged. Text-free
-    (see TokenMlpCell). In product photos a garment stands upright, so neckline and sleeves sit in the upper band,
-    belt and buttons in the middle, hem and length in the lower: a change to one part needs an edit of one band,
-    and the route has to say which (issue 9, routes that depend on the query).
+    (see TokenMlpCell). In product photos a garment stands upright, so the neckline sits in the upper band, buttons
+    and most of the sleeves in the middle, hem and length in the lower: a change to one part needs an edit of one
+    band, and the route has to say which (issue 9, routes that depend on the query).
 
     The patch tokens are taken as a square grid in row-major order (open_clip's order): rows [0, 3/8) of the grid
     are the upper band, [3/8, 5/8) the middle, [5/8, 1) the lower (an 8x8 grid: rows 0-2, 3-4, 5-7). A token count
@@ -162,14 +162,14 @@ class RegionEditCell(TokenMlpCell):
 class UpperEditCell(RegionEditCell):
     __doc__ = RegionEditCell.__doc__
     band = "upper"
-    description = ("edits the image tokens of the upper band (neckline, sleeves where tokens keep their place), "
+    description = ("edits the image tokens of the upper band (neckline, shoulders where tokens keep their place), "
                    "text-free (ours)")
 
 
 class MiddleEditCell(RegionEditCell):
     __doc__ = RegionEditCell.__doc__
     band = "middle"
-    description = ("edits the image tokens of the middle band (waist, belt where tokens keep their place), "
+    description = ("edits the image tokens of the middle band (waist, buttons, sleeves where tokens keep their place), "
                    "text-free (ours)")
 
 
