@@ -42,6 +42,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results import markdown_table, shown_path, write_section  # noqa: E402
+from sdfn.backbone import _apply_projection  # noqa: E402
 from sdfn.catalog import open_catalog  # noqa: E402
 from sdfn.data.attributes import APPLIES, ATTRIBUTES, KINDS_OF_CHANGE  # noqa: E402
 from sdfn.data.images import load_model_image  # noqa: E402
@@ -87,16 +88,15 @@ def depth_features(model: ComposedRetrievalModel, images: torch.Tensor) -> dict[
     visual = model.backbone.clip.visual
     out = visual.forward_intermediates(images, indices=None, normalize_intermediates=True, output_fmt="NLC",
                                        intermediates_only=True)
-    proj = getattr(visual, "proj", None)
     ph, pw = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
-    b, c, _, _ = images.shape
+    b = images.shape[0]
     pixels = images.unfold(2, ph, ph).unfold(3, pw, pw)                        # [B, C, rows, cols, ph, pw]
     pixels = pixels.permute(0, 2, 3, 1, 4, 5).reshape(b, pixels.shape[2] * pixels.shape[3], -1)
     layers = out["image_intermediates"]
     depths = {"pixels": pixels}
     for i, tokens in enumerate(layers):
         name = f"block {i + 1}" + (" (last, default)" if i == len(layers) - 1 else "")
-        depths[name] = tokens @ proj if proj is not None else tokens
+        depths[name] = _apply_projection(tokens, getattr(visual, "proj", None))   # as Backbone.encode_image
     return depths
 
 
